@@ -1,0 +1,1 @@
+"""fedcare: cli."""

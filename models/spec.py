@@ -1,0 +1,113 @@
+"""How a model is described, so the registry and the inference service can rebuild it.
+
+A :class:`ModelSpec` is a small JSON-able record: which family of network (``kind``), the
+task, input and output sizes and the family's own options. ``build_model(spec)`` makes a
+fresh, Opacus-compatible ``torch.nn.Module`` from it; the registry stores the spec in the
+version's manifest beside the weights, so no training argument is needed to serve it.
+
+Families register themselves with :func:`register_family`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+FamilyBuilder = Callable[["ModelSpec"], nn.Module]
+_FAMILIES: dict[str, FamilyBuilder] = {}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A description of a network, enough to rebuild it.
+
+    Parameters
+    ----------
+    kind : str
+        The model family, e.g. ``logreg`` or ``mlp`` (see :func:`families`).
+    task : str
+        ``binary``, ``multiclass``, ``regression`` (or a family-specific task such as
+        ``survival``); decides the loss and how outputs become predictions.
+    input_dim : int
+        Width of the encoded input (for tabular models, the encoder's column count).
+    output_dim : int
+        Number of outputs: 1 for binary and regression, the class count for multiclass.
+    options : dict
+        Family options (hidden sizes, dropout …), JSON values only.
+    """
+
+    kind: str
+    task: str
+    input_dim: int
+    output_dim: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelSpec:
+        return cls(
+            kind=str(raw["kind"]),
+            task=str(raw["task"]),
+            input_dim=int(raw["input_dim"]),
+            output_dim=int(raw["output_dim"]),
+            options=dict(raw.get("options", {})),
+        )
+
+
+def register_family(kind: str) -> Callable[[FamilyBuilder], FamilyBuilder]:
+    """Decorator: make ``build_model`` know how to build ``kind``."""
+
+    def wrap(builder: FamilyBuilder) -> FamilyBuilder:
+        _FAMILIES[kind] = builder
+        return builder
+
+    return wrap
+
+
+def families() -> list[str]:
+    _load_builtin_families()
+    return sorted(_FAMILIES)
+
+
+def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
+    """A fresh model for ``spec``; ``seed`` makes its initial weights reproducible."""
+    _load_builtin_families()
+    if spec.kind not in _FAMILIES:
+        raise ValueError(f"unknown model kind '{spec.kind}'; known: {sorted(_FAMILIES)}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    return _FAMILIES[spec.kind](spec)
+
+
+def _load_builtin_families() -> None:
+    # Importing the family modules runs their @register_family decorators.
+    import models.tabular  # noqa: F401
+
+
+def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's parameters and buffers by plain name (no Opacus ``_module.`` prefix)."""
+    module = getattr(model, "_module", model)
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def set_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
+    """Load plain-named weights; raises ``ValueError`` naming a missing or misshapen array."""
+    module = getattr(model, "_module", model)
+    state = module.state_dict()
+    missing = set(state) - set(weights)
+    if missing:
+        raise ValueError(f"weights lack {sorted(missing)}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(np.shape(weights[name])):
+            raise ValueError(
+                f"weight '{name}' has shape {np.shape(weights[name])}, model expects "
+                f"{tuple(tensor.shape)}"
+            )
+    module.load_state_dict({k: torch.as_tensor(np.asarray(weights[k])) for k in state})
