@@ -8,6 +8,7 @@ column, the task, each feature's type and the missing-value policy. See
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,11 @@ class SiteSchema:
             for key, value in feature.to_dict().items():
                 lines.append(f"{key} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
+
+    @property
+    def sha256(self) -> str:
+        """Identifies the schema's content (sites refuse a federation with another)."""
+        return hashlib.sha256(self.to_toml().encode()).hexdigest()
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_toml())

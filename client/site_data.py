@@ -125,9 +125,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             ]
         )
     try:
-        return pd.read_csv(
-            path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig"
-        )
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.ParserError as err:
         raise SiteDataError([DataProblem(str(path), None, None, f"malformed CSV ({err})")]) from err
 
@@ -230,15 +228,21 @@ def _check_feature(
                 continue
             if not math.isfinite(number):
                 problems.append(
-                    DataProblem(path, rows[i], spec.name, f"expected a finite number, found {text!r}")
+                    DataProblem(
+                        path, rows[i], spec.name, f"expected a finite number, found {text!r}"
+                    )
                 )
             elif spec.min is not None and number < spec.min:
                 problems.append(
-                    DataProblem(path, rows[i], spec.name, f"{number:g} is below the minimum {spec.min:g}")
+                    DataProblem(
+                        path, rows[i], spec.name, f"{number:g} is below the minimum {spec.min:g}"
+                    )
                 )
             elif spec.max is not None and number > spec.max:
                 problems.append(
-                    DataProblem(path, rows[i], spec.name, f"{number:g} is above the maximum {spec.max:g}")
+                    DataProblem(
+                        path, rows[i], spec.name, f"{number:g} is above the maximum {spec.max:g}"
+                    )
                 )
             values.append(number)
         elif spec.type == "binary":
@@ -249,7 +253,9 @@ def _check_feature(
                 values.append(0.0)
             else:
                 problems.append(
-                    DataProblem(path, rows[i], spec.name, f"expected 0/1 (or true/false), found {text!r}")
+                    DataProblem(
+                        path, rows[i], spec.name, f"expected 0/1 (or true/false), found {text!r}"
+                    )
                 )
                 values.append(None)
         else:
@@ -295,7 +301,9 @@ def _check_label(
                     raise ValueError
             except ValueError:
                 problems.append(
-                    DataProblem(path, row, schema.label, f"expected a finite number, found {text!r}")
+                    DataProblem(
+                        path, row, schema.label, f"expected a finite number, found {text!r}"
+                    )
                 )
                 value = math.nan
             labels.append(value)

@@ -75,9 +75,7 @@ def check_rows(schema: SiteSchema, rows: Sequence[Mapping[str, Any]]) -> pd.Data
                     raise RowError(i, spec.name, "expected 0/1 or true/false")
             else:
                 if not isinstance(value, str) or value not in spec.categories:
-                    raise RowError(
-                        i, spec.name, f"expected one of {list(spec.categories)}"
-                    )
+                    raise RowError(i, spec.name, f"expected one of {list(spec.categories)}")
                 columns[spec.name].append(value)
     return pd.DataFrame(columns)
 
@@ -113,7 +111,9 @@ class Predictor:
         self.model.eval()
 
     @classmethod
-    def from_version(cls, version: Any, weights: Mapping[str, np.ndarray] | None = None) -> Predictor:
+    def from_version(
+        cls, version: Any, weights: Mapping[str, np.ndarray] | None = None
+    ) -> Predictor:
         """Build from a registry ``ModelVersion``; ``weights`` overrides reading them."""
         import tomllib
 

@@ -70,9 +70,7 @@ class BinaryClassification:
 
     def predict(self, outputs: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
         probs = _sigmoid(outputs.reshape(-1))
-        return [
-            {"label": classes[int(p >= 0.5)], "probability": float(p)} for p in probs
-        ]
+        return [{"label": classes[int(p >= 0.5)], "probability": float(p)} for p in probs]
 
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
         probs = _sigmoid(outputs.reshape(-1))

@@ -1,0 +1,155 @@
+"""One hospital as the ClientApp sees it: its settings, its checked data, its ledger.
+
+Settings come from the SuperNode's ``--node-config`` in deployment (``data-path``,
+``schema-path``, ``state-dir``, ``epsilon-budget``, ``delta``, ``site-name``) or, in a
+simulation, from the simulation folder's ``sites.json`` entry for the node's
+``partition-id``. Either way the same keys mean the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from client.schema import SiteSchema, load_schema
+from client.site_data import SiteTable, load_site_table
+from models.features import FeatureEncoder, FeatureStatistics, Standardization
+from privacy.ledger import PrivacyLedger
+
+DEFAULT_VALIDATION_FRACTION = 0.2
+
+
+class SiteConfigError(ValueError):
+    """The site's settings are missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """A site's local settings.
+
+    Parameters
+    ----------
+    name : str
+        How the site appears in reports.
+    data_path, schema_path : Path
+        The site's table and the federation's schema.
+    state_dir : Path
+        Where the privacy ledger lives; must survive restarts.
+    epsilon_budget : float
+        The most ε this site will spend on its data, over all runs.
+    delta : float
+        δ of the site's accounting (below 1/n).
+    validation_fraction : float
+        Share of the site's rows kept for federated evaluation.
+    """
+
+    name: str
+    data_path: Path
+    schema_path: Path
+    state_dir: Path
+    epsilon_budget: float
+    delta: float = 1e-5
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], source: str) -> SiteSettings:
+        missing = [
+            k for k in ("data-path", "schema-path", "state-dir", "epsilon-budget") if k not in raw
+        ]
+        if missing:
+            raise SiteConfigError(f"{source}: missing {', '.join(missing)}")
+        try:
+            return cls(
+                name=str(raw.get("site-name", Path(str(raw["data-path"])).stem)),
+                data_path=Path(str(raw["data-path"])),
+                schema_path=Path(str(raw["schema-path"])),
+                state_dir=Path(str(raw["state-dir"])),
+                epsilon_budget=float(raw["epsilon-budget"]),
+                delta=float(raw.get("delta", 1e-5)),
+                validation_fraction=float(
+                    raw.get("validation-fraction", DEFAULT_VALIDATION_FRACTION)
+                ),
+            )
+        except (TypeError, ValueError) as err:
+            raise SiteConfigError(f"{source}: {err}") from err
+
+    def ledger(self) -> PrivacyLedger:
+        return PrivacyLedger(self.state_dir, self.epsilon_budget, self.delta)
+
+
+def resolve_settings(
+    node_config: Mapping[str, Any], message_config: Mapping[str, Any]
+) -> SiteSettings:
+    """The settings of the site this ClientApp runs for."""
+    if "data-path" in node_config:
+        return SiteSettings.from_mapping(node_config, "SuperNode --node-config")
+    simulation_dir = message_config.get("simulation-dir")
+    if simulation_dir and "partition-id" in node_config:
+        sites_file = Path(str(simulation_dir)) / "sites.json"
+        sites = json.loads(sites_file.read_text())
+        index = int(node_config["partition-id"])
+        if index >= len(sites):
+            raise SiteConfigError(
+                f"{sites_file}: no site for partition {index} ({len(sites)} sites prepared)"
+            )
+        return SiteSettings.from_mapping(sites[index], f"{sites_file} site {index}")
+    raise SiteConfigError(
+        "this SuperNode has no site data: start it with --node-config "
+        '\'data-path="…" schema-path="…" state-dir="…" epsilon-budget=…\''
+    )
+
+
+@dataclass
+class SiteData:
+    """A site's checked table, split into training and validation parts."""
+
+    settings: SiteSettings
+    schema: SiteSchema
+    table: SiteTable
+    train_index: np.ndarray
+    validation_index: np.ndarray
+
+    @property
+    def schema_sha256(self) -> str:
+        return self.schema.sha256
+
+    def statistics(self) -> FeatureStatistics:
+        """Counts, sums and sums of squares over the training part only."""
+        return FeatureStatistics.of_frame(self.table.frame.iloc[self.train_index], self.schema)
+
+    def encoded(self, standardization: Standardization, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets of the ``train`` or ``validation`` part."""
+        encoder = FeatureEncoder(self.schema, standardization)
+        index = self.train_index if part == "train" else self.validation_index
+        frame = self.table.frame.iloc[index]
+        return encoder.transform(frame), encoder.labels(frame)
+
+
+_CACHE: dict[tuple[str, float], SiteData] = {}
+
+
+def load_site(settings: SiteSettings, seed: int = 0) -> SiteData:
+    """Load, check and split the site's data (cached per file and modification time)."""
+    key = (
+        str(settings.data_path),
+        settings.data_path.stat().st_mtime if settings.data_path.exists() else 0.0,
+    )
+    if key in _CACHE and _CACHE[key].settings == settings:
+        return _CACHE[key]
+    schema = load_schema(settings.schema_path)
+    table = load_site_table(settings.data_path, schema)
+    rows = np.arange(table.num_rows)
+    labels = table.frame[schema.label]
+    stratify = labels if schema.task != "regression" and labels.value_counts().min() >= 2 else None
+    train_index, validation_index = train_test_split(
+        rows, test_size=settings.validation_fraction, random_state=seed, stratify=stratify
+    )
+    data = SiteData(settings, schema, table, np.sort(train_index), np.sort(validation_index))
+    _CACHE[key] = data
+    return data

@@ -1,0 +1,222 @@
+"""Networks for per-patient time series (vital signs, lab values), valid for Opacus DP-SGD.
+
+Input layout (one tensor per patient, so a ``TensorDataset`` and Opacus's Poisson
+sampling work unchanged): a float tensor ``(batch, time, features + 1)``. The first
+``features`` channels are the (standardized) measurements of each time step; the last
+channel is 1 where the step is a real observation and 0 where it is padding. Shorter
+series are padded (at the end, by :mod:`client.formats_sequences`) with zeros and mask
+0. ``ModelSpec.input_dim`` is the number of *features*, without the mask channel.
+
+Families:
+
+- ``gru`` / ``lstm``: Opacus's ``DPGRU`` / ``DPLSTM`` (recurrent layers built from
+  ``Linear`` pieces so per-sample gradients exist), then the hidden state of the last
+  observed step (``pooling="last"``) or the mean over observed steps (``"mean"``).
+- ``attention``: one self-attention encoder block on Opacus's ``DPMultiheadAttention``
+  with the padding as ``key_padding_mask``, fixed sinusoidal positions, masked mean
+  pooling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from opacus.layers import DPGRU, DPLSTM, DPMultiheadAttention
+from torch import nn
+
+from models.spec import ModelSpec, register_family
+
+
+def split_mask(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, mask)`` of a packed ``(batch, time, features + 1)`` tensor."""
+    if x.dim() != 3:
+        raise ValueError(f"sequence models expect (batch, time, features+1), got {tuple(x.shape)}")
+    return x[..., :-1], x[..., -1]
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``h`` (batch, time, dim) over the steps where ``mask`` is 1."""
+    weights = mask.unsqueeze(-1)
+    return (h * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def last_observed(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``h`` at each row's last step with mask 1 (step 0 if there is none)."""
+    steps = torch.arange(mask.shape[1], device=mask.device, dtype=h.dtype)
+    last = (mask * (steps + 1)).argmax(dim=1)  # +1 so an all-zero row picks step 0
+    return h[torch.arange(h.shape[0], device=h.device), last]
+
+
+class RecurrentClassifier(nn.Module):
+    """A DP recurrent network over the packed sequence, then a linear head.
+
+    The mask channel is part of the recurrent input, so the network also sees gaps.
+    """
+
+    def __init__(
+        self,
+        cell: str,
+        features: int,
+        output_dim: int,
+        hidden: int = 32,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        pooling: str = "last",
+    ):
+        super().__init__()
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"{cell}: pooling must be 'last' or 'mean', got {pooling!r}")
+        layer = {"gru": DPGRU, "lstm": DPLSTM}[cell]
+        self.features = int(features)
+        self.pooling = pooling
+        self.rnn = layer(
+            self.features + 1,
+            hidden,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.head = nn.Linear(hidden, output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_width(x, self.features)
+        _, mask = split_mask(x)
+        out, _ = self.rnn(x)
+        pooled = last_observed(out, mask) if self.pooling == "last" else masked_mean(out, mask)
+        return self.head(pooled)
+
+
+class BatchFirstDPMultiheadAttention(DPMultiheadAttention):
+    """``DPMultiheadAttention`` with a correct batch-first forward for self-attention.
+
+    Opacus 1.6's own forward with ``batch_first=True`` and more than one head reshapes
+    ``(batch*heads, time, head_dim)`` straight to ``(batch, time, embed)``, splicing heads
+    into time steps (meta-pytorch/opacus PR #825). This keeps Opacus's layers (so the
+    per-sample gradients are Opacus's) and redoes only the reshapes. Supports
+    ``key_padding_mask``; not ``attn_mask``, ``add_bias_kv`` or ``add_zero_attn``.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__(embed_dim, num_heads, dropout=dropout, batch_first=True)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=False, **_):
+        bsz, tgt_len, embed = query.shape
+        src_len = key.shape[1]
+        heads, head_dim = self.num_heads, self.head_dim
+        q = self.qlinear(query) * head_dim**-0.5
+        k = self.klinear(key)
+        v = self.vlinear(value)
+        q = q.reshape(bsz, tgt_len, heads, head_dim).transpose(1, 2)
+        k = k.reshape(bsz, src_len, heads, head_dim).transpose(1, 2)
+        v = v.reshape(bsz, src_len, heads, head_dim).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2)  # (batch, heads, tgt, src)
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        weights = self.dropout(F.softmax(scores, dim=-1))
+        out = (weights @ v).transpose(1, 2).reshape(bsz, tgt_len, embed)
+        out = self.out_proj(out)
+        return out, (weights.mean(dim=1) if need_weights else None)
+
+
+def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:
+    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(position * div)
+    table[:, 1::2] = torch.cos(position * div)[:, : dim // 2]
+    return table
+
+
+class AttentionClassifier(nn.Module):
+    """Linear embedding + fixed positions → one post-norm self-attention block with a
+    feed-forward layer → masked mean over observed steps → linear head."""
+
+    def __init__(
+        self,
+        features: int,
+        output_dim: int,
+        d_model: int = 32,
+        heads: int = 2,
+        dropout: float = 0.0,
+        max_len: int = 512,
+    ):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"attention: d_model {d_model} is not divisible by heads {heads}")
+        self.features = int(features)
+        self.max_len = int(max_len)
+        self.embed = nn.Linear(self.features + 1, d_model)
+        self.register_buffer("positions", sinusoidal_positions(self.max_len, d_model))
+        self.attn = BatchFirstDPMultiheadAttention(d_model, heads, dropout=dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model)
+        )
+        self.norm2 = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(d_model, output_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_width(x, self.features)
+        _, mask = split_mask(x)
+        steps = x.shape[1]
+        if steps > self.max_len:
+            raise ValueError(f"attention: {steps} steps exceed max_len {self.max_len}")
+        h = self.embed(x) + self.positions[:steps]
+        padding = mask < 0.5
+        # a row without any observed step attends to its first step instead of nothing
+        padding[:, 0] = padding[:, 0] & (mask.sum(1) > 0)
+        a, _ = self.attn(h, h, h, key_padding_mask=padding)
+        h = self.norm1(h + self.drop(a))
+        h = self.norm2(h + self.drop(self.ff(h)))
+        return self.head(masked_mean(h, mask))
+
+
+def _check_width(x: torch.Tensor, features: int) -> None:
+    if x.dim() != 3 or x.shape[-1] != features + 1:
+        raise ValueError(
+            f"expected (batch, time, {features}+1) with the mask as last channel, "
+            f"got {tuple(x.shape)}"
+        )
+
+
+def _recurrent(cell: str, spec: ModelSpec) -> nn.Module:
+    o = spec.options
+    return RecurrentClassifier(
+        cell,
+        spec.input_dim,
+        spec.output_dim,
+        hidden=int(o.get("hidden", 32)),
+        num_layers=int(o.get("num_layers", 1)),
+        dropout=float(o.get("dropout", 0.0)),
+        pooling=str(o.get("pooling", "last")),
+    )
+
+
+@register_family("gru")
+def gru(spec: ModelSpec) -> nn.Module:
+    """Options: ``hidden`` (32), ``num_layers`` (1), ``dropout`` (0, between layers),
+    ``pooling`` (``last`` | ``mean``)."""
+    return _recurrent("gru", spec)
+
+
+@register_family("lstm")
+def lstm(spec: ModelSpec) -> nn.Module:
+    """Options as ``gru``."""
+    return _recurrent("lstm", spec)
+
+
+@register_family("attention")
+def attention(spec: ModelSpec) -> nn.Module:
+    """Options: ``d_model`` (32), ``heads`` (2), ``dropout`` (0), ``max_len`` (512 steps)."""
+    o = spec.options
+    return AttentionClassifier(
+        spec.input_dim,
+        spec.output_dim,
+        d_model=int(o.get("d_model", 32)),
+        heads=int(o.get("heads", 2)),
+        dropout=float(o.get("dropout", 0.0)),
+        max_len=int(o.get("max_len", 512)),
+    )

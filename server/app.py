@@ -1,0 +1,66 @@
+"""The fedcare ServerApp: what the coordinator runs for each federated training run.
+
+``flwr run .`` (simulation or a real SuperLink) loads ``server.app:app``; its settings
+come from the run config. ``fedcare simulate`` builds the same app with
+:func:`make_server_app`, passing the settings directly, since Flower's in-process
+simulation gives the ServerApp an empty run config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.federation import Progress, RunOutcome, run_federation
+from server.registry import Signer
+from server.settings import RunSettings
+
+# Relative output folders of `flwr run` land here, not in Flower's working directory.
+FEDCARE_HOME = Path(os.environ.get("FEDCARE_HOME", Path.home() / ".fedcare"))
+
+
+def make_server_app(
+    settings: RunSettings | None = None,
+    progress: Progress | None = None,
+    signer: Signer | None = None,
+    outcomes: list[RunOutcome] | None = None,
+) -> ServerApp:
+    """A ServerApp running :func:`server.federation.run_federation`.
+
+    Parameters
+    ----------
+    settings : RunSettings, optional
+        Fixed settings; when None they are read from the run's config.
+    progress : callable, optional
+        Receives a line per round and per event.
+    signer : callable, optional
+        Signs the registered model.
+    outcomes : list, optional
+        The finished run's :class:`RunOutcome` is appended here (for in-process callers).
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_settings = settings or _settings_from_context(context)
+        outcome = run_federation(grid, run_settings, progress=progress, signer=signer)
+        if outcomes is not None:
+            outcomes.append(outcome)
+
+    return app
+
+
+def _settings_from_context(context: Context) -> RunSettings:
+    settings = RunSettings.from_run_config(dict(context.run_config))
+    out = Path(settings.out_dir)
+    if not out.is_absolute():
+        values = settings.to_dict()
+        values["out_dir"] = str(FEDCARE_HOME / out / f"run-{context.run_id}")
+        settings = RunSettings(**values)
+    return settings
+
+
+app = make_server_app()

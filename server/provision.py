@@ -1,0 +1,377 @@
+"""`fedcare provision`: everything a federation needs, one folder per participant.
+
+    OUT/
+      ca/                     the certificate authority; keep it offline. Needed only to
+        ca.key ca.crt         (re)issue the SuperLink's certificate.
+      coordinator/            the coordinator host (SuperLink + ServerApp + registry)
+        ca.crt
+        superlink.crt superlink.key       TLS for the SuperLink's one port
+        signing.key signing.pub           Ed25519 key that signs registry manifests
+        sites/<site>.pub                  every site's SuperNode public key (to register)
+        federation.toml                   names, address, fingerprints
+      sites/<site>/           one hospital; holds nothing of another participant's secrets
+        ca.crt                            to verify the SuperLink
+        auth.key auth.pub                 this site's SuperNode authentication key pair
+        signing.pub                       to verify models the coordinator publishes
+        site.toml                         the agent's configuration (filled in by the site)
+
+Re-running is safe: an existing private key is reused, never replaced, unless `force`.
+Public artefacts (certificates, copies of public keys, federation.toml) are rewritten from
+the keys; a site's `site.toml` is left alone once it exists (the hospital edits it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from privacy import pki
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DEFAULT_PORT = 8000
+RENEW_BEFORE = timedelta(days=30)
+
+
+class ProvisionError(Exception):
+    """Provisioning cannot proceed; the message says why and what to do."""
+
+
+@dataclass
+class ProvisionResult:
+    out_dir: Path
+    federation: str
+    sites: list[str]
+    superlink_address: str
+    created: list[Path] = field(default_factory=list)  # new private keys
+    reused: list[Path] = field(default_factory=list)  # private keys kept as they were
+    written: list[Path] = field(default_factory=list)  # public artefacts (re)written
+    server_cert_issued: bool = False
+
+    def summary(self) -> str:
+        lines = [
+            f"federation {self.federation!r}: {len(self.sites)} site(s) "
+            f"({', '.join(self.sites)}), SuperLink at {self.superlink_address}",
+            f"  new private keys: {len(self.created)}; kept: {len(self.reused)}",
+            f"  SuperLink certificate: {'issued' if self.server_cert_issued else 'kept'}",
+            f"  give each site only its folder {self.out_dir / 'sites' / '<site>'}; "
+            f"keep {self.out_dir / 'ca'} offline",
+        ]
+        return "\n".join(lines)
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ProvisionError(
+            f"invalid {kind} name {name!r}: use lower-case letters, digits, '-' or '_' "
+            "(start with a letter or digit, at most 63 characters)"
+        )
+    return name
+
+
+def _private(path: Path, make: Callable[[], bytes], force: bool, result: ProvisionResult) -> bytes:
+    """Return the private key bytes at `path`, creating them only if absent (or forced)."""
+    if path.exists() and not force:
+        result.reused.append(path)
+        return path.read_bytes()
+    data = make()
+    pki.write_private_key(path, data, force=force)
+    result.created.append(path)
+    return data
+
+
+def _public(path: Path, data: bytes, result: ProvisionResult) -> None:
+    if path.exists() and path.read_bytes() == data:
+        return
+    pki.write_public(path, data)
+    result.written.append(path)
+
+
+def _server_cert_ok(
+    cert_path: Path, key, ca_cert, dns_names: Sequence[str], ip_addresses: Sequence[str]
+) -> bool:
+    if not cert_path.exists():
+        return False
+    try:
+        cert = pki.load_cert(cert_path.read_bytes())
+    except pki.PKIError:
+        return False
+    if not pki.verify_issued_by(cert, ca_cert) or not pki.public_keys_match(key, cert):
+        return False
+    if cert.not_valid_after_utc - datetime.now(UTC) < RENEW_BEFORE:
+        return False
+    want_dns = {d.strip() for d in dns_names if d.strip()}
+    want_ips = {str(pki.parse_sans((), [ip])[0].value) for ip in ip_addresses if ip.strip()}
+    return pki.cert_sans(cert) == (want_dns, want_ips)
+
+
+def _site_toml(site: str, federation: str, address: str, port: int) -> str:
+    return f"""\
+# fedcare site configuration for {site!r} in federation {federation!r}.
+# Paths are relative to this file. Fill in [data] before `fedcare site check`.
+
+[site]
+name = "{site}"
+federation = "{federation}"
+
+[superlink]
+# host:port of the coordinator's SuperLink; the hospital needs outbound HTTPS to it only.
+address = "{address}"
+root-certificates = "ca.crt"
+
+[auth]
+private-key = "auth.key"
+
+[data]
+path = ""            # CSV or Parquet file with this site's records (required)
+schema = ""          # the federation's schema file, if it sent one
+
+[state]
+# The privacy ledger and the SuperNode's working files live here; back it up.
+dir = "state"
+
+[privacy]
+max-epsilon = 8.0    # this site refuses any round that would take it past this budget
+delta = 1e-5
+
+[supernode]
+# Loopback port of the SuperNode's local Runtime API (ClientApp <-> SuperNode).
+runtime-port = {port}
+"""
+
+
+def _federation_toml(
+    federation: str,
+    address: str,
+    sites: list[str],
+    fingerprints: dict[str, str],
+    server_cert,
+    signing_pub_fp: str,
+) -> str:
+    dns, ips = pki.cert_sans(server_cert)
+    lines = [
+        "# Written by `fedcare provision`; public information only.",
+        f'federation = "{federation}"',
+        f'superlink-address = "{address}"',
+        'ca-certificate = "ca.crt"',
+        'superlink-certificate = "superlink.crt"',
+        'superlink-key = "superlink.key"',
+        'signing-key = "signing.key"',
+        'signing-public-key = "signing.pub"',
+        f'signing-public-key-sha256 = "{signing_pub_fp}"',
+        f'superlink-certificate-sha256 = "{pki.cert_fingerprint(server_cert)}"',
+        f"superlink-dns-names = {sorted(dns)!r}".replace("'", '"'),
+        f"superlink-ip-addresses = {sorted(ips)!r}".replace("'", '"'),
+        "",
+    ]
+    for site in sites:
+        lines += [
+            "[[sites]]",
+            f'name = "{site}"',
+            f'public-key = "sites/{site}.pub"',
+            f'fingerprint = "{fingerprints[site]}"',
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def provision(
+    federation: str,
+    sites: Sequence[str],
+    out_dir: str | Path,
+    san_dns: Sequence[str] = ("localhost",),
+    san_ips: Sequence[str] = ("127.0.0.1",),
+    force: bool = False,
+    superlink_address: str | None = None,
+    port: int = DEFAULT_PORT,
+    supernode_runtime_port: int = 9094,
+) -> ProvisionResult:
+    """Create (or complete) a federation's keys and certificates under `out_dir`.
+
+    Parameters
+    ----------
+    federation, sites : names (lower-case letters, digits, '-', '_').
+    san_dns, san_ips : the names and addresses by which sites reach the SuperLink; each
+        site dials `superlink_address`, whose host must be among them.
+    force : replace existing private keys (all of them: a new CA, new SuperLink key, new
+        site keys, new signing key). Without it nothing private is ever overwritten.
+    superlink_address : host:port the sites dial; default the first DNS name (else IP)
+        with `port`.
+    supernode_runtime_port : the loopback port written into each new site.toml.
+    """
+    federation = _check_name("federation", federation)
+    sites = [_check_name("site", s.strip()) for s in sites if s.strip()]
+    if not sites:
+        raise ProvisionError("at least one site is needed (--sites a,b,c)")
+    if len(set(sites)) != len(sites):
+        raise ProvisionError(f"duplicate site names in {sites}")
+    if any(s in ("ca", "coordinator") for s in sites):
+        raise ProvisionError("'ca' and 'coordinator' are reserved and cannot be site names")
+    san_dns = [d.strip() for d in san_dns if d.strip()]
+    san_ips = [i.strip() for i in san_ips if i.strip()]
+    pki.parse_sans(san_dns, san_ips)  # validates (raises PKIError)
+    if superlink_address is None:
+        host = san_dns[0] if san_dns else san_ips[0]
+        host = f"[{host}]" if ":" in host else host
+        superlink_address = f"{host}:{port}"
+    host_part = superlink_address.rsplit(":", 1)[0].strip("[]")
+    if host_part not in san_dns and host_part not in san_ips:
+        raise ProvisionError(
+            f"the SuperLink address host {host_part!r} is not among the certificate's names "
+            f"{san_dns + san_ips}: sites would reject the certificate"
+        )
+
+    out = Path(out_dir)
+    ca_dir, coord_dir, sites_dir = out / "ca", out / "coordinator", out / "sites"
+    result = ProvisionResult(
+        out_dir=out, federation=federation, sites=sites, superlink_address=superlink_address
+    )
+
+    # --- the CA. A CA certificate without its key means the key was moved offline (or
+    # lost): never invent a new CA behind the sites' backs.
+    ca_key_path, ca_cert_path = ca_dir / "ca.key", ca_dir / "ca.crt"
+    if not force and ca_cert_path.exists() and not ca_key_path.exists():
+        ca_key = None
+        ca_cert = pki.load_cert(ca_cert_path.read_bytes())
+    else:
+        ca_key_pem = _private(
+            ca_key_path, lambda: pki.ec_key_to_pem(pki.generate_ec_key()), force, result
+        )
+        ca_key = pki.load_pem_private_key(ca_key_pem)
+        ca_cert = None
+        if ca_cert_path.exists() and not force:
+            ca_cert = pki.load_cert(ca_cert_path.read_bytes())
+            if not pki.public_keys_match(ca_key, ca_cert):
+                ca_cert = None
+        if ca_cert is None:
+            _, ca_cert = pki.make_ca(f"fedcare {federation} CA", key=ca_key)
+            pki.write_public(ca_cert_path, pki.cert_to_pem(ca_cert))
+            result.written.append(ca_cert_path)
+    ca_pem = pki.cert_to_pem(ca_cert)
+
+    # --- the coordinator
+    _public(coord_dir / "ca.crt", ca_pem, result)
+    sl_key_pem = _private(
+        coord_dir / "superlink.key",
+        lambda: pki.ec_key_to_pem(pki.generate_ec_key()),
+        force,
+        result,
+    )
+    sl_key = pki.load_pem_private_key(sl_key_pem)
+    cert_path = coord_dir / "superlink.crt"
+    if force or not _server_cert_ok(cert_path, sl_key, ca_cert, san_dns, san_ips):
+        if ca_key is None:
+            raise ProvisionError(
+                f"the SuperLink certificate must be (re)issued but the CA key {ca_key_path} "
+                "is absent: bring the CA key back into that folder and re-run"
+            )
+        server_cert = pki.issue_server_cert(
+            ca_key, ca_cert, sl_key, f"fedcare {federation} SuperLink", san_dns, san_ips
+        )
+        _public(cert_path, pki.cert_to_pem(server_cert), result)
+        result.server_cert_issued = True
+    else:
+        server_cert = pki.load_cert(cert_path.read_bytes())
+
+    sign_pem = _private(
+        coord_dir / "signing.key",
+        lambda: pki.generate_signing_keys().private_pem,
+        force,
+        result,
+    )
+    signing = pki.signing_keys_from_private(pki.load_signing_private_key(sign_pem))
+    _public(coord_dir / "signing.pub", signing.public_pem, result)
+    signing_fp = hashlib.sha256(signing.public_pem).hexdigest()
+
+    # --- the sites
+    fingerprints: dict[str, str] = {}
+    for site in sites:
+        sdir = sites_dir / site
+        key_bytes = _private(
+            sdir / "auth.key",
+            lambda site=site: pki.generate_node_auth_keys(f"{federation}/{site}").private_openssh,
+            force,
+            result,
+        )
+        keys = pki.node_auth_keys_from_private(
+            pki.load_node_auth_private_key(key_bytes), comment=f"{federation}/{site}"
+        )
+        _public(sdir / "auth.pub", keys.public_openssh, result)
+        _public(sdir / "ca.crt", ca_pem, result)
+        _public(sdir / "signing.pub", signing.public_pem, result)
+        _public(coord_dir / "sites" / f"{site}.pub", keys.public_openssh, result)
+        site_toml = sdir / "site.toml"
+        if force or not site_toml.exists():
+            text = _site_toml(site, federation, superlink_address, supernode_runtime_port)
+            pki.write_public(site_toml, text.encode())
+            result.written.append(site_toml)
+        fingerprints[site] = keys.fingerprint
+
+    _public(
+        coord_dir / "federation.toml",
+        _federation_toml(
+            federation, superlink_address, sites, fingerprints, server_cert, signing_fp
+        ).encode(),
+        result,
+    )
+    return result
+
+
+# ------------------------------------------------------------------- reading it back
+
+
+@dataclass(frozen=True)
+class FederationFile:
+    """The coordinator's view of a provisioned federation (coordinator/federation.toml)."""
+
+    root: Path
+    federation: str
+    superlink_address: str
+    sites: dict[str, Path]  # site name -> its public key file
+    fingerprints: dict[str, str]
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca.crt"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.root / "superlink.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.root / "superlink.key"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "signing.key"
+
+
+def load_federation(coordinator_dir: str | Path) -> FederationFile:
+    root = Path(coordinator_dir)
+    path = root / "federation.toml"
+    if not path.exists():
+        raise ProvisionError(f"{path} not found: run `fedcare provision` first")
+    data = tomllib.loads(path.read_text())
+    sites = {s["name"]: root / s["public-key"] for s in data.get("sites", [])}
+    fps = {s["name"]: s["fingerprint"] for s in data.get("sites", [])}
+    return FederationFile(
+        root=root,
+        federation=data["federation"],
+        superlink_address=data["superlink-address"],
+        sites=sites,
+        fingerprints=fps,
+    )
+
+
+def copy_site_bundle(out_dir: str | Path, site: str, dest: str | Path) -> Path:
+    """Copy one site's folder (what that hospital may have) to `dest`."""
+    src = Path(out_dir) / "sites" / _check_name("site", site)
+    if not src.is_dir():
+        raise ProvisionError(f"no provisioned site {site!r} under {out_dir}")
+    return Path(shutil.copytree(src, dest, dirs_exist_ok=False))

@@ -1,0 +1,162 @@
+"""The coordinator's run settings, read from Flower's run config.
+
+Every field has the default shown in ``pyproject.toml``'s ``[tool.flwr.app.config]``;
+``flwr run . --run-config 'key=value'`` or ``fedcare simulate`` options override them.
+Values are checked here so a typo fails before any site is contacted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+MODES = ("simulation", "deployment")
+PARTITIONS = ("iid", "dirichlet", "size")
+
+
+class SettingsError(ValueError):
+    """A run-config value is out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What one federated training run does.
+
+    Parameters
+    ----------
+    mode : str
+        ``simulation`` (the coordinator prepares simulated hospitals from ``dataset`` or
+        ``data-dir``) or ``deployment`` (real sites bring their own data).
+    num_server_rounds : int
+        Rounds in the whole run (a resumed run keeps the same total).
+    local_epochs, learning_rate, batch_size : int, float, int
+        Local SGD at each site.
+    strategy : str
+        One of ``STRATEGIES``; FedAvg by default.
+    proximal_mu : float
+        FedProx's μ.
+    server_learning_rate : float
+        FedAdam's server step size η.
+    model : str
+        Model family (``logreg`` or ``mlp`` for tables, see ``models.spec.families``).
+    hidden : str
+        Comma-separated hidden widths of an MLP.
+    dp : bool
+        DP-SGD at the sites (on by default).
+    max_grad_norm : float
+        Per-example clipping norm.
+    epsilon, delta : float
+        In simulation, each simulated site's ε budget and δ. In deployment, each site
+        sets its own budget; δ is sent as the federation's δ.
+    min_sites : int
+        Fewest sites a round needs; fewer replies and the round's update is skipped.
+    dataset, data_dir, sites, partition, alpha, seed : simulation inputs.
+    test_fraction : float
+        Share of the data held out as the global test set in simulation.
+    schema_path, test_path : str
+        In deployment: the federation's schema, and an optional test set the
+        coordinator may evaluate on.
+    federation : str
+        The federation's name (recorded in every site's ledger).
+    out_dir : str
+        Where checkpoints, the report and the registry go.
+    resume : bool
+        Continue from the last checkpoint in ``out_dir``.
+    round_timeout : float
+        Seconds to wait for the sites' replies each round.
+    """
+
+    mode: str = "simulation"
+    num_server_rounds: int = 10
+    local_epochs: int = 1
+    learning_rate: float = 0.5
+    batch_size: int = 32
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    server_learning_rate: float = 0.05
+    model: str = "logreg"
+    hidden: str = "32"
+    dp: bool = True
+    max_grad_norm: float = 1.0
+    epsilon: float = 1.0
+    delta: float = 1e-5
+    min_sites: int = 2
+    dataset: str = "breast_cancer"
+    data_dir: str = ""
+    sites: int = 5
+    partition: str = "iid"
+    alpha: float = 0.5
+    seed: int = 0
+    test_fraction: float = 0.2
+    schema_path: str = ""
+    test_path: str = ""
+    federation: str = "default"
+    out_dir: str = "fedcare-runs/flwr-run"
+    resume: bool = False
+    round_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.mode in MODES, "mode", f"one of {MODES}"),
+            (self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}"),
+            (self.partition in PARTITIONS, "partition", f"one of {PARTITIONS}"),
+            (self.num_server_rounds >= 1, "num-server-rounds", "at least 1"),
+            (self.local_epochs >= 1, "local-epochs", "at least 1"),
+            (self.batch_size >= 1, "batch-size", "at least 1"),
+            (self.learning_rate > 0, "learning-rate", "positive"),
+            (self.max_grad_norm > 0, "max-grad-norm", "positive"),
+            (self.epsilon > 0, "epsilon", "positive"),
+            (0 < self.delta < 1, "delta", "in (0, 1)"),
+            (self.min_sites >= 1, "min-sites", "at least 1"),
+            (self.sites >= 1, "sites", "at least 1"),
+            (self.alpha > 0, "alpha", "positive"),
+            (0 < self.test_fraction < 1, "test-fraction", "in (0, 1)"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise SettingsError(
+                    f"run config '{key}' = {self._value(key)!r}: expected {expected}"
+                )
+        if self.mode == "deployment" and not self.schema_path:
+            raise SettingsError("run config 'schema-path' is required in deployment mode")
+
+    def _value(self, key: str) -> Any:
+        return getattr(self, key.replace("-", "_"))
+
+    @property
+    def hidden_sizes(self) -> list[int]:
+        try:
+            return [int(h) for h in str(self.hidden).split(",") if h.strip()]
+        except ValueError as err:
+            raise SettingsError(
+                f"run config 'hidden' = {self.hidden!r}: expected e.g. '64,32'"
+            ) from err
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> RunSettings:
+        """Build from Flower's run config (kebab-case keys); unknown keys are refused."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in config.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise SettingsError(f"unknown run config key '{key}'")
+            default = known[name].default
+            try:
+                if isinstance(default, bool):
+                    value = value if isinstance(value, bool) else str(value).lower() == "true"
+                elif isinstance(default, int):
+                    value = int(value)
+                elif isinstance(default, float):
+                    value = float(value)
+                else:
+                    value = str(value)
+            except (TypeError, ValueError) as err:
+                raise SettingsError(f"run config '{key}' = {value!r}: wrong type") from err
+            values[name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

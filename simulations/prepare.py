@@ -1,0 +1,120 @@
+"""Laying out a simulated federation on disk: one data file and state folder per site.
+
+A simulation folder looks exactly like what real sites would have, so the ClientApp
+reads it with the same code as in deployment::
+
+    <dir>/schema.toml      the federation's schema
+    <dir>/site-<i>.csv     each hospital's table (or the user's own files)
+    <dir>/test.csv         the global test set, held out from every site
+    <dir>/state/site-<i>/  each site's state (privacy ledger)
+    <dir>/sites.json       per site: name, data path, schema path, state dir, ε budget, δ
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sklearn.model_selection import train_test_split
+
+from client.schema import load_schema
+from server.settings import RunSettings
+from simulations.datasets import load_dataset
+from simulations.partition import partition
+
+SITES_FILE = "sites.json"
+
+
+@dataclass(frozen=True)
+class SimulationLayout:
+    """Where a prepared simulation's files are."""
+
+    root: Path
+    schema_path: Path
+    test_path: Path | None
+    sites: list[dict[str, Any]]
+
+
+def prepare_simulation(settings: RunSettings, root: str | Path) -> SimulationLayout:
+    """Create (or reopen) the simulation folder for ``settings``."""
+    root = Path(root).resolve()
+    if (root / SITES_FILE).is_file():
+        return read_layout(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if settings.data_dir:
+        layout = _from_data_dir(settings, root)
+    else:
+        layout = _from_dataset(settings, root)
+    (root / SITES_FILE).write_text(json.dumps(layout.sites, indent=2))
+    return layout
+
+
+def read_layout(root: str | Path) -> SimulationLayout:
+    root = Path(root)
+    sites = json.loads((root / SITES_FILE).read_text())
+    test = root / "test.csv"
+    schema_path = Path(sites[0]["schema-path"]) if sites else root / "schema.toml"
+    return SimulationLayout(root, schema_path, test if test.is_file() else None, sites)
+
+
+def _site_entry(settings: RunSettings, root: Path, index: int, data: Path, schema: Path) -> dict:
+    return {
+        "site-name": f"hospital-{index}",
+        "data-path": str(data),
+        "schema-path": str(schema),
+        "state-dir": str(root / "state" / f"site-{index}"),
+        "epsilon-budget": settings.epsilon,
+        "delta": settings.delta,
+    }
+
+
+def _from_dataset(settings: RunSettings, root: Path) -> SimulationLayout:
+    frame, schema = load_dataset(settings.dataset)
+    classification = schema.task != "regression"
+    train, test = train_test_split(
+        frame,
+        test_size=settings.test_fraction,
+        random_state=settings.seed,
+        stratify=frame[schema.label] if classification else None,
+    )
+    parts = partition(
+        train.reset_index(drop=True),
+        schema.label,
+        settings.sites,
+        method=settings.partition,
+        alpha=settings.alpha,
+        seed=settings.seed,
+        classification=classification,
+    )
+    schema_path = root / "schema.toml"
+    schema.save(schema_path)
+    test_path = root / "test.csv"
+    test.to_csv(test_path, index=False)
+    sites = []
+    for i, part in enumerate(parts):
+        data = root / f"site-{i}.csv"
+        part.to_csv(data, index=False)
+        sites.append(_site_entry(settings, root, i, data, schema_path))
+    return SimulationLayout(root, schema_path, test_path, sites)
+
+
+def _from_data_dir(settings: RunSettings, root: Path) -> SimulationLayout:
+    """The user's own hospitals: ``schema.toml`` plus one CSV/Parquet per site
+    (``test.csv``, if present, is the global test set)."""
+    source = Path(settings.data_dir).resolve()
+    schema_path = source / "schema.toml"
+    load_schema(schema_path)  # fail early, naming the file
+    files = sorted(
+        p for p in source.iterdir() if p.suffix.lower() in (".csv", ".parquet") and p.stem != "test"
+    )
+    if not files:
+        raise ValueError(f"{source}: no site files (*.csv or *.parquet) beside schema.toml")
+    test = source / "test.csv"
+    sites = []
+    for i, data in enumerate(files):
+        entry = _site_entry(settings, root, i, data, schema_path)
+        entry["site-name"] = data.stem
+        sites.append(entry)
+    return SimulationLayout(root, schema_path, test if test.is_file() else None, sites)
