@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -19,13 +19,13 @@ app = typer.Typer(
 console = Console()
 
 
-class Partition(str, Enum):
+class Partition(StrEnum):
     iid = "iid"
     dirichlet = "dirichlet"
     size = "size"
 
 
-class StrategyName(str, Enum):
+class StrategyName(StrEnum):
     fedavg = "fedavg"
     fedprox = "fedprox"
     fedadam = "fedadam"
@@ -111,8 +111,9 @@ def simulate(
         )
     except SettingsError as err:
         raise typer.BadParameter(str(err)) from err
+    source = data_dir if data_dir else dataset
     console.print(
-        f"[bold]fedcare simulate[/]: {settings.sites} sites, {dataset if not data_dir else data_dir}, "
+        f"[bold]fedcare simulate[/]: {settings.sites} sites, {source}, "
         f"{partition.value}, {rounds} rounds, "
         + (f"DP ε={epsilon} per site" if dp else "no DP")
         + f" → {out_dir}"
