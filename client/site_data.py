@@ -44,7 +44,9 @@ class SiteDataError(ValueError):
     """A site's table does not match the schema. ``problems`` lists every finding."""
 
     def __init__(self, problems: list[DataProblem]):
-        self.problems = problems
+        # In file order, as the person fixing the file reads it.
+        self.problems = sorted(problems, key=lambda p: p.row or 0)
+        problems = self.problems
         shown = "\n".join(f"  - {p}" for p in problems[:MAX_REPORTED_PROBLEMS])
         more = len(problems) - MAX_REPORTED_PROBLEMS
         tail = f"\n  … and {more} more" if more > 0 else ""
