@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,10 +188,15 @@ def run_federation(
         )
     out.mkdir(parents=True, exist_ok=True)
 
+    nodes = wait_for_sites(grid, settings.min_sites, settings.round_timeout, say)
     simulation_dir = ""
     if settings.mode == "simulation":
         from simulations.prepare import prepare_simulation  # coordinator-only dependency
 
+        if not settings.data_dir and len(nodes) != settings.sites:
+            # Under `flwr run`, the SuperLink decides how many SuperNodes there are.
+            say(f"simulating {len(nodes)} hospitals, one per SuperNode")
+            settings = replace(settings, sites=len(nodes))
         layout = prepare_simulation(settings, out / "simulation")
         schema_path, test_path = layout.schema_path, layout.test_path
         simulation_dir = str(layout.root)
@@ -201,7 +206,6 @@ def run_federation(
     schema = load_schema(schema_path)
     schema_sha256 = schema.sha256
 
-    nodes = wait_for_sites(grid, settings.min_sites, settings.round_timeout, say)
     names: dict[int, str] = {}
     refusals: dict[str, dict[int, str]] = {}
     if checkpoint is not None:
