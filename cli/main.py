@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from server.settings import RunSettings, SettingsError
+
 app = typer.Typer(
     help="fedcare: privacy-preserving federated learning for hospitals.",
     no_args_is_help=True,
@@ -17,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
+DEFAULTS = RunSettings()
 
 
 class Partition(StrEnum):
@@ -38,18 +41,41 @@ def _default_out(prefix: str) -> Path:
     return Path("fedcare-runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _count_site_files(data_dir: Path) -> int:
-    return sum(
-        1
-        for p in data_dir.iterdir()
-        if p.suffix.lower() in (".csv", ".parquet") and p.stem != "test"
-    )
+def _check_data_dir(data_dir: Path) -> int:
+    """Check the schema and every site file before any federation starts; return the site count.
+
+    A researcher's own files fail here, in seconds, with every problem listed, rather than
+    inside the simulation.
+    """
+    from client.schema import SchemaError, load_schema
+    from client.site_data import SiteDataError, load_site_table
+    from simulations.prepare import site_files
+
+    try:
+        schema = load_schema(data_dir / "schema.toml")
+    except SchemaError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from err
+    files = site_files(data_dir)
+    if not files:
+        console.print(f"[red]error:[/] {data_dir}: no site files (*.csv or *.parquet)")
+        raise typer.Exit(2)
+    failed = False
+    for path in files + ([data_dir / "test.csv"] if (data_dir / "test.csv").is_file() else []):
+        try:
+            load_site_table(path, schema)
+        except SiteDataError as err:
+            console.print(f"[red]error:[/] {err}", highlight=False)
+            failed = True
+    if failed:
+        raise typer.Exit(2)
+    return len(files)
 
 
 @app.command()
 def simulate(
     dataset: str = typer.Option(
-        "breast_cancer", help="Built-in data set: breast_cancer, diabetes."
+        DEFAULTS.dataset, help="Built-in data set: breast_cancer, diabetes."
     ),
     data_dir: Path | None = typer.Option(
         None,
@@ -58,33 +84,39 @@ def simulate(
         exists=True,
         file_okay=False,
     ),
-    sites: int = typer.Option(5, min=1, help="Number of simulated hospitals."),
-    partition: Partition = typer.Option(Partition.iid, help="How the data is split across sites."),
-    alpha: float = typer.Option(0.5, min=0.001, help="Dirichlet concentration (dirichlet, size)."),
-    rounds: int = typer.Option(10, min=1, help="Federated rounds."),
-    local_epochs: int = typer.Option(1, min=1, help="Local epochs per round."),
-    epsilon: float = typer.Option(1.0, min=0.01, help="Each site's ε budget for the whole run."),
-    delta: float = typer.Option(1e-5, help="δ of each site's accounting (below 1/n)."),
-    dp: bool = typer.Option(True, "--dp/--no-dp", help="Train with DP-SGD at the sites."),
-    strategy: StrategyName = typer.Option(StrategyName.fedavg, help="Aggregation strategy."),
-    model: str = typer.Option("logreg", help="Model family: logreg or mlp."),
-    hidden: str = typer.Option("32", help="MLP hidden widths, e.g. 64,32."),
-    learning_rate: float = typer.Option(0.5, min=1e-6, help="Local SGD learning rate."),
-    batch_size: int = typer.Option(32, min=1, help="Expected local batch size."),
-    max_grad_norm: float = typer.Option(1.0, min=1e-6, help="DP clipping norm."),
-    seed: int = typer.Option(0, help="Seed for the split, the initial model and the noise."),
+    sites: int = typer.Option(DEFAULTS.sites, min=1, help="Number of simulated hospitals."),
+    partition: Partition = typer.Option(
+        DEFAULTS.partition, help="How the data is split across sites."
+    ),
+    alpha: float = typer.Option(
+        DEFAULTS.alpha, min=0.001, help="Dirichlet concentration (dirichlet, size)."
+    ),
+    rounds: int = typer.Option(DEFAULTS.num_server_rounds, min=1, help="Federated rounds."),
+    local_epochs: int = typer.Option(DEFAULTS.local_epochs, min=1, help="Local epochs per round."),
+    epsilon: float = typer.Option(
+        DEFAULTS.epsilon, min=0.01, help="Each site's ε budget for the whole run."
+    ),
+    delta: float = typer.Option(DEFAULTS.delta, help="δ of each site's accounting (below 1/n)."),
+    dp: bool = typer.Option(DEFAULTS.dp, "--dp/--no-dp", help="Train with DP-SGD at the sites."),
+    strategy: StrategyName = typer.Option(DEFAULTS.strategy, help="Aggregation strategy."),
+    model: str = typer.Option(DEFAULTS.model, help="Model family: logreg or mlp."),
+    hidden: str = typer.Option(DEFAULTS.hidden, help="MLP hidden widths, e.g. 64,32."),
+    learning_rate: float = typer.Option(
+        DEFAULTS.learning_rate, min=1e-6, help="Local SGD learning rate."
+    ),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, min=1, help="Expected local batch size."),
+    max_grad_norm: float = typer.Option(DEFAULTS.max_grad_norm, min=1e-6, help="DP clipping norm."),
+    seed: int = typer.Option(
+        DEFAULTS.seed, help="Seed for the split, the initial model and the noise."
+    ),
     out: Path | None = typer.Option(None, help="Output folder (default fedcare-runs/sim-<time>)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
 ) -> None:
     """Run a federation of simulated hospitals on this machine and register its model."""
-    from server.federation import FederationError
-    from server.settings import RunSettings, SettingsError
-    from simulations.runner import run_simulated_federation
-
     out_dir = (out or _default_out("sim")).resolve()
     if data_dir is not None:
-        sites = _count_site_files(data_dir)
+        sites = _check_data_dir(data_dir)
     try:
         settings = RunSettings(
             mode="simulation",
@@ -99,7 +131,7 @@ def simulate(
             max_grad_norm=max_grad_norm,
             epsilon=epsilon,
             delta=delta,
-            min_sites=min(2, sites),
+            min_sites=min(DEFAULTS.min_sites, sites),
             dataset=dataset,
             data_dir=str(data_dir.resolve()) if data_dir else "",
             sites=sites,
@@ -111,12 +143,20 @@ def simulate(
         )
     except SettingsError as err:
         raise typer.BadParameter(str(err)) from err
-    source = data_dir if data_dir else dataset
+    _run_simulation(settings, verbose)
+
+
+def _run_simulation(settings: RunSettings, verbose: bool) -> dict:
+    """Run, print progress and the outcome, and return the report (exit 2 on failure)."""
+    from server.federation import FederationError
+    from simulations.runner import run_simulated_federation
+
+    source = settings.data_dir or settings.dataset
     console.print(
         f"[bold]fedcare simulate[/]: {settings.sites} sites, {source}, "
-        f"{partition.value}, {rounds} rounds, "
-        + (f"DP ε={epsilon} per site" if dp else "no DP")
-        + f" → {out_dir}"
+        f"{settings.partition}, {settings.num_server_rounds} rounds, "
+        + (f"DP ε={settings.epsilon} per site" if settings.dp else "no DP")
+        + f" → {settings.out_dir}"
     )
     try:
         outcome = run_simulated_federation(settings, progress=console.print, verbose=verbose)
@@ -124,6 +164,7 @@ def simulate(
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from err
     _print_outcome(outcome.report)
+    return outcome.report
 
 
 def _print_outcome(report: dict) -> None:
@@ -149,31 +190,12 @@ def _print_outcome(report: dict) -> None:
 @app.command()
 def demo(
     out: Path | None = typer.Option(None, help="Output folder (default fedcare-runs/demo-<time>)."),
-    rounds: int = typer.Option(10, min=1, help="Federated rounds."),
+    rounds: int = typer.Option(DEFAULTS.num_server_rounds, min=1, help="Federated rounds."),
 ) -> None:
     """The embedded default: 5 simulated hospitals on Breast Cancer Wisconsin, DP ε=1."""
-    simulate(
-        dataset="breast_cancer",
-        data_dir=None,
-        sites=5,
-        partition=Partition.iid,
-        alpha=0.5,
-        rounds=rounds,
-        local_epochs=1,
-        epsilon=1.0,
-        delta=1e-5,
-        dp=True,
-        strategy=StrategyName.fedavg,
-        model="logreg",
-        hidden="32",
-        learning_rate=0.5,
-        batch_size=32,
-        max_grad_norm=1.0,
-        seed=0,
-        out=out or _default_out("demo"),
-        resume=False,
-        verbose=False,
-    )
+    out_dir = (out or _default_out("demo")).resolve()
+    settings = RunSettings(num_server_rounds=rounds, out_dir=str(out_dir))
+    _run_simulation(settings, verbose=False)
 
 
 if __name__ == "__main__":

@@ -100,15 +100,20 @@ def _from_dataset(settings: RunSettings, root: Path) -> SimulationLayout:
     return SimulationLayout(root, schema_path, test_path, sites)
 
 
+def site_files(folder: Path) -> list[Path]:
+    """The site tables of a ``--data-dir`` folder: every CSV/Parquet file but ``test.csv``."""
+    return sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in (".csv", ".parquet") and p.stem != "test"
+    )
+
+
 def _from_data_dir(settings: RunSettings, root: Path) -> SimulationLayout:
     """The user's own hospitals: ``schema.toml`` plus one CSV/Parquet per site
     (``test.csv``, if present, is the global test set)."""
     source = Path(settings.data_dir).resolve()
     schema_path = source / "schema.toml"
     load_schema(schema_path)  # fail early, naming the file
-    files = sorted(
-        p for p in source.iterdir() if p.suffix.lower() in (".csv", ".parquet") and p.stem != "test"
-    )
+    files = site_files(source)
     if not files:
         raise ValueError(f"{source}: no site files (*.csv or *.parquet) beside schema.toml")
     test = source / "test.csv"

@@ -1,0 +1,56 @@
+"""The `fedcare` command: help everywhere, and a user's bad files fail fast and clearly."""
+
+from __future__ import annotations
+
+import click
+import typer
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.conftest import SCHEMA_TOML
+
+runner = CliRunner()
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for name, command in group.commands.items():
+        found.append((*prefix, name))
+        if isinstance(command, click.Group):
+            found.extend(_commands(command, (*prefix, name)))
+    return found
+
+
+def test_every_subcommand_has_help():
+    group = typer.main.get_command(app)
+    commands = _commands(group)
+    assert ("simulate",) in commands and ("demo",) in commands
+    for path in commands:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage" in result.output
+
+
+def test_data_dir_with_bad_rows_lists_every_problem_before_training(tmp_path):
+    (tmp_path / "schema.toml").write_text(SCHEMA_TOML)
+    (tmp_path / "north.csv").write_text("age,sex,smoker,outcome\n30,F,0,0\n40,M,1,1\n")
+    (tmp_path / "south.csv").write_text("age,sex,smoker,outcome\n30,F,0,0\n400,M,1,1\n50,X,0,1\n")
+    result = runner.invoke(app, ["simulate", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())
+    assert "south.csv, row 3, column 'age': 400 is above the maximum 120" in output
+    assert "south.csv, row 4, column 'sex': unknown category 'X'" in output
+    assert "north.csv" not in output
+
+
+def test_data_dir_without_a_schema_says_which_file_is_missing(tmp_path):
+    (tmp_path / "north.csv").write_text("a,b\n1,2\n")
+    result = runner.invoke(app, ["simulate", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "schema.toml: schema file not found" in " ".join(result.output.split())
+
+
+def test_out_of_range_options_are_refused_with_the_option_named():
+    result = runner.invoke(app, ["simulate", "--rounds", "0"])
+    assert result.exit_code == 2
+    assert "--rounds" in result.output
