@@ -57,8 +57,8 @@ class RoundConfig:
     standardization: Standardization
     schema_sha256: str
     local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.5
+    batch_size: int = 16
+    learning_rate: float = 0.1
     dp: bool = True
     max_grad_norm: float = 1.0
     proximal_mu: float = 0.0

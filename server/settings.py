@@ -71,8 +71,8 @@ class RunSettings:
     mode: str = "simulation"
     num_server_rounds: int = 10
     local_epochs: int = 1
-    learning_rate: float = 0.5
-    batch_size: int = 32
+    learning_rate: float = 0.1
+    batch_size: int = 16
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_learning_rate: float = 0.05
