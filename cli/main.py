@@ -28,6 +28,11 @@ class Partition(StrEnum):
     size = "size"
 
 
+class ClassWeights(StrEnum):
+    none = "none"
+    balanced = "balanced"
+
+
 class StrategyName(StrEnum):
     fedavg = "fedavg"
     fedprox = "fedprox"
@@ -47,23 +52,26 @@ def _check_data_dir(data_dir: Path) -> int:
     A researcher's own files fail here, in seconds, with every problem listed, rather than
     inside the simulation.
     """
+    from client.kinds import get_kind
     from client.schema import SchemaError, load_schema
-    from client.site_data import SiteDataError, load_site_table
-    from simulations.prepare import site_files
+    from client.site_data import SiteDataError
+    from simulations.prepare import find_test_set, site_files
 
     try:
         schema = load_schema(data_dir / "schema.toml")
     except SchemaError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from err
-    files = site_files(data_dir)
+    kind = get_kind(schema)
+    files = site_files(data_dir, kind)
     if not files:
-        console.print(f"[red]error:[/] {data_dir}: no site files (*.csv or *.parquet)")
+        console.print(f"[red]error:[/] {data_dir}: no site files ({kind.name} data)")
         raise typer.Exit(2)
+    test = find_test_set(data_dir, kind)
     failed = False
-    for path in files + ([data_dir / "test.csv"] if (data_dir / "test.csv").is_file() else []):
+    for path in files + ([test] if test else []):
         try:
-            load_site_table(path, schema)
+            kind.load(path, schema)
         except SiteDataError as err:
             console.print(f"[red]error:[/] {err}", highlight=False)
             failed = True
@@ -75,12 +83,16 @@ def _check_data_dir(data_dir: Path) -> int:
 @app.command()
 def simulate(
     dataset: str = typer.Option(
-        DEFAULTS.dataset, help="Built-in data set: breast_cancer, diabetes."
+        DEFAULTS.dataset,
+        help="Built-in data set: breast_cancer, diabetes (tables), digits (images), "
+        "vitals (synthetic vital-sign series), notes (synthetic clinical notes).",
     ),
     data_dir: Path | None = typer.Option(
         None,
-        help="Your own hospitals: a folder with schema.toml and one CSV/Parquet per site "
-        "(test.csv, if present, is the global test set). Overrides --dataset and --sites.",
+        help="Your own hospitals: a folder with schema.toml and one site source per site: "
+        "a CSV/Parquet table, or as the schema's data kind says (.npz or PNG folder for "
+        "images; see docs/MODELS.md); test.*, if present, is the global test set. "
+        "Overrides --dataset and --sites.",
         exists=True,
         file_okay=False,
     ),
@@ -99,8 +111,17 @@ def simulate(
     delta: float = typer.Option(DEFAULTS.delta, help="δ of each site's accounting (below 1/n)."),
     dp: bool = typer.Option(DEFAULTS.dp, "--dp/--no-dp", help="Train with DP-SGD at the sites."),
     strategy: StrategyName = typer.Option(DEFAULTS.strategy, help="Aggregation strategy."),
-    model: str = typer.Option(DEFAULTS.model, help="Model family: logreg or mlp."),
+    model: str = typer.Option(
+        DEFAULTS.model,
+        help="Model family: auto (the data's default), logreg, mlp (tables, notes), "
+        "cox_linear, cox_mlp (survival), cnn (images), gru, lstm, attention (sequences).",
+    ),
     hidden: str = typer.Option(DEFAULTS.hidden, help="MLP hidden widths, e.g. 64,32."),
+    class_weights: ClassWeights = typer.Option(
+        DEFAULTS.class_weights,
+        help="Class-weighted loss for imbalanced classes: none or balanced (from the "
+        "federation's pooled class counts).",
+    ),
     learning_rate: float = typer.Option(
         DEFAULTS.learning_rate, min=1e-6, help="Local SGD learning rate."
     ),
@@ -127,6 +148,7 @@ def simulate(
             strategy=strategy.value,
             model=model,
             hidden=hidden,
+            class_weights=class_weights.value,
             dp=dp,
             max_grad_norm=max_grad_norm,
             epsilon=epsilon,

@@ -38,7 +38,7 @@ from client.site import SiteConfigError, SiteData, load_site, resolve_settings
 from client.site_data import SiteDataError
 from models.features import FeatureEncoder
 from models.spec import build_model, set_weights
-from models.tasks import get_task
+from models.tasks import task_for
 from privacy.dp_sgd import DPSettings, batches_per_epoch, evaluate_outputs, train_locally
 from privacy.ledger import BudgetExceeded
 
@@ -229,7 +229,7 @@ def train(msg: Message, context: Context) -> RecordDict:
         model,
         inputs,
         targets,
-        get_task(cfg.model_spec.task),
+        task_for(cfg.model_spec),
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
@@ -276,7 +276,7 @@ def evaluate(msg: Message, context: Context) -> RecordDict:
     inputs, targets = site.encoded(cfg.standardization, "validation")
     model = build_model(cfg.model_spec)
     set_weights(model, {k: v.numpy() for k, v in msg.content["arrays"].items()})
-    task = get_task(cfg.model_spec.task)
+    task = task_for(cfg.model_spec)
     encoder = FeatureEncoder(site.schema, cfg.standardization)
     # regression metrics in the label's own units
     outputs = encoder.decode_outputs(evaluate_outputs(model, inputs))

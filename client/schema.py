@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("binary", "multiclass", "regression")
+TASKS = ("binary", "multiclass", "regression", "survival")
 FEATURE_TYPES = ("numeric", "categorical", "binary")
 MISSING_POLICIES = ("reject", "drop_row", "impute_mean")
 
@@ -66,7 +66,8 @@ class SiteSchema:
     name : str
         The data set's name; also the model's name in the registry.
     task : str
-        ``binary``, ``multiclass`` or ``regression``.
+        ``binary``, ``multiclass``, ``regression`` or ``survival`` (the label is then the
+        follow-up time and ``[dataset].event`` names the event column).
     label : str
         The label column.
     classes : tuple[str, ...]
@@ -78,6 +79,9 @@ class SiteSchema:
         ``impute_mean`` (numeric features only; uses the federated mean).
     source : str
         Where the schema was read from, for error messages.
+    extra : dict
+        The other ``[dataset]`` keys: ``kind`` (``table``, ``image``, ``sequence``,
+        ``text``; see ``client.kinds``) and that kind's own keys.
     """
 
     name: str
@@ -96,6 +100,11 @@ class SiteSchema:
     @property
     def num_classes(self) -> int:
         return len(self.classes) if self.task != "regression" else 1
+
+    @property
+    def kind(self) -> str:
+        """The kind of site data (``[dataset].kind``, ``table`` by default)."""
+        return str(self.extra.get("kind", "table"))
 
     def feature(self, name: str) -> FeatureSpec:
         for spec in self.features:
@@ -173,9 +182,10 @@ def parse_schema(raw: dict[str, Any], source: str = "<schema>") -> SiteSchema:
         raise SchemaError(
             f"{source}: [dataset].classes must list the label values for a multiclass task"
         )
-    raw_features = raw.get("features")
-    if not isinstance(raw_features, dict) or not raw_features:
-        raise SchemaError(f"{source}: missing [features.<name>] tables")
+    # Whether features are needed depends on the data kind (images have none).
+    raw_features = raw.get("features", {})
+    if not isinstance(raw_features, dict):
+        raise SchemaError(f"{source}: [features] must hold [features.<name>] tables")
     features = []
     for name, spec in raw_features.items():
         features.append(_parse_feature(name, spec, source))
@@ -183,7 +193,7 @@ def parse_schema(raw: dict[str, Any], source: str = "<schema>") -> SiteSchema:
     if label in raw_features:
         raise SchemaError(f"{source}: the label '{label}' is also declared as a feature")
     known = {"name", "task", "label", "classes", "missing"}
-    return SiteSchema(
+    schema = SiteSchema(
         name=str(dataset.get("name", Path(source).stem)),
         task=task,
         label=label,
@@ -193,6 +203,10 @@ def parse_schema(raw: dict[str, Any], source: str = "<schema>") -> SiteSchema:
         source=source,
         extra={k: v for k, v in dataset.items() if k not in known},
     )
+    from client.kinds import check_schema  # the kinds build on this module
+
+    check_schema(schema)
+    return schema
 
 
 def _parse_feature(name: str, spec: Any, source: str) -> FeatureSpec:

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from client.kinds import EncodedExamples, SiteExamples, get_kind
 from client.schema import SiteSchema, load_schema
-from client.site_data import SiteTable, load_site_table
-from models.features import FeatureEncoder, FeatureStatistics, Standardization
+from models.features import FeatureStatistics, Standardization
 from privacy.ledger import PrivacyLedger
 
 DEFAULT_VALIDATION_FRACTION = 0.2
@@ -38,7 +38,8 @@ class SiteSettings:
     name : str
         How the site appears in reports.
     data_path, schema_path : Path
-        The site's table and the federation's schema.
+        The site's data (a table, an image archive or folder … as the schema's data
+        kind reads it) and the federation's schema.
     state_dir : Path
         Where the privacy ledger lives; must survive restarts.
     epsilon_budget : float
@@ -107,11 +108,15 @@ def resolve_settings(
 
 @dataclass
 class SiteData:
-    """A site's checked table, split into training and validation parts."""
+    """A site's checked data, split into training and validation parts.
+
+    ``examples`` is what the schema's data kind loaded (``client.kinds``); the indexes
+    count its examples (rows, images, patients or notes).
+    """
 
     settings: SiteSettings
     schema: SiteSchema
-    table: SiteTable
+    examples: SiteExamples
     train_index: np.ndarray
     validation_index: np.ndarray
 
@@ -120,15 +125,14 @@ class SiteData:
         return self.schema.sha256
 
     def statistics(self) -> FeatureStatistics:
-        """Counts, sums and sums of squares over the training part only."""
-        return FeatureStatistics.of_frame(self.table.frame.iloc[self.train_index], self.schema)
+        """Counts, sums and sums of squares (and class counts) over the training part only."""
+        return self.examples.statistics(self.train_index)
 
     def encoded(self, standardization: Standardization, part: str) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and targets of the ``train`` or ``validation`` part."""
-        encoder = FeatureEncoder(self.schema, standardization)
         index = self.train_index if part == "train" else self.validation_index
-        frame = self.table.frame.iloc[index]
-        return encoder.transform(frame), encoder.labels(frame)
+        encoded: EncodedExamples = self.examples.encode(index, standardization)
+        return encoded.inputs, encoded.targets
 
 
 _CACHE: dict[tuple[str, float], SiteData] = {}
@@ -143,13 +147,14 @@ def load_site(settings: SiteSettings, seed: int = 0) -> SiteData:
     if key in _CACHE and _CACHE[key].settings == settings:
         return _CACHE[key]
     schema = load_schema(settings.schema_path)
-    table = load_site_table(settings.data_path, schema)
-    rows = np.arange(table.num_rows)
-    labels = table.frame[schema.label]
-    stratify = labels if schema.task != "regression" and labels.value_counts().min() >= 2 else None
+    examples = get_kind(schema).load(settings.data_path, schema)
+    rows = np.arange(examples.num_examples)
+    strata = examples.strata()
+    if strata is not None and np.unique(strata, return_counts=True)[1].min() < 2:
+        strata = None  # a class with a single example cannot be stratified
     train_index, validation_index = train_test_split(
-        rows, test_size=settings.validation_fraction, random_state=seed, stratify=stratify
+        rows, test_size=settings.validation_fraction, random_state=seed, stratify=strata
     )
-    data = SiteData(settings, schema, table, np.sort(train_index), np.sort(validation_index))
+    data = SiteData(settings, schema, examples, np.sort(train_index), np.sort(validation_index))
     _CACHE[key] = data
     return data

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,15 +133,19 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise SiteDataError([DataProblem(str(path), None, None, f"malformed CSV ({err})")]) from err
 
 
-def load_site_table(path: str | Path, schema: SiteSchema) -> SiteTable:
+def load_site_table(
+    path: str | Path, schema: SiteSchema, passthrough: Sequence[str] = ()
+) -> SiteTable:
     """Read a site's file and check every row against ``schema``.
 
+    ``passthrough`` names more columns that must be present and are copied unchecked, as
+    text, into the frame (a patient id, a clinical note): the caller checks them.
     Raises :class:`SiteDataError` listing every problem found.
     """
     path_text = str(path)
     raw = read_table(path)
     problems: list[DataProblem] = []
-    expected = [*schema.feature_names, schema.label]
+    expected = [*schema.feature_names, schema.label, *passthrough]
     missing_columns = [c for c in expected if c not in raw.columns]
     for name in missing_columns:
         problems.append(DataProblem(path_text, 1, name, "missing column (declared in the schema)"))
@@ -175,6 +180,9 @@ def load_site_table(path: str | Path, schema: SiteSchema) -> SiteTable:
         raise SiteDataError([DataProblem(path_text, None, None, "no usable rows left")])
     frame = pd.DataFrame({name: [columns[name][i] for i in keep] for name in columns})
     frame[schema.label] = [labels[i] for i in keep]
+    for name in passthrough:
+        cells = raw[name].tolist()
+        frame[name] = ["" if _is_empty(cells[i]) else str(cells[i]) for i in keep]
     table = SiteTable(
         schema=schema,
         path=path_text,

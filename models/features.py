@@ -31,35 +31,66 @@ class FeatureStatistics:
         Per numeric feature: the number of non-missing values, their sum and the sum
         of their squares. Adding two sites' statistics gives the pooled statistics.
     rows : int
-        Number of rows summarized.
+        Number of rows (examples) summarized.
+    label_counts : dict[str, float]
+        For classification, the number of examples of each class (for class weights).
     """
 
     count: dict[str, float] = field(default_factory=dict)
     total: dict[str, float] = field(default_factory=dict)
     total_sq: dict[str, float] = field(default_factory=dict)
     rows: int = 0
+    label_counts: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of_frame(cls, frame: pd.DataFrame, schema: SiteSchema) -> FeatureStatistics:
-        stats = cls(rows=len(frame))
         numeric = [s.name for s in schema.features if s.type == "numeric"]
         if schema.task == "regression":
             numeric.append(schema.label)  # the target is standardized too
-        for name in numeric:
-            values = frame[name].to_numpy(dtype=float)
+        classification = schema.task in ("binary", "multiclass")
+        return cls.of_values(
+            {name: frame[name].to_numpy(dtype=float) for name in numeric},
+            labels=frame[schema.label].tolist() if classification else (),
+            rows=len(frame),
+        )
+
+    @classmethod
+    def of_values(
+        cls, columns: Mapping[str, np.ndarray], labels: Sequence[str] = (), rows: int = 0
+    ) -> FeatureStatistics:
+        """Statistics of numeric ``columns`` (NaN = missing) and class ``labels``.
+
+        Parameters
+        ----------
+        columns : mapping of str to ndarray
+            The values of each numeric column (for sequences, of every time step).
+        labels : sequence of str
+            The class of each example (empty for regression and survival).
+        rows : int
+            Number of examples.
+        """
+        stats = cls(rows=rows)
+        for name, raw in columns.items():
+            values = np.asarray(raw, dtype=float)
             values = values[~np.isnan(values)]
             stats.count[name] = float(values.size)
             stats.total[name] = float(values.sum())
             stats.total_sq[name] = float(np.square(values).sum())
+        for label in labels:
+            stats.label_counts[label] = stats.label_counts.get(label, 0.0) + 1.0
         return stats
 
     def merge(self, other: FeatureStatistics) -> FeatureStatistics:
         names = set(self.count) | set(other.count)
+        classes = set(self.label_counts) | set(other.label_counts)
         return FeatureStatistics(
             count={n: self.count.get(n, 0.0) + other.count.get(n, 0.0) for n in names},
             total={n: self.total.get(n, 0.0) + other.total.get(n, 0.0) for n in names},
             total_sq={n: self.total_sq.get(n, 0.0) + other.total_sq.get(n, 0.0) for n in names},
             rows=self.rows + other.rows,
+            label_counts={
+                c: self.label_counts.get(c, 0.0) + other.label_counts.get(c, 0.0) for c in classes
+            },
         )
 
     def to_flat(self) -> dict[str, float]:
@@ -69,6 +100,8 @@ class FeatureStatistics:
             flat[f"count/{name}"] = self.count[name]
             flat[f"sum/{name}"] = self.total[name]
             flat[f"sumsq/{name}"] = self.total_sq[name]
+        for label, n in self.label_counts.items():
+            flat[f"label/{label}"] = n
         return flat
 
     @classmethod
@@ -76,7 +109,12 @@ class FeatureStatistics:
         stats = cls(rows=int(flat.get("rows", 0)))
         for key, value in flat.items():
             kind, _, name = key.partition("/")
-            target = {"count": stats.count, "sum": stats.total, "sumsq": stats.total_sq}.get(kind)
+            target = {
+                "count": stats.count,
+                "sum": stats.total,
+                "sumsq": stats.total_sq,
+                "label": stats.label_counts,
+            }.get(kind)
             if target is not None:
                 target[name] = float(value)
         return stats

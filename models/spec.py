@@ -88,6 +88,9 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
 
 def _load_builtin_families() -> None:
     # Importing the family modules runs their @register_family decorators.
+    import models.imaging  # noqa: F401
+    import models.sequences  # noqa: F401
+    import models.survival  # noqa: F401
     import models.tabular  # noqa: F401
 
 

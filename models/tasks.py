@@ -8,12 +8,15 @@ through it, so a prediction means the same thing everywhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from sklearn import metrics as skm
 from torch import nn
+
+if TYPE_CHECKING:
+    from models.spec import ModelSpec
 
 
 class Task(Protocol):
@@ -163,6 +166,15 @@ def register_task(name: str, cls: type) -> None:
 
 
 def get_task(name: str, **options: Any) -> Task:
+    import models.survival  # noqa: F401  (registers "survival")
+
     if name not in _TASKS:
         raise ValueError(f"unknown task '{name}'; known: {sorted(_TASKS)}")
     return _TASKS[name](**options)
+
+
+def task_for(spec: ModelSpec) -> Task:
+    """The task a model is trained for, with the spec's ``class_weights`` option (one loss
+    weight per class, for imbalanced classes) when it has one."""
+    weights = spec.options.get("class_weights")
+    return get_task(spec.task, **({"class_weights": weights} if weights else {}))

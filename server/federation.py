@@ -20,12 +20,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from client.kinds import get_kind
 from client.round_config import NUM_EXAMPLES, SITE_RECORD, RoundConfig
 from client.schema import SiteSchema, load_schema
-from client.site_data import load_site_table
 from models.features import FeatureEncoder, FeatureStatistics, Standardization
 from models.spec import ModelSpec, build_model, get_weights, set_weights
-from models.tasks import get_task
+from models.tasks import get_task, task_for
 from privacy.dp_sgd import evaluate_outputs
 from server.checkpoint import Checkpoint
 from server.registry import ModelRegistry, ModelVersion, Signer
@@ -118,15 +118,17 @@ def evaluate_on_table(
     standardization: Standardization,
     path: Path,
 ) -> dict[str, float]:
-    """The global model's metrics on a held-out table (the simulation's global test set)."""
-    table = load_site_table(path, schema)
+    """The global model's metrics on held-out data (the simulation's global test set),
+    read by the schema's data kind."""
+    examples = get_kind(schema).load(path, schema)
+    encoded = examples.encode(np.arange(examples.num_examples), standardization)
     encoder = FeatureEncoder(schema, standardization)
     model = build_model(spec)
     set_weights(model, weights)
-    outputs = encoder.decode_outputs(evaluate_outputs(model, encoder.transform(table.frame)))
-    targets = encoder.decode_outputs(encoder.labels(table.frame))
-    metrics = get_task(spec.task).metrics(targets, outputs)
-    metrics[NUM_EXAMPLES] = float(table.num_rows)
+    outputs = encoder.decode_outputs(evaluate_outputs(model, encoded.inputs))
+    targets = encoder.decode_outputs(encoded.targets)
+    metrics = task_for(spec).metrics(targets, outputs)
+    metrics[NUM_EXAMPLES] = float(examples.num_examples)
     return metrics
 
 
@@ -143,18 +145,39 @@ def _weighted_mean(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: totals[k] / weights[k] for k in totals if weights[k] > 0}
 
 
-def model_spec_for(settings: RunSettings, schema: SiteSchema, input_dim: int) -> ModelSpec:
-    task = get_task(schema.task)
-    options: dict[str, Any] = {}
-    if settings.model == "mlp":
+def model_spec_for(
+    settings: RunSettings, schema: SiteSchema, statistics: FeatureStatistics
+) -> ModelSpec:
+    """The network for this data: the family asked for (or the data kind's default), its
+    input shape from the data kind, and class weights from the pooled class counts."""
+    kind = get_kind(schema)
+    fitting = kind.families(schema)
+    family = fitting[0] if settings.model == "auto" else settings.model
+    if family not in fitting:
+        raise FederationError(
+            f"model '{family}' does not fit {kind.name} data with task {schema.task}; "
+            f"choose one of {list(fitting)} (or auto)"
+        )
+    model_input = kind.model_input(schema)
+    options: dict[str, Any] = dict(model_input.options)
+    if family in ("mlp", "cox_mlp"):
         options["hidden"] = settings.hidden_sizes
+    if settings.class_weights == "balanced" and schema.classes:
+        options["class_weights"] = balanced_class_weights(schema, statistics)
     return ModelSpec(
-        kind=settings.model,
+        kind=family,
         task=schema.task,
-        input_dim=input_dim,
-        output_dim=task.output_dim(schema.num_classes),
+        input_dim=model_input.input_dim,
+        output_dim=get_task(schema.task).output_dim(schema.num_classes),
         options=options,
     )
+
+
+def balanced_class_weights(schema: SiteSchema, statistics: FeatureStatistics) -> list[float]:
+    """``n / (classes × n_class)`` per class from the pooled counts (an absent class gets 1)."""
+    counts = [statistics.label_counts.get(c, 0.0) for c in schema.classes]
+    total = sum(counts)
+    return [total / (len(counts) * n) if n > 0 else 1.0 for n in counts]
 
 
 def run_federation(
@@ -237,7 +260,7 @@ def run_federation(
                 "they will refuse rounds"
             )
         standardization = Standardization.from_statistics(stats)
-        spec = model_spec_for(settings, schema, FeatureEncoder(schema, standardization).input_dim)
+        spec = model_spec_for(settings, schema, stats)
         weights = get_weights(build_model(spec, seed=settings.seed))
         history = []
         site_epsilon = {}
@@ -361,7 +384,7 @@ def run_federation(
 def _round_line(entry: dict[str, Any], total: int) -> str:
     shown = entry["global_test"] or entry["federated_evaluation"]
     where = "test" if entry["global_test"] else "sites"
-    keys = [k for k in ("roc_auc", "accuracy", "mse", "mae") if k in shown]
+    keys = [k for k in ("roc_auc", "accuracy", "c_index", "mse", "mae") if k in shown]
     metrics = " ".join(f"{k}={shown[k]:.4f}" for k in keys)
     eps = entry["epsilon"]
     eps_text = f"ε max={max(eps.values()):.3f}" if eps else "ε n/a"

@@ -77,6 +77,11 @@ class ModelVersion:
         return ModelSpec.from_dict(self.manifest["model"])
 
     @property
+    def data_kind(self) -> str:
+        """What the model takes: ``table``, ``image``, ``sequence`` or ``text``."""
+        return str(self.manifest.get("data_kind", "table"))
+
+    @property
     def signature_path(self) -> Path:
         return self.path / SIGNATURE
 
@@ -197,6 +202,7 @@ class ModelRegistry:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "model": spec.to_dict(),
                 "task": spec.task,
+                "data_kind": schema.kind,
                 "metrics": dict(metrics or {}),
                 "privacy": dict(privacy or {}),
                 "extra": dict(extra or {}),

@@ -14,6 +14,7 @@ from typing import Any
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 MODES = ("simulation", "deployment")
 PARTITIONS = ("iid", "dirichlet", "size")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 class SettingsError(ValueError):
@@ -40,9 +41,14 @@ class RunSettings:
     server_learning_rate : float
         FedAdam's server step size η.
     model : str
-        Model family (``logreg`` or ``mlp`` for tables, see ``models.spec.families``).
+        Model family (see ``models.spec.families``), or ``auto``: the data kind's
+        default (``logreg`` for tables, ``cox_linear`` for survival, ``cnn`` for images,
+        ``gru`` for sequences, ``logreg`` for notes).
     hidden : str
         Comma-separated hidden widths of an MLP.
+    class_weights : str
+        ``none``, or ``balanced``: weight each class's loss by ``n / (classes × n_class)``
+        from the federation's pooled class counts (for imbalanced classes).
     dp : bool
         DP-SGD at the sites (on by default).
     max_grad_norm : float
@@ -76,8 +82,9 @@ class RunSettings:
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_learning_rate: float = 0.05
-    model: str = "logreg"
+    model: str = "auto"
     hidden: str = "32"
+    class_weights: str = "none"
     dp: bool = True
     max_grad_norm: float = 1.0
     epsilon: float = 1.0
@@ -102,6 +109,7 @@ class RunSettings:
             (self.mode in MODES, "mode", f"one of {MODES}"),
             (self.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}"),
             (self.partition in PARTITIONS, "partition", f"one of {PARTITIONS}"),
+            (self.class_weights in CLASS_WEIGHTS, "class-weights", f"one of {CLASS_WEIGHTS}"),
             (self.num_server_rounds >= 1, "num-server-rounds", "at least 1"),
             (self.local_epochs >= 1, "local-epochs", "at least 1"),
             (self.batch_size >= 1, "batch-size", "at least 1"),

@@ -4,8 +4,9 @@ A simulation folder looks exactly like what real sites would have, so the Client
 reads it with the same code as in deployment::
 
     <dir>/schema.toml      the federation's schema
-    <dir>/site-<i>.csv     each hospital's table (or the user's own files)
-    <dir>/test.csv         the global test set, held out from every site
+    <dir>/site-<i>.csv     each hospital's data (or the user's own files): a table, or
+                           what the schema's data kind reads (``.npz``, a PNG folder …)
+    <dir>/test.csv         the global test set, held out from every site (same format)
     <dir>/state/site-<i>/  each site's state (privacy ledger)
     <dir>/sites.json       per site: name, data path, schema path, state dir, ε budget, δ
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from sklearn.model_selection import train_test_split
 
+from client.kinds import DataKind, get_kind
 from client.schema import load_schema
 from server.settings import RunSettings
 from simulations.datasets import load_dataset
@@ -54,9 +56,10 @@ def prepare_simulation(settings: RunSettings, root: str | Path) -> SimulationLay
 def read_layout(root: str | Path) -> SimulationLayout:
     root = Path(root)
     sites = json.loads((root / SITES_FILE).read_text())
-    test = root / "test.csv"
     schema_path = Path(sites[0]["schema-path"]) if sites else root / "schema.toml"
-    return SimulationLayout(root, schema_path, test if test.is_file() else None, sites)
+    # the test set lies beside the schema: in this folder, or in the user's --data-dir
+    test = find_test_set(schema_path.parent, get_kind(load_schema(schema_path)))
+    return SimulationLayout(root, schema_path, test, sites)
 
 
 def _site_entry(settings: RunSettings, root: Path, index: int, data: Path, schema: Path) -> dict:
@@ -71,8 +74,9 @@ def _site_entry(settings: RunSettings, root: Path, index: int, data: Path, schem
 
 
 def _from_dataset(settings: RunSettings, root: Path) -> SimulationLayout:
-    frame, schema = load_dataset(settings.dataset)
-    classification = schema.task != "regression"
+    dataset = load_dataset(settings.dataset)
+    frame, schema = dataset.examples, dataset.schema
+    classification = schema.task in ("binary", "multiclass")
     train, test = train_test_split(
         frame,
         test_size=settings.test_fraction,
@@ -90,36 +94,38 @@ def _from_dataset(settings: RunSettings, root: Path) -> SimulationLayout:
     )
     schema_path = root / "schema.toml"
     schema.save(schema_path)
-    test_path = root / "test.csv"
-    test.to_csv(test_path, index=False)
+    test_path = dataset.write(test, root / "test")
     sites = []
     for i, part in enumerate(parts):
-        data = root / f"site-{i}.csv"
-        part.to_csv(data, index=False)
+        data = dataset.write(part, root / f"site-{i}")
         sites.append(_site_entry(settings, root, i, data, schema_path))
     return SimulationLayout(root, schema_path, test_path, sites)
 
 
-def site_files(folder: Path) -> list[Path]:
-    """The site tables of a ``--data-dir`` folder: every CSV/Parquet file but ``test.csv``."""
-    return sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in (".csv", ".parquet") and p.stem != "test"
-    )
+def site_files(folder: Path, kind: DataKind) -> list[Path]:
+    """The site sources of a ``--data-dir`` folder: every file or folder the data kind
+    reads (CSV/Parquet for tables), except the test set (named ``test``)."""
+    return sorted(p for p in folder.iterdir() if kind.is_site_source(p) and p.stem != "test")
+
+
+def find_test_set(folder: Path, kind: DataKind) -> Path | None:
+    """The folder's global test set, ``test.<ext>`` (or a ``test`` folder for images)."""
+    found = [p for p in folder.iterdir() if p.stem == "test" and kind.is_site_source(p)]
+    return found[0] if found else None
 
 
 def _from_data_dir(settings: RunSettings, root: Path) -> SimulationLayout:
-    """The user's own hospitals: ``schema.toml`` plus one CSV/Parquet per site
-    (``test.csv``, if present, is the global test set)."""
+    """The user's own hospitals: ``schema.toml`` plus one site source per site (``test.*``,
+    if present, is the global test set)."""
     source = Path(settings.data_dir).resolve()
     schema_path = source / "schema.toml"
-    load_schema(schema_path)  # fail early, naming the file
-    files = site_files(source)
+    kind = get_kind(load_schema(schema_path))  # fail early, naming the file
+    files = site_files(source, kind)
     if not files:
-        raise ValueError(f"{source}: no site files (*.csv or *.parquet) beside schema.toml")
-    test = source / "test.csv"
+        raise ValueError(f"{source}: no site files ({kind.name} data) beside schema.toml")
     sites = []
     for i, data in enumerate(files):
         entry = _site_entry(settings, root, i, data, schema_path)
         entry["site-name"] = data.stem
         sites.append(entry)
-    return SimulationLayout(root, schema_path, test if test.is_file() else None, sites)
+    return SimulationLayout(root, schema_path, find_test_set(source, kind), sites)

@@ -14,8 +14,8 @@ from simulations.partition import partition
 
 @pytest.fixture(scope="module")
 def cancer():
-    frame, schema = load_dataset("breast_cancer")
-    return frame, schema.label
+    dataset = load_dataset("breast_cancer")
+    return dataset.examples, dataset.schema.label
 
 
 def test_iid_sites_are_disjoint_balanced_and_cover_every_row(cancer):
