@@ -102,7 +102,8 @@ def to_model_pixels(pixels: np.ndarray, shape: ImageShape) -> tuple[np.ndarray |
         return None, f"expected {shape.describe()}, found an array of shape {pixels.shape}"
     if pixels.shape[:2] != (shape.size, shape.size):
         return None, (
-            f"is {pixels.shape[1]}×{pixels.shape[0]} pixels; expected {shape.size}×{shape.size}"
+            f"is {pixels.shape[1]}×{pixels.shape[0]} (width×height) pixels; "
+            f"expected {shape.size}×{shape.size}"
         )
     if pixels.shape[2] != shape.channels:
         return None, f"has {pixels.shape[2]} channel(s); expected {shape.channels}"
@@ -167,7 +168,7 @@ def _load_npz(path: Path, schema: SiteSchema, shape: ImageShape) -> ImageExample
                             file,
                             i,
                             label_key,
-                            f"unknown label {label!r}; expected a class index "
+                            f"unknown label {np.asarray(label).item()!r}; expected a class index "
                             f"0–{len(schema.classes) - 1} ({list(schema.classes)})",
                         )
                     )
