@@ -129,7 +129,7 @@ def centralized_baseline(seeds: int, work: Path) -> list[dict[str, float]]:
         layout, schema, standardization, inputs, targets = pooled_training_data(
             settings, work / f"central-{seed}"
         )
-        spec = model_spec_for(settings, schema, inputs.shape[1])
+        spec = model_spec_for(settings, schema, FeatureStatistics())
         model = build_model(spec, seed=seed)
         train_locally(
             model, inputs, targets, get_task(spec.task), epochs=30, batch_size=32,
@@ -148,7 +148,7 @@ def dp_overhead(work: Path, repeats: int = 7) -> list[dict[str, Any]]:
     _, schema, _, inputs, targets = pooled_training_data(settings, work / "overhead")
     results = []
     for kind, epochs in (("logreg", 20), ("mlp", 20)):
-        spec = model_spec_for(RunSettings(model=kind, hidden="64,32"), schema, inputs.shape[1])
+        spec = model_spec_for(RunSettings(model=kind, hidden="64,32"), schema, FeatureStatistics())
         task = get_task(spec.task)
         times: dict[str, list[float]] = {"dp": [], "plain": []}
         for repeat in range(repeats):
