@@ -16,7 +16,7 @@ from client.app import (
 )
 from client.round_config import NUM_EXAMPLES, RoundConfig
 from client.site import SiteSettings, load_site
-from models.features import FeatureEncoder, FeatureStatistics, Standardization
+from models.features import FeatureStatistics, Standardization
 from models.spec import build_model, get_weights
 from privacy.ledger import PrivacyLedger
 from server.federation import model_spec_for
@@ -42,9 +42,9 @@ def _context(node_config: dict) -> Context:
 
 def _round(node_config: dict, server_round: int = 1, num_rounds: int = 2, **changes):
     site = load_site(SiteSettings.from_mapping(node_config, "test"))
-    standardization = Standardization.from_statistics(site.statistics())
-    dim = FeatureEncoder(site.schema, standardization).input_dim
-    spec = model_spec_for(RunSettings(), site.schema, dim)
+    statistics = site.statistics()
+    standardization = Standardization.from_statistics(statistics)
+    spec = model_spec_for(RunSettings(), site.schema, statistics)
     values = dict(
         server_round=server_round,
         num_rounds=num_rounds,
