@@ -34,6 +34,7 @@ from flwr.clientapp import ClientApp
 
 from client.round_config import NUM_EXAMPLES, SITE_RECORD, RoundConfig
 from client.schema import SchemaError
+from client.secure_aggregation import secure_train_mod
 from client.site import SiteConfigError, SiteData, load_site, resolve_settings
 from client.site_data import SiteDataError
 from models.features import FeatureEncoder
@@ -183,7 +184,7 @@ def _remember_release(
     (state / LAST_RELEASE_META).write_text(json.dumps(meta))
 
 
-@app.train()
+@app.train(mods=[secure_train_mod])  # SecAgg+ when the coordinator runs it
 @_handle
 def train(msg: Message, context: Context) -> RecordDict:
     """Train the global model on the site's data with DP-SGD and reply with the update."""

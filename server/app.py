@@ -14,8 +14,10 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from privacy.signing import signer_from_file
 from server.federation import Progress, RunOutcome, run_federation
 from server.registry import Signer
+from server.secure_aggregation import SecureAggregationGrid
 from server.settings import RunSettings
 
 # Relative output folders of `flwr run` land here, not in Flower's working directory.
@@ -37,7 +39,8 @@ def make_server_app(
     progress : callable, optional
         Receives a line per round and per event.
     signer : callable, optional
-        Signs the registered model.
+        Signs the registered model; when None, the run config's ``signing-key`` (if any)
+        does.
     outcomes : list, optional
         The finished run's :class:`RunOutcome` is appended here (for in-process callers).
     """
@@ -46,7 +49,13 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run_settings = settings or _settings_from_context(context)
-        outcome = run_federation(grid, run_settings, progress=progress, signer=signer)
+        run_signer = signer
+        if run_signer is None and run_settings.signing_key:
+            run_signer = signer_from_file(run_settings.signing_key)
+        if run_settings.uses_secure_aggregation:
+            # The round loop stays the same; its training messages go through SecAgg+.
+            grid = SecureAggregationGrid(grid, context, run_settings)
+        outcome = run_federation(grid, run_settings, progress=progress, signer=run_signer)
         if outcomes is not None:
             outcomes.append(outcome)
 

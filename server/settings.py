@@ -15,6 +15,9 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "kru
 MODES = ("simulation", "deployment")
 PARTITIONS = ("iid", "dirichlet", "size")
 CLASS_WEIGHTS = ("none", "balanced")
+SECURE_AGGREGATION = ("auto", "on", "off")
+# Aggregators that look at each site's update: impossible when the server only sees the sum.
+ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum")
 
 
 class SettingsError(ValueError):
@@ -72,6 +75,26 @@ class RunSettings:
         Continue from the last checkpoint in ``out_dir``.
     round_timeout : float
         Seconds to wait for the sites' replies each round.
+    signing_key : str
+        The coordinator's Ed25519 model-signing key (PKCS#8 PEM); when set, the registered
+        model's manifest is signed with it.
+    secure_aggregation : str
+        ``auto`` (on in deployment, off in simulation), ``on`` or ``off``. With it on, the
+        sites' updates go through Flower's SecAgg+ and the coordinator sees only their sum;
+        the robust aggregators (``ROBUST_STRATEGIES``) are then refused.
+    secagg_num_shares, secagg_reconstruction_threshold : float
+        SecAgg+: the share of the round's sites each site splits its secrets among (1.0:
+        all), and the share of those shares needed to reconstruct a dropped site's mask.
+        A round survives as long as every site keeps that many live neighbours.
+    secagg_clipping_range : float
+        SecAgg+ clips every weight (times the site's weight factor, at most 1) to
+        [-range, range] before quantizing; sites report how many values they clipped.
+    secagg_quantization_bits : int
+        SecAgg+ maps [-range, range] onto 2**bits integers (the rounding step is
+        2 × range / 2**bits per site).
+    secagg_max_weight : float
+        The largest training-set size a site may weigh in with; a site's weight factor is
+        its size divided by this.
     """
 
     mode: str = "simulation"
@@ -103,6 +126,13 @@ class RunSettings:
     out_dir: str = "fedcare-runs/flwr-run"
     resume: bool = False
     round_timeout: float = 600.0
+    signing_key: str = ""
+    secure_aggregation: str = "auto"
+    secagg_num_shares: float = 1.0
+    secagg_reconstruction_threshold: float = 0.67
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_bits: int = 22
+    secagg_max_weight: float = 10000.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -121,6 +151,20 @@ class RunSettings:
             (self.sites >= 1, "sites", "at least 1"),
             (self.alpha > 0, "alpha", "positive"),
             (0 < self.test_fraction < 1, "test-fraction", "in (0, 1)"),
+            (
+                self.secure_aggregation in SECURE_AGGREGATION,
+                "secure-aggregation",
+                f"one of {SECURE_AGGREGATION}",
+            ),
+            (0 < self.secagg_num_shares <= 1, "secagg-num-shares", "in (0, 1]"),
+            (
+                0 < self.secagg_reconstruction_threshold <= 1,
+                "secagg-reconstruction-threshold",
+                "in (0, 1]",
+            ),
+            (self.secagg_clipping_range > 0, "secagg-clipping-range", "positive"),
+            (8 <= self.secagg_quantization_bits <= 28, "secagg-quantization-bits", "in [8, 28]"),
+            (self.secagg_max_weight >= 1, "secagg-max-weight", "at least 1"),
         ]
         for ok, key, expected in checks:
             if not ok:
@@ -129,6 +173,20 @@ class RunSettings:
                 )
         if self.mode == "deployment" and not self.schema_path:
             raise SettingsError("run config 'schema-path' is required in deployment mode")
+        if self.uses_secure_aggregation and self.strategy in ROBUST_STRATEGIES:
+            raise SettingsError(
+                f"strategy '{self.strategy}' needs every site's own update, but secure "
+                "aggregation (on by default in deployment) shows the coordinator only their "
+                'sum: choose fedavg, fedprox or fedadam, or set secure-aggregation="off" to '
+                "give up secure aggregation for robust aggregation"
+            )
+
+    @property
+    def uses_secure_aggregation(self) -> bool:
+        """Whether this run aggregates through SecAgg+ (``auto``: only in deployment)."""
+        if self.secure_aggregation == "auto":
+            return self.mode == "deployment"
+        return self.secure_aggregation == "on"
 
     def _value(self, key: str) -> Any:
         return getattr(self, key.replace("-", "_"))
