@@ -6,7 +6,7 @@ parameters is one Opacus computes per-sample gradients for (``Conv2d``, ``GroupN
 ``Linear``).
 
 Input: a float tensor ``(batch, channels, size, size)`` with values in [0, 1] (what
-:mod:`client.formats_imaging` produces). ``(batch, size, size)`` for one channel and
+:mod:`client.kinds.image` produces). ``(batch, size, size)`` for one channel and
 flat rows ``(batch, channels * size * size)`` (as a JSON request carries them) are
 reshaped.
 """

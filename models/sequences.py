@@ -4,7 +4,7 @@ Input layout (one tensor per patient, so a ``TensorDataset`` and Opacus's Poisso
 sampling work unchanged): a float tensor ``(batch, time, features + 1)``. The first
 ``features`` channels are the (standardized) measurements of each time step; the last
 channel is 1 where the step is a real observation and 0 where it is padding. Shorter
-series are padded (at the end, by :mod:`client.formats_sequences`) with zeros and mask
+series are padded (at the end, by :mod:`client.kinds.sequence`) with zeros and mask
 0. ``ModelSpec.input_dim`` is the number of *features*, without the mask channel.
 
 Families:
