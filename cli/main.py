@@ -220,5 +220,14 @@ def demo(
     _run_simulation(settings, verbose=False)
 
 
+from client.predict_cli import predict  # noqa: E402
+from server.inference_cli import keys_app, serve, tokens_app  # noqa: E402
+
+app.command("serve")(serve)
+app.add_typer(keys_app, name="keys")
+app.add_typer(tokens_app, name="tokens")
+app.command("predict")(predict)
+
+
 if __name__ == "__main__":
     app()

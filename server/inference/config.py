@@ -1,0 +1,57 @@
+"""The inference service's settings, in one record (the `fedcare serve` options map onto it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Where the service's keys, tokens and models are, and its limits.
+
+    Parameters
+    ----------
+    registry : path
+        The model registry folder (``<run>/registry``).
+    verify_key : path
+        The coordinator's Ed25519 public key (PEM); only versions it signed are served.
+    keyring : path
+        The HPKE keyring folder (``fedcare keys hpke-rotate``).
+    tokens : path
+        The bearer-token store (``fedcare tokens create``).
+    audit_log : path, optional
+        JSON-lines audit file; None writes no audit.
+    storage_key : path, optional
+        Key file of model files encrypted at rest.
+    pins : dict of str to int
+        Model name to the version served instead of the newest.
+    max_body_bytes : int
+        Larger request bodies get 413.
+    max_rows : int
+        The most rows one request may carry.
+    replay_window : float
+        Seconds a request's timestamp may be off; ids are remembered that long.
+    rate_per_second, burst : float
+        Default per-token rate limit (a token's own limit overrides it).
+    poll_interval : float
+        Seconds between looks at the registry and the keyring.
+    plaintext_payloads : bool
+        BENCHMARK ONLY: also accept unencrypted ``application/json`` requests and answer
+        them unencrypted, to measure what payload encryption costs.
+    """
+
+    registry: Path
+    verify_key: Path
+    keyring: Path
+    tokens: Path
+    audit_log: Path | None = None
+    storage_key: Path | None = None
+    pins: dict[str, int] = field(default_factory=dict)
+    max_body_bytes: int = 1 << 20
+    max_rows: int = 256
+    replay_window: float = 120.0
+    rate_per_second: float = 50.0
+    burst: float = 100.0
+    poll_interval: float = 2.0
+    plaintext_payloads: bool = False

@@ -1,0 +1,183 @@
+"""What the service does with a request, apart from HTTP: who asks, open, check, predict, seal.
+
+:class:`InferenceService` holds the model store, the keyring, the token store, the rate
+limiter, the replay guard and the audit log, and answers one request at a time through
+:meth:`InferenceService.authorize` (token, scope, model, rate) and
+:meth:`InferenceService.answer` (envelope to sealed reply). ``server.inference.app`` wires
+these to routes.
+
+Plaintext exists only inside :meth:`InferenceService.answer`, in local variables; it is
+never logged, stored or put in an exception message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from client.kinds import RowError
+from privacy import hpke
+from privacy.signing import load_storage_key, load_verify_key
+from privacy.tokens import RateLimiter, TokenRecord, TokenStore
+from server.inference import protocol
+from server.inference.audit import AuditLog
+from server.inference.config import ServiceConfig
+from server.inference.keyring import Keyring
+from server.inference.model_store import ModelStore, ServedModel
+from server.inference.protocol import ApiError
+from server.inference.replay import ReplayGuard
+
+log = logging.getLogger("fedcare.inference")
+JSON_MEDIA_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authorized request's token and the model it may use."""
+
+    token: TokenRecord
+    model: ServedModel
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What goes back: HTTP status, media type, body, and the row count for the audit."""
+
+    status: int
+    media_type: str
+    body: bytes
+    rows: int
+    code: str
+
+
+class InferenceService:
+    """The service's state and request logic.
+
+    Parameters
+    ----------
+    config : ServiceConfig
+        Paths and limits.
+    """
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        storage_key = load_storage_key(config.storage_key) if config.storage_key else None
+        self.models = ModelStore(
+            config.registry,
+            load_verify_key(config.verify_key),
+            storage_key=storage_key,
+            pins=config.pins,
+            poll_interval=config.poll_interval,
+        )
+        self.keyring = Keyring(config.keyring, reload_interval=config.poll_interval)
+        self.tokens = TokenStore(config.tokens, reload_interval=config.poll_interval)
+        self.rate_limiter = RateLimiter(config.rate_per_second, config.burst)
+        self.replay = ReplayGuard(window=config.replay_window)
+        self.audit = AuditLog(config.audit_log)
+
+    def start(self) -> None:
+        self.models.start()
+
+    def stop(self) -> None:
+        self.models.stop()
+        self.audit.close()
+
+    # ------------------------------------------------------------------ access
+
+    def authenticate(self, authorization: str | None) -> TokenRecord:
+        """The token of an ``Authorization: Bearer …`` header, or 401."""
+        if not authorization:
+            raise ApiError(401, "unauthorized", "missing Authorization: Bearer <token> header")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized", "the Authorization header must be 'Bearer <token>'")
+        record = self.tokens.authenticate(token.strip())
+        if record is None:
+            raise ApiError(401, "unauthorized", "unknown, malformed or revoked bearer token")
+        return record
+
+    def authorize(self, authorization: str | None, model_name: str) -> Caller:
+        """Token (401), its scope (403), the model (404) and the token's rate (429)."""
+        token = self.authenticate(authorization)
+        if not token.allows(model_name):
+            raise ApiError(403, "forbidden", f"this token's scope does not include '{model_name}'")
+        model = self.models.get(model_name)
+        if model is None:
+            raise ApiError(404, "unknown_model", f"no model named '{model_name}' is served")
+        wait = self.rate_limiter.acquire(token.id, token.rate_per_second, token.burst)
+        if wait is not None:
+            retry = max(1, math.ceil(wait))
+            raise ApiError(
+                429, "rate_limited", f"rate limit reached; retry in {retry} s", retry_after=retry
+            )
+        return Caller(token=token, model=model)
+
+    def check_content_type(self, content_type: str | None) -> bool:
+        """Whether the body is sealed (True) or benchmark plaintext (False); else 415."""
+        media = (content_type or "").split(";")[0].strip().lower()
+        if media == hpke.REQUEST_MEDIA_TYPE:
+            return True
+        if media == JSON_MEDIA_TYPE and self.config.plaintext_payloads:
+            return False
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be {hpke.REQUEST_MEDIA_TYPE}, got '{media or 'none'}'",
+        )
+
+    # ------------------------------------------------------------------ answer
+
+    def _open(self, envelope: bytes) -> bytes:
+        try:
+            key_id = hpke.request_key_id(envelope)
+        except hpke.MalformedEnvelope as err:
+            raise ApiError(400, "malformed_envelope", str(err)) from None
+        keypair = self.keyring.find(key_id)
+        if keypair is None:
+            raise ApiError(
+                400,
+                "unknown_key_id",
+                f"key id {key_id.hex()} is not a key of this service (retired or never "
+                "published); fetch the key configuration again",
+            )
+        try:
+            return hpke.open_request(envelope, keypair)
+        except hpke.EnvelopeError as err:
+            raise ApiError(400, err.code, str(err)) from None
+
+    def answer(self, model: ServedModel, body: bytes, sealed: bool) -> Reply:
+        """Open, check, predict and seal one request.
+
+        Errors found before the response key is known come back as plain JSON (they
+        concern only the envelope); every later reply, errors included, is sealed.
+        """
+        try:
+            plaintext = self._open(body) if sealed else body
+            decoded = protocol.decode_request(plaintext)
+            header = protocol.parse_header(decoded, response_key_required=sealed)
+        except ApiError as err:
+            return Reply(err.status, JSON_MEDIA_TYPE, protocol.dumps(err.body()), 0, err.code)
+        rows = 0
+        try:
+            self.replay.check(header.id, header.timestamp)
+            instances = protocol.parse_rows(decoded, self.config.max_rows)
+            rows = len(instances)
+            predictions = model.predictor.predict_rows(instances)
+            payload = protocol.build_response(model.name, model.version, header.id, predictions)
+            status, code = 200, "ok"
+        except ApiError as err:
+            status, code, payload = err.status, err.code, err.body()
+        except RowError as err:
+            status, code = 422, "invalid_input"
+            payload = {"error": str(err), "code": code, "row": err.row, "feature": err.feature}
+        except (ValueError, TypeError, IndexError) as err:
+            # Another data kind's encoder refusing a shape; its message may quote values.
+            status, code = 422, "invalid_input"
+            payload = {"error": f"the inputs do not fit the model ({type(err).__name__})"}
+            payload["code"] = code
+        data = protocol.dumps(payload)
+        if header.response_key is None:
+            return Reply(status, JSON_MEDIA_TYPE, data, rows, code)
+        sealed_reply = hpke.seal_response(header.response_key, data)
+        return Reply(status, hpke.RESPONSE_MEDIA_TYPE, sealed_reply, rows, code)
