@@ -74,8 +74,9 @@ class Federation:
     weights_seed: int = 0
     logs: list[Path] = field(default_factory=list)
 
-    def register(self, seed: int, sign: bool = True) -> Path:
-        """Register a ward model (weights from ``seed``); return its version folder."""
+    def register(self, seed: int, sign: bool = True, registry: Path | None = None) -> Path:
+        """Register a ward model (weights from ``seed``) in ``registry`` (default: the
+        served one); return its version folder."""
         schema = load_schema(self.root / "schema.toml")
         scale = Standardization(mean={"age": 50.0}, std={"age": 10.0})
         dim = FeatureEncoder(schema, scale).input_dim
@@ -84,7 +85,7 @@ class Federation:
         )
         weights = get_weights(build_model(spec, seed=seed))
         signer = signing.signer_from_file(self.signing_key) if sign else None
-        version = ModelRegistry(self.registry).register(
+        version = ModelRegistry(registry or self.registry).register(
             "ward", weights, spec, schema, scale, signer=signer
         )
         return version.path
@@ -393,3 +394,21 @@ def test_audit_log_has_one_fixed_shape_line_per_request(service):
     ok = [line for line in lines if line["status"] == 200]
     assert all(line["model"] == "ward" and line["version"] == 1 for line in ok)
     assert any(line["rows"] == 3 for line in ok)
+
+
+def assert_no_plaintext_in_logs(fed: Federation, versions: list[int]) -> None:
+    """No service log or audit log holds a feature value or a prediction of ROWS."""
+    secrets_ = [f"{age:.6f}"[:-1] for age in SENTINEL_AGES]
+    for version in versions:
+        secrets_ += [repr(p["probability"])[:10] for p in fed.local_predictions(version, ROWS)]
+    assert fed.logs, "no logs were written"
+    for path in fed.logs:
+        text = path.read_text()
+        assert text, f"{path} is empty"
+        for secret in secrets_:
+            assert secret not in text, f"{path.name} contains {secret}"
+
+
+def test_no_feature_value_or_prediction_in_any_log(service, fed):
+    assert "serving model ward v1" in service.log_text()
+    assert_no_plaintext_in_logs(fed, [1])
