@@ -250,6 +250,12 @@ def test_sequences_are_ordered_padded_masked_and_truncated(tmp_path):
     assert np.array_equal(
         get_kind(schema).encode_request(schema, standardization, [request])[0], encoded.inputs[0]
     )
+    columnar = {"hour": [3, 1, 2, 0], "hr": [100, 80, 90, 70], "alert": [1, 1, 0, 0]}
+    assert np.array_equal(
+        get_kind(schema).encode_request(schema, standardization, [columnar])[0], encoded.inputs[0]
+    )
+    with pytest.raises(RowError, match="same number of steps"):
+        get_kind(schema).encode_request(schema, standardization, [{"hour": [0], "hr": [1, 2]}])
 
 
 def test_sequence_problems_name_rows_and_requests_name_steps(tmp_path):

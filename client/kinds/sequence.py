@@ -11,7 +11,8 @@ measurements of its steps in time order, then zero padding; the last channel is 
 real step and 0 on padding (see :mod:`models.sequences`). The federation pools the
 measurements' counts, sums and sums of squares over every step (and, for regression, the
 per-patient label's). A request instance is ``{"steps": [{"<time>": t, "<feature>": v,
-…}, …]}``.
+…}, …]}``, or the same columns as lists of equal length, ``{"<time>": [t0, t1, …],
+"<feature>": [v0, v1, …], …}`` (what one inference tensor per column carries).
 """
 
 from __future__ import annotations
@@ -251,9 +252,19 @@ class SequenceKind:
 def checked_steps(schema: SiteSchema, row: int, instance: Mapping[str, Any]) -> pd.DataFrame:
     """One request instance's steps, checked, in time order, the latest ``max_steps``."""
     layout = SequenceLayout.of(schema)
-    if not isinstance(instance, Mapping) or set(instance) != {STEPS_FIELD}:
+    if not isinstance(instance, Mapping) or not instance:
         raise RowError(row, None, f'expected {{"{STEPS_FIELD}": [{{...}}, ...]}}')
-    steps = instance[STEPS_FIELD]
+    if set(instance) == {STEPS_FIELD}:
+        steps = instance[STEPS_FIELD]
+    else:
+        # Columnar form, as one tensor per column of shape [n, steps] carries it.
+        columns = dict(instance)
+        if not all(isinstance(v, list) for v in columns.values()):
+            raise RowError(row, None, f'expected {{"{STEPS_FIELD}": [...]}} or lists per column')
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) != 1:
+            raise RowError(row, None, "every column of a series needs the same number of steps")
+        steps = [{n: v[j] for n, v in columns.items()} for j in range(lengths.pop())]
     if not isinstance(steps, list) or not steps:
         raise RowError(row, STEPS_FIELD, "expected a non-empty list of measurement objects")
     try:
