@@ -101,8 +101,10 @@ def serve(
     from server.inference.keyring import KeyringError
 
     torch.set_num_threads(torch_threads)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(  # force: an imported library may have configured the root logger
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
     config = ServiceConfig(
         registry=registry,

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,13 +33,14 @@ from models.predictor import Predictor
 from models.spec import ModelSpec, build_model, get_weights
 from privacy import hpke, signing
 from privacy.tokens import TokenStore
-from server.inference import protocol
+from server.inference import launcher, protocol
 from server.inference.keyring import rotate
+from server.inference.launcher import ServiceProcess
 from server.registry import ModelRegistry
 from tests.conftest import SCHEMA_TOML
 
 ROOT = Path(__file__).resolve().parents[1]
-FEDCARE = [sys.executable, "-c", "from cli.main import app; app()"]
+FEDCARE = [sys.executable, "-m", "cli.main"]
 # Feature values no log may ever contain (distinctive, so a leak cannot hide).
 SENTINEL_AGES = [73.31415926, 41.27182818, 58.16180339]
 ROWS = [
@@ -49,12 +48,6 @@ ROWS = [
     {"age": SENTINEL_AGES[1], "sex": "F", "smoker": 0},
     {"age": SENTINEL_AGES[2], "sex": "F", "smoker": True},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -119,13 +112,19 @@ def make_federation(root: Path) -> Federation:
 
 @dataclass
 class Service:
-    """A running `fedcare serve` subprocess."""
+    """A running `fedcare serve` child of the tests, with its federation."""
 
-    process: subprocess.Popen
-    url: str
-    log: Path
+    running: ServiceProcess
     audit: Path
     fed: Federation
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+    @property
+    def process(self):
+        return self.running.process
 
     def client(self, token: str | None = None, **kwargs) -> InferenceClient:
         return InferenceClient(
@@ -133,70 +132,45 @@ class Service:
         )
 
     def http(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, verify=_ctx(self.fed.tls.ca_cert), **kwargs)
+        verify = ssl.create_default_context(cafile=str(self.fed.tls.ca_cert))
+        return httpx.Client(base_url=self.url, verify=verify, **kwargs)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+        self.running.stop()
 
     def log_text(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
+        return self.running.log_text()
 
 
-def _ctx(ca_cert: Path):
-    import ssl
-
-    return ssl.create_default_context(cafile=str(ca_cert))
-
-
-def start_service(fed: Federation, name: str, *extra: str, tls: bool = True) -> Service:
-    """Start `fedcare serve` on a free loopback port and wait until a model is served."""
-    port = free_port()
-    log = fed.root / f"{name}.log"
-    audit = fed.root / f"{name}-audit.jsonl"
-    fed.logs += [log, audit]
+def serve_args(fed: Federation, audit: Path, *extra: str, tls: bool = True) -> list[str]:
+    """The `fedcare serve` options for ``fed`` (fast polling, debug logging)."""
     args = [
-        *FEDCARE, "serve",
         "--registry", str(fed.registry),
         "--verify-key", str(fed.verify_key),
         "--keyring", str(fed.keyring),
         "--tokens", str(fed.tokens),
         "--audit-log", str(audit),
-        "--host", "127.0.0.1", "--port", str(port),
         "--poll-interval", "0.2",
         "--log-level", "debug",
         *extra,
     ]  # fmt: skip
     if tls:
-        args += ["--tls-cert", str(fed.tls.server_cert), "--tls-key", str(fed.tls.server_key)]
-    else:
-        args += ["--insecure-http"]
-    with log.open("w") as out:
-        process = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    scheme = "https" if tls else "http"
-    service = Service(process, f"{scheme}://127.0.0.1:{port}", log, audit, fed)
-    verify = _ctx(fed.tls.ca_cert) if tls else True
-    if "--tls-client-ca" in extra:
-        client = fed.tls.clients["ward-app"]
-        verify.load_cert_chain(str(client.cert), str(client.key))
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"fedcare serve exited ({process.returncode}):\n{log.read_text()}")
-        try:
-            ready = httpx.get(f"{service.url}/v2/health/ready", verify=verify, timeout=2)
-            if ready.status_code == 200:
-                return service
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    service.stop()
-    raise RuntimeError(f"fedcare serve did not get ready:\n{log.read_text()}")
+        return [*args, "--tls-cert", str(fed.tls.server_cert), "--tls-key", str(fed.tls.server_key)]
+    return [*args, "--insecure-http"]
+
+
+def start_service(fed: Federation, name: str, *extra: str) -> Service:
+    """Start `fedcare serve` over TLS on a free loopback port; wait until a model is served."""
+    log, audit = fed.root / f"{name}.log", fed.root / f"{name}-audit.jsonl"
+    fed.logs += [log, audit]
+    client = fed.tls.clients["ward-app"]
+    running = launcher.start_service(
+        serve_args(fed, audit, *extra),
+        log,
+        ca_cert=fed.tls.ca_cert,
+        client_cert=(client.cert, client.key) if "--tls-client-ca" in extra else None,
+    )
+    return Service(running, audit, fed)
 
 
 def sealed_request(public_key: bytes, rows: list[dict], **overrides) -> tuple[bytes, bytes, str]:
