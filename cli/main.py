@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.deploy import coordinator_app, provision_app, site_app
 from server.settings import RunSettings, SettingsError
 
 app = typer.Typer(
@@ -227,6 +228,10 @@ app.command("serve")(serve)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tokens_app, name="tokens")
 app.command("predict")(predict)
+
+app.add_typer(provision_app, name="provision")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(site_app, name="site")
 
 
 if __name__ == "__main__":

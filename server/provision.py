@@ -129,14 +129,14 @@ private-key = "auth.key"
 
 [data]
 path = ""            # CSV or Parquet file with this site's records (required)
-schema = ""          # the federation's schema file, if it sent one
+schema = ""          # the federation's schema file (required)
 
 [state]
 # The privacy ledger and the SuperNode's working files live here; back it up.
 dir = "state"
 
 [privacy]
-max-epsilon = 8.0    # this site refuses any round that would take it past this budget
+epsilon-budget = 8.0 # this site refuses any round that would take it past this budget
 delta = 1e-5
 
 [supernode]

@@ -67,9 +67,25 @@ MODULUS_RANGE = 2**32  # Flower's maximum; the sum of the quantized updates wrap
 SECURE_AGGREGATION_FAILED = 110  # error code of the replies of sites left out of the sum
 
 
+class _SecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow, tolerant of sites that leave before sharing their keys.
+
+    Flower 1.41 counts every site sampled at set-up as "dead" if it is missing later and
+    asks its neighbours for that site's key shares; a site that left during key sharing
+    never sent any, so the neighbours fail and the round halts. Such a site is in nobody's
+    masks (a site masks only with the neighbours whose shares it received), so after key
+    sharing the round's participants are the sites that shared keys.
+    """
+
+    def share_keys_stage(self, grid, context, state) -> bool:
+        proceed = super().share_keys_stage(grid, context, state)
+        state.sampled_node_ids = set(state.active_node_ids)
+        return proceed
+
+
 def make_workflow(settings: RunSettings) -> SecAggPlusWorkflow:
     """Flower's SecAgg+ workflow with the run's settings (see ``RunSettings``)."""
-    return SecAggPlusWorkflow(
+    return _SecAggPlus(
         num_shares=float(settings.secagg_num_shares),
         reconstruction_threshold=float(settings.secagg_reconstruction_threshold),
         max_weight=settings.secagg_max_weight,

@@ -1,0 +1,206 @@
+"""`fedcare provision | coordinator | site`: the deployment commands (docs/DEPLOYMENT.md)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+from flwr.common.config import parse_config_args
+from rich.console import Console
+from rich.table import Table
+
+from client.agent import SiteConfigError, check_site, load_site_config, site_ledger, start_site
+from privacy.pki import PKIError
+from server.coordinator import CONNECTION, CoordinatorError, ManagedProcess, open_coordinator
+from server.provision import ProvisionError, load_federation, provision
+
+console = Console()
+provision_app = typer.Typer(help="Make a federation's keys and certificates.")
+coordinator_app = typer.Typer(help="The coordinator: SuperLink and runs.", no_args_is_help=True)
+site_app = typer.Typer(help="A hospital's agent: check, start, budget.", no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _split(names: str) -> list[str]:
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+@provision_app.callback(invoke_without_command=True)
+def provision_command(
+    federation: str = typer.Option(..., help="The federation's name."),
+    sites: str = typer.Option(..., help="Comma-separated site names, e.g. a,b,c."),
+    out: Path = typer.Option(..., help="Folder for the CA, the coordinator and the sites."),
+    dns: str = typer.Option(
+        "localhost", "--san-dns", help="DNS names of the SuperLink certificate."
+    ),
+    ip: str = typer.Option(
+        "127.0.0.1", "--san-ip", help="IP addresses of the SuperLink certificate."
+    ),
+    address: str | None = typer.Option(
+        None, help="host:port the sites dial (default: first DNS name, else IP, port 8000)."
+    ),
+    port: int = typer.Option(8000, help="The SuperLink's port."),
+    force: bool = typer.Option(False, help="Replace existing private keys (all of them)."),
+) -> None:
+    """Make a CA, the SuperLink's TLS certificate, each site's authentication key pair and
+    the coordinator's model-signing key, in one folder per participant."""
+    try:
+        result = provision(
+            federation,
+            _split(sites),
+            out,
+            san_dns=_split(dns),
+            san_ips=_split(ip),
+            force=force,
+            superlink_address=address,
+            port=port,
+        )
+    except (ProvisionError, PKIError) as err:
+        _fail(str(err))
+    console.print(result.summary())
+
+
+def _wait_until_stopped(process: ManagedProcess) -> None:
+    """Block until Ctrl-C / SIGTERM or the process exits; then stop it by PID."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if not process.alive():
+            console.print(process.log_text()[-3000:])
+            _fail(f"{process.name} exited with {process.popen.returncode}")
+    process.stop()
+
+
+@coordinator_app.command("start")
+def coordinator_start(
+    folder: Path = typer.Option(
+        ..., "--dir", help="The coordinator's folder made by `fedcare provision`."
+    ),
+    host: str = typer.Option("0.0.0.0", help="Address the SuperLink listens on."),
+    port: int | None = typer.Option(None, help="Port (default: the provisioned address's)."),
+) -> None:
+    """Run `flower-superlink` (TLS, SuperNode authentication, no runtime installs, state on
+    disk) and register every provisioned site's public key. Stops on Ctrl-C."""
+    try:
+        coordinator = open_coordinator(folder, host=host, port=port)
+        coordinator.start()
+    except (ProvisionError, CoordinatorError) as err:
+        _fail(str(err))
+    try:
+        registered = coordinator.register_sites()
+    except CoordinatorError as err:
+        coordinator.stop()
+        _fail(str(err))
+    console.print(
+        f"SuperLink up at {coordinator.address} (PID {coordinator.process.pid}); "
+        f"log {coordinator.settings.log_path}"
+    )
+    for site, node in registered.items():
+        console.print(f"  site {site}: {'registered before' if node == 'already' else node}")
+    console.print(
+        f"run a federation: FLWR_HOME={coordinator.settings.flwr_home} "
+        f'flwr run . {CONNECTION} --run-config \'mode="deployment" schema-path="…"\''
+    )
+    _wait_until_stopped(coordinator.process)
+
+
+@coordinator_app.command("run")
+def coordinator_run(
+    folder: Path = typer.Option(..., "--dir", help="The coordinator's folder."),
+    app_dir: Path = typer.Option(Path("."), "--app", help="The Flower App (fedcare's root)."),
+    run_config: str = typer.Option(
+        "", help="Run config overrides, as for `flwr run --run-config`, e.g. 'schema-path=\"…\"'."
+    ),
+    timeout: float = typer.Option(3600.0, help="Seconds to wait for the run to finish."),
+) -> None:
+    """`flwr run` against the running SuperLink; unlike it, exits non-zero unless the run
+    finished completed. Adds mode="deployment", the federation's name and signing key."""
+    try:
+        coordinator = open_coordinator(folder)
+        fed = load_federation(folder)
+        config: dict[str, object] = {
+            "mode": "deployment",
+            "federation": fed.federation,
+            "signing-key": str(fed.signing_key.resolve()),
+        }
+        config.update(parse_config_args([run_config]) if run_config.strip() else {})
+        run = coordinator.run(app_dir.resolve(), config, timeout=timeout)
+    except (ProvisionError, CoordinatorError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"run {run['run-id']}: {run['status']} in {run.get('elapsed', 0):.0f} s")
+
+
+def _site(config: Path):
+    try:
+        return load_site_config(config)
+    except SiteConfigError as err:
+        _fail(str(err))
+
+
+def _print_budget(summary: dict) -> None:
+    console.print(
+        f"privacy budget: ε spent {summary['epsilon_spent']:.3f} of "
+        f"{summary['epsilon_budget']:g} (δ={summary['delta']:g}), "
+        f"left {summary['epsilon_remaining']:.3f}"
+    )
+
+
+@site_app.command("check")
+def site_check(
+    config: Path = typer.Option(..., help="The site's site.toml."),
+    as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
+) -> None:
+    """Validate the site's data against the federation's schema; exit 1 on any problem."""
+    result = check_site(_site(config))
+    if as_json:
+        print(json.dumps(asdict(result) | {"ok": result.ok}, indent=2))
+    else:
+        console.print(f"rows: {result.rows}")
+        if result.label_counts:
+            balance = ", ".join(f"{k}: {v}" for k, v in result.label_counts.items())
+            console.print(f"labels: {balance}")
+        for problem in result.problems:
+            console.print(f"[red]problem:[/] {problem}")
+        _print_budget(result.budget)
+        console.print("[green]ok[/]" if result.ok else f"{len(result.problems)} problem(s)")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@site_app.command("start")
+def site_start(config: Path = typer.Option(..., help="The site's site.toml.")) -> None:
+    """Run this site's SuperNode (TLS, authentication key, node config). Stops on Ctrl-C."""
+    cfg = _site(config)
+    process = start_site(cfg)
+    console.print(
+        f"SuperNode for {cfg.name} → {cfg.superlink} (PID {process.pid}); log {process.log_path}"
+    )
+    _wait_until_stopped(process)
+
+
+@site_app.command("budget")
+def site_budget(
+    config: Path = typer.Option(..., help="The site's site.toml."),
+    as_json: bool = typer.Option(False, "--json", help="Print the ledger summary as JSON."),
+) -> None:
+    """ε spent per federation and run, and what is left of the site's budget."""
+    summary = site_ledger(_site(config)).summary()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table("federation", "run", "rounds", "ε after")
+    for run in summary["runs"]:
+        table.add_row(
+            run["federation"], run["run"], str(run["rounds"]), f"{run['epsilon_after']:.3f}"
+        )
+    console.print(table)
+    _print_budget(summary)

@@ -1,0 +1,136 @@
+"""A real deployed federation on one machine: provisioned keys, a SuperLink with TLS and
+SuperNode authentication, one SuperNode per hospital, all on loopback.
+
+Used by tests/test_deploy_loopback.py and benchmarks/deployed_round.py. Every process is
+started in its own process group and stopped by PID in :meth:`LoopbackFederation.stop`.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from client.agent import load_site_config, start_site
+from server.coordinator import Coordinator, ManagedProcess, _alive, open_coordinator
+from server.provision import provision
+from server.settings import RunSettings
+from simulations.prepare import prepare_simulation
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fill_site_file(path: Path, data: Path, schema: Path, runtime_port: int) -> None:
+    """What a hospital's IT team does to the provisioned site.toml: point it at the data.
+
+    Parameters
+    ----------
+    path : Path
+        The site's ``site.toml``.
+    data, schema : Path
+        The site's records and the federation's schema.
+    runtime_port : int
+        A free loopback port for the SuperNode's Runtime API.
+    """
+    text = path.read_text()
+    text = re.sub(r'(?m)^path = ""', f'path = "{data}"', text)
+    text = re.sub(r'(?m)^schema = ""', f'schema = "{schema}"', text)
+    text = re.sub(r"(?m)^runtime-port = \d+", f"runtime-port = {runtime_port}", text)
+    path.write_text(text)
+
+
+@dataclass
+class LoopbackFederation:
+    """A provisioned federation, its coordinator and every process started for it.
+
+    Parameters
+    ----------
+    root : Path
+        Holds ``fed/`` (what provisioning made) and ``data/`` (the hospitals' files).
+    coordinator : Coordinator
+        The SuperLink (started by :func:`start_loopback_federation`).
+    schema, test_set : Path
+        The federation's schema and the coordinator's held-out test set.
+    """
+
+    root: Path
+    coordinator: Coordinator
+    schema: Path
+    test_set: Path | None
+    nodes: dict[str, ManagedProcess] = field(default_factory=dict)
+    stopped: list[ManagedProcess] = field(default_factory=list)
+
+    def site_file(self, site: str) -> Path:
+        return self.root / "fed" / "sites" / site / "site.toml"
+
+    def start(self, site: str, **kw) -> ManagedProcess:
+        """(Re)start a site's SuperNode; ``kw`` as for :func:`client.agent.start_site`."""
+        process = start_site(load_site_config(self.site_file(site)), **kw)
+        if site in self.nodes:
+            self.stopped.append(self.nodes[site])
+        self.nodes[site] = process
+        return process
+
+    def run_config(self, out: str, **extra: object) -> dict[str, object]:
+        """A deployment run config writing to ``root/out``; ``extra`` overrides keys."""
+        config: dict[str, object] = {
+            "mode": "deployment",
+            "federation": "loop",
+            "schema-path": str(self.schema),
+            "signing-key": str(self.root / "fed" / "coordinator" / "signing.key"),
+            "out-dir": str(self.root / out),
+            "min-sites": 2,
+            "round-timeout": 90.0,
+        }
+        if self.test_set is not None:
+            config["test-path"] = str(self.test_set)
+        config.update(extra)
+        return config
+
+    def stop(self) -> list[int]:
+        """Stop every process started here, by PID; return the PIDs still alive (none)."""
+        processes = [*self.nodes.values(), *self.stopped]
+        if self.coordinator.process is not None:
+            processes.append(self.coordinator.process)
+        pids: list[int] = []
+        for process in processes:
+            process.remember_children()
+            pids += [process.pid, *process.known_children]
+            process.stop()
+        return [pid for pid in pids if _alive(pid)]
+
+
+def start_loopback_federation(
+    root: Path, sites: list[str], extra_sites: tuple[str, ...] = ()
+) -> LoopbackFederation:
+    """Provision ``sites`` (+ ``extra_sites``, not registered or started), split scikit-learn's
+    breast cancer data among ``sites``, start the SuperLink, register ``sites`` and start
+    their SuperNodes. The caller calls :meth:`LoopbackFederation.stop` (also on failure)."""
+    port = free_port()
+    provision("loop", [*sites, *extra_sites], root / "fed", port=port)
+    layout = prepare_simulation(RunSettings(sites=len(sites)), root / "data")
+    for site, entry in zip(sites, layout.sites, strict=True):
+        fill_site_file(
+            root / "fed" / "sites" / site / "site.toml",
+            Path(entry["data-path"]),
+            layout.schema_path,
+            free_port(),
+        )
+    coordinator = open_coordinator(root / "fed" / "coordinator", host="127.0.0.1")
+    federation = LoopbackFederation(root, coordinator, layout.schema_path, layout.test_path)
+    try:
+        coordinator.start()
+        coordinator.register_sites(sites)
+        for site in sites:
+            federation.start(site)
+        coordinator.wait_nodes_online(len(sites), timeout=300)
+    except BaseException:
+        federation.stop()
+        raise
+    return federation
