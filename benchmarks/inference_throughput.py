@@ -9,7 +9,7 @@ interleaved in several short rounds, so a change in the machine's background loa
 both alike. Every request is built and sealed afresh (new request id, new response key),
 as a real client would.
 
-    .venv/bin/python benchmarks/inference_throughput.py [--seconds 4] [--rounds 3] [--tls]
+    .venv/bin/python benchmarks/inference_throughput.py [--seconds 2] [--rounds 8] [--tls]
 
 The model is the Breast Cancer Wisconsin schema (30 numeric features) with an MLP; its
 weights are untrained, which changes nothing for throughput. Results go to stdout and
@@ -148,8 +148,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per round and mode")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per mode")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per round and mode")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds per mode")
     parser.add_argument("--threads", type=int, default=4, help="concurrent load clients")
     parser.add_argument("--tls", action="store_true", help="over TLS (default: plain HTTP)")
     parser.add_argument("--out", type=Path, default=Path("fedcare-runs/bench-inference.json"))

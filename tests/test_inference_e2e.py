@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import ssl
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -386,3 +387,36 @@ def assert_no_plaintext_in_logs(fed: Federation, versions: list[int]) -> None:
 def test_no_feature_value_or_prediction_in_any_log(service, fed):
     assert "serving model ward v1" in service.log_text()
     assert_no_plaintext_in_logs(fed, [1])
+
+
+@pytest.mark.slow  # two CLI processes
+def test_fedcare_predict_reads_a_csv_and_writes_predictions(service, fed, tmp_path):
+    csv = tmp_path / "patients.csv"
+    lines = ["patient_id,age,sex,smoker,outcome"]
+    lines += [f"p{i},{r['age']},{r['sex']},{int(r['smoker'])},0" for i, r in enumerate(ROWS)]
+    csv.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "predictions.csv"
+    run = subprocess.run(
+        [
+            *FEDCARE, "predict", "--url", service.url, "--model", "ward",
+            "--input", str(csv), "--ca-cert", str(fed.tls.ca_cert), "--out", str(out),
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "FEDCARE_TOKEN": fed.token_ward},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "3 predictions from ward v1" in " ".join(run.stderr.split())
+    written = [line.split(",") for line in out.read_text().splitlines()]
+    expected = fed.local_predictions(1, [{**r, "smoker": int(r["smoker"])} for r in ROWS])
+    assert written[0] == ["label", "probability"]
+    assert [(label, float(p)) for label, p in written[1:]] == [
+        (e["label"], e["probability"]) for e in expected
+    ]
+    csv.write_text("age,sex,smoker\n50,M,\n")
+    run = subprocess.run(
+        [*FEDCARE, "predict", "--url", service.url, "--model", "ward", "--input", str(csv),
+         "--ca-cert", str(fed.tls.ca_cert), "--token", fed.token_ward],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "line 2, column 'smoker' is empty" in " ".join(run.stderr.split())
