@@ -193,7 +193,7 @@ class ModelStore:
                 )
         except (SignatureError, ValueError) as err:
             self._refused[version.path] = stamp
-            still = f"still serving v{current.version}" if current else "no version is served"
+            still = f"still serving v{current.version}" if current else "looking at older versions"
             log.error("REFUSED model %s v%d: %s; %s", name, version.version, err, still)
             return False
         self._served[name] = model  # one assignment: requests in flight keep their model
