@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ FORMAT = "fedcare-tokens/1"
 PREFIX = "fct"
 _TOKEN = re.compile(r"^fct_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _SCOPE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
+log = logging.getLogger("fedcare.inference")
 
 
 class TokenError(ValueError):
@@ -52,7 +54,6 @@ class TokenRecord:
     revoked: bool = False
     rate_per_second: float | None = None
     burst: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def allows(self, model: str) -> bool:
         return "*" in self.scopes or model in self.scopes
@@ -61,7 +62,6 @@ class TokenRecord:
         """What ``tokens list`` shows (no hash)."""
         out = asdict(self)
         out.pop("sha256")
-        out.pop("extra")
         return out
 
 
@@ -133,8 +133,8 @@ class TokenStore:
             if self._file_stamp() != self._stamp:
                 try:
                     self._load()
-                except TokenError:
-                    pass  # keep the last good store while a writer is mid-way
+                except TokenError as err:  # writes are atomic; this is a damaged file
+                    log.error("token store not reloaded (%s); the last good one stays in use", err)
 
     def _save(self) -> None:
         data = {"format": FORMAT, "tokens": [asdict(r) for r in self._records.values()]}
@@ -155,7 +155,17 @@ class TokenStore:
         rate_per_second: float | None = None,
         burst: float | None = None,
     ) -> tuple[str, TokenRecord]:
-        """Make a token; return (the token, shown only now, its record)."""
+        """Make a token; return (the token, shown only now, its record).
+
+        Parameters
+        ----------
+        name : str
+            Who the token is for (an application), shown in listings.
+        scopes : list of str
+            Model names the token may use, or ``*`` for all.
+        rate_per_second, burst : float, optional
+            The token's own rate limit; the service's default otherwise.
+        """
         if not scopes:
             raise TokenError("a token needs at least one scope (a model name or '*')")
         for scope in scopes:
@@ -183,6 +193,7 @@ class TokenStore:
         return token, record
 
     def revoke(self, token_id: str) -> TokenRecord:
+        """Mark the token ``token_id`` revoked; services refuse it at their next reload."""
         with self._lock:
             self._load()
             if token_id not in self._records:
@@ -193,6 +204,7 @@ class TokenStore:
         return record
 
     def list(self) -> list[TokenRecord]:
+        """Every stored token's record."""
         self._maybe_reload()
         return list(self._records.values())
 
@@ -211,7 +223,13 @@ class TokenStore:
 
 
 class RateLimiter:
-    """A token bucket per token id: ``rate`` requests per second, up to ``burst`` at once."""
+    """A token bucket per token id: ``rate`` requests per second, up to ``burst`` at once.
+
+    Parameters
+    ----------
+    rate, burst : float
+        The defaults for tokens without a limit of their own.
+    """
 
     def __init__(self, rate: float, burst: float):
         self.rate = rate
@@ -222,7 +240,10 @@ class RateLimiter:
     def acquire(
         self, key: str, rate: float | None = None, burst: float | None = None
     ) -> float | None:
-        """None if allowed; otherwise the seconds to wait before the next request may pass."""
+        """None if ``key``'s request may pass now; otherwise the seconds to wait.
+
+        ``rate`` and ``burst`` override the defaults for this key (a token's own limit).
+        """
         rate = rate or self.rate
         burst = burst or self.burst
         now = time.monotonic()
