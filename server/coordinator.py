@@ -127,17 +127,19 @@ class ManagedProcess:
         return ""
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM the process's group, then SIGKILL what is left, descendants included."""
+        """SIGTERM the process's group, then SIGKILL what is left, descendants included.
+
+        The group is signalled even when its leader is gone: Flower's SuperExec outlives a
+        SuperNode that exits on an error.
+        """
         self.remember_children()
-        if self.alive():
-            _signal_group(self.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.pid, signal.SIGKILL)
-                self.popen.wait(timeout=timeout)
-        # Flower's SuperExec watches its parent PID and exits on its own a few seconds
-        # later; we do not rely on that.
+        _signal_group(self.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.pid, signal.SIGKILL)
+            self.popen.wait(timeout=timeout)
+        # Descendants in groups of their own (the SuperLink's SuperExec): each by its PID.
         deadline = time.monotonic() + timeout
         for child in sorted(self.known_children):
             while _alive(child) and time.monotonic() < deadline:
@@ -145,6 +147,7 @@ class ManagedProcess:
                 time.sleep(0.2)
             if _alive(child):
                 _signal(child, signal.SIGKILL)
+        _signal_group(self.pid, signal.SIGKILL)
         return self.popen.returncode
 
     def kill(self) -> None:

@@ -63,6 +63,7 @@ class LoopbackFederation:
     coordinator: Coordinator
     schema: Path
     test_set: Path | None
+    node_ids: dict[str, str] = field(default_factory=dict)  # site -> SuperLink node id
     nodes: dict[str, ManagedProcess] = field(default_factory=dict)
     stopped: list[ManagedProcess] = field(default_factory=list)
 
@@ -126,10 +127,12 @@ def start_loopback_federation(
     federation = LoopbackFederation(root, coordinator, layout.schema_path, layout.test_path)
     try:
         coordinator.start()
-        coordinator.register_sites(sites)
+        federation.node_ids = coordinator.register_sites(sites)
         for site in sites:
             federation.start(site)
         coordinator.wait_nodes_online(len(sites), timeout=300)
+        for process in federation.nodes.values():
+            process.remember_children()  # their SuperExecs, whatever becomes of the parent
     except BaseException:
         federation.stop()
         raise
