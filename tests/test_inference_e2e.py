@@ -11,15 +11,16 @@ import json
 import os
 import secrets
 import ssl
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from client.predict_cli import predict
 from client.schema import load_schema
 from client.sdk import (
     AuthenticationError,
@@ -40,8 +41,6 @@ from server.inference.launcher import ServiceProcess
 from server.registry import ModelRegistry
 from tests.conftest import SCHEMA_TOML
 
-ROOT = Path(__file__).resolve().parents[1]
-FEDCARE = [sys.executable, "-m", "cli.main"]
 # Feature values no log may ever contain (distinctive, so a leak cannot hide).
 SENTINEL_AGES = [73.31415926, 41.27182818, 58.16180339]
 ROWS = [
@@ -389,22 +388,21 @@ def test_no_feature_value_or_prediction_in_any_log(service, fed):
     assert_no_plaintext_in_logs(fed, [1])
 
 
-@pytest.mark.slow  # two CLI processes
 def test_fedcare_predict_reads_a_csv_and_writes_predictions(service, fed, tmp_path):
+    app = typer.Typer()
+    app.command()(predict)
     csv = tmp_path / "patients.csv"
     lines = ["patient_id,age,sex,smoker,outcome"]
     lines += [f"p{i},{r['age']},{r['sex']},{int(r['smoker'])},0" for i, r in enumerate(ROWS)]
     csv.write_text("\n".join(lines) + "\n")
     out = tmp_path / "predictions.csv"
-    run = subprocess.run(
-        [
-            *FEDCARE, "predict", "--url", service.url, "--model", "ward",
-            "--input", str(csv), "--ca-cert", str(fed.tls.ca_cert), "--out", str(out),
-        ],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "FEDCARE_TOKEN": fed.token_ward},
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
+    args = ["--url", service.url, "--model", "ward", "--ca-cert", str(fed.tls.ca_cert)]
+    run = CliRunner().invoke(
+        app,
+        [*args, "--input", str(csv), "--out", str(out)],
+        env={"FEDCARE_TOKEN": fed.token_ward},
+    )
+    assert run.exit_code == 0, run.output
     assert "3 predictions from ward v1" in " ".join(run.stderr.split())
     written = [line.split(",") for line in out.read_text().splitlines()]
     expected = fed.local_predictions(1, [{**r, "smoker": int(r["smoker"])} for r in ROWS])
@@ -413,10 +411,6 @@ def test_fedcare_predict_reads_a_csv_and_writes_predictions(service, fed, tmp_pa
         (e["label"], e["probability"]) for e in expected
     ]
     csv.write_text("age,sex,smoker\n50,M,\n")
-    run = subprocess.run(
-        [*FEDCARE, "predict", "--url", service.url, "--model", "ward", "--input", str(csv),
-         "--ca-cert", str(fed.tls.ca_cert), "--token", fed.token_ward],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert run.returncode == 2
+    run = CliRunner().invoke(app, [*args, "--input", str(csv), "--token", fed.token_ward])
+    assert run.exit_code == 2
     assert "line 2, column 'smoker' is empty" in " ".join(run.stderr.split())

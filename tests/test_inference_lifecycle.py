@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 import time
 
@@ -18,8 +17,6 @@ from privacy import signing
 from server.inference.keyring import retire, rotate
 from server.registry import ModelRegistry
 from tests.test_inference_e2e import (
-    FEDCARE,
-    ROOT,
     ROWS,
     assert_no_plaintext_in_logs,
     make_federation,
@@ -170,21 +167,6 @@ def test_encrypted_at_rest_model_behind_mtls(tmp_path):
     finally:
         service.stop()
     assert service.process.returncode is not None
-
-
-def test_serve_refuses_plain_http_without_the_flag(fed):
-    base = [*FEDCARE, "serve", "--registry", str(fed.registry), "--verify-key"]
-    base += [str(fed.verify_key), "--keyring", str(fed.keyring), "--tokens", str(fed.tokens)]
-    run = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "TLS is required" in run.stderr
-    run = subprocess.run(
-        [*base, "--insecure-http", "--host", "0.0.0.0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 2 and "only loopback" in run.stderr
 
 
 def test_no_feature_value_or_prediction_in_any_log(service, fed):
