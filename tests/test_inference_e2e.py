@@ -327,7 +327,7 @@ def test_nan_infinity_and_too_many_rows(service, fed, public_key):
 
 
 def test_rate_limit_answers_429(service, fed):
-    slow, _ = TokenStore(fed.tokens).create("slow-app", ["ward"], rate_per_second=0.5, burst=2)
+    slow, _ = TokenStore(fed.tokens).create("slow-app", ["ward"], rate_per_second=0.01, burst=2)
     time.sleep(0.5)  # the service re-reads the token store
     with service.client(slow) as client:
         client.predict(ROWS[:1])

@@ -104,7 +104,7 @@ def test_a_new_version_is_swapped_in_under_load_without_a_failed_request(service
     workers = [threading.Thread(target=load) for _ in range(2)]
     for worker in workers:
         worker.start()
-    time.sleep(0.5)
+    wait_for(lambda: len(results) >= 2, what="answers from version 1")
     fed.register(seed=1)
     wait_for(lambda: served_version(service) == "2", what="version 2 to be served")
     time.sleep(0.5)
