@@ -215,10 +215,15 @@ def demo(
     out: Path | None = typer.Option(None, help="Output folder (default fedcare-runs/demo-<time>)."),
     rounds: int = typer.Option(DEFAULTS.num_server_rounds, min=1, help="Federated rounds."),
 ) -> None:
-    """The embedded default: 5 simulated hospitals on Breast Cancer Wisconsin, DP ε=1."""
+    """The embedded default: 5 simulated hospitals on Breast Cancer Wisconsin, DP ε=1,
+    then the registered model answering through the encrypted inference service."""
+    from simulations.demo_inference import run_inference_demo
+
     out_dir = (out or _default_out("demo")).resolve()
     settings = RunSettings(num_server_rounds=rounds, out_dir=str(out_dir))
-    _run_simulation(settings, verbose=False)
+    report = _run_simulation(settings, verbose=False)
+    console.rule("encrypted inference")
+    run_inference_demo(Path(report["model"]["registry"]), console)
 
 
 from client.predict_cli import predict  # noqa: E402
