@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from opacus.accountants import create_accountant
-
 LEDGER_FILE = "privacy_ledger.json"
 LEDGER_FORMAT = "fedcare-privacy-ledger/1"
 # The most noise (relative to the clipping norm) a plan may use before the site refuses.
@@ -121,6 +119,9 @@ class PrivacyLedger:
         history += extra or []
         if not history:
             return 0.0
+        # Imported here: Opacus pulls in torch, which a `fedcare site budget` does not need.
+        from opacus.accountants import create_accountant
+
         accountant = create_accountant(self.accountant)
         accountant.history = _merge_equal_settings(history) if self.accountant == "rdp" else history
         return float(accountant.get_epsilon(delta=self.delta))
