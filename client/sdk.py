@@ -247,28 +247,37 @@ class InferenceClient:
 
     # ---------------------------------------------------------------- predict
 
-    def predict(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """One prediction per row (mappings of feature name to value)."""
-        return self.infer(rows).predictions
+    def predict(
+        self, rows: Sequence[Mapping[str, Any]], explain: bool = False
+    ) -> list[dict[str, Any]]:
+        """One prediction per row (mappings of feature name to value, or to an array such
+        as an image). With ``explain`` each prediction also holds ``attributions`` (per
+        feature or term, or a pixel map), ``explained_output`` and ``baseline_output``."""
+        return self.infer(rows, explain=explain).predictions
 
-    def infer(self, rows: Sequence[Mapping[str, Any]]) -> InferenceResult:
-        """Predictions with the model version that made them.
+    def infer(self, rows: Sequence[Mapping[str, Any]], explain: bool = False) -> InferenceResult:
+        """Predictions with the model version that made them (``explain``: see
+        :meth:`predict`).
 
         If the service no longer knows the cached key (rotated and retired), the key
         configuration is fetched again and the request, sealed anew, is sent once more.
         """
         try:
-            return self._infer_once(rows, refresh_key=False)
+            return self._infer_once(rows, refresh_key=False, explain=explain)
         except RequestRejected as err:
             if err.code != "unknown_key_id" or self.plaintext_for_benchmark:
                 raise
-        return self._infer_once(rows, refresh_key=True)
+        return self._infer_once(rows, refresh_key=True, explain=explain)
 
-    def _infer_once(self, rows: Sequence[Mapping[str, Any]], refresh_key: bool) -> InferenceResult:
+    def _infer_once(
+        self, rows: Sequence[Mapping[str, Any]], refresh_key: bool, explain: bool = False
+    ) -> InferenceResult:
         request_id = secrets.token_hex(16)
         response_key = None if self.plaintext_for_benchmark else hpke.new_response_key()
         try:
-            request = protocol.build_request(rows, request_id, int(time.time()), response_key)
+            request = protocol.build_request(
+                rows, request_id, int(time.time()), response_key, explain=explain
+            )
             body = protocol.dumps(request)
         except ValueError as err:
             raise InvalidInput(str(err)) from None

@@ -47,7 +47,8 @@ def test_array_inputs_are_nested_back_per_row():
     [
         (lambda b: b.update(id="ABC"), 400, "malformed_request", "id must be 32"),
         (lambda b: b.update(extra=1), 400, "malformed_request", "unknown request field 'extra'"),
-        (lambda b: b["parameters"].update(explain=True), 400, "malformed_request", "'explain'"),
+        (lambda b: b["parameters"].update(verbose=True), 400, "malformed_request", "'verbose'"),
+        (lambda b: b["parameters"].update(explain="yes"), 400, "malformed_request", "explain"),
         (lambda b: b["parameters"].pop("timestamp"), 400, "malformed_request", "timestamp"),
         (lambda b: b["parameters"].update(response_key="AAAA"), 400, "malformed_request", "16"),
         (lambda b: b["inputs"][0].update(datatype="FP128"), 400, "malformed_request", "datatype"),
@@ -120,3 +121,23 @@ def test_replay_guard_refuses_stale_and_repeated_ids_and_forgets_old_ones():
     with pytest.raises(ApiError) as raised:
         full.check("b" * 32, 0, now=0)
     assert raised.value.status == 429
+
+
+def test_arrays_per_row_travel_as_one_tensor_and_attribution_outputs_round_trip():
+    rows = [{"image": [[1, 2], [3, 4]], "age": 5}, {"image": [[5, 6], [7, 8]], "age": 6}]
+    body = protocol.build_request(rows, "ab" * 16, 0, None, explain=True)
+    assert body["parameters"]["explain"] is True
+    assert body["inputs"][0]["shape"] == [2, 2, 2]
+    decoded = protocol.decode_request(protocol.dumps(body))
+    assert protocol.parse_header(decoded, response_key_required=False).explain is True
+    assert protocol.parse_rows(decoded, 10) == rows
+    with pytest.raises(ValueError, match="differ in shape"):
+        protocol.build_request([{"image": [1, 2]}, {"image": [1]}], "ab" * 16, 0, None)
+    predictions = [
+        {"value": 1.5, "attributions": {"a": 0.25, "b": -0.5}, "baseline_output": 0.0},
+        {"value": 2.5, "attributions": {"a": 1.0, "b": 0.5}, "baseline_output": 0.0},
+    ]
+    maps = [{"attributions": [[0.5, 0.0], [1.0, 2.0]]}, {"attributions": [[0.0] * 2] * 2}]
+    for sent in (predictions, maps):
+        answer = protocol.parse_response(protocol.build_response("m", 1, "ab" * 16, sent))
+        assert answer.predictions == sent

@@ -14,8 +14,9 @@ that are arrays), plus the replay and response-key fields under ``parameters``::
 
 A response carries one tensor per prediction field (``label``, ``probability`` …); a field
 whose value is a mapping (class probabilities) becomes an ``[n, k]`` tensor with its keys
-in ``parameters.labels``. New request parameters and output tensors (``explain`` /
-``attributions``) extend this without changing what exists.
+in ``parameters.labels``. With ``parameters.explain`` true the response also carries the
+``attributions`` (``[n, k]`` per feature or term, or ``[n, h, w]`` per pixel),
+``explained_output`` and ``baseline_output`` tensors (``docs/PROTOCOL.md`` section 6).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ FLOAT_TYPES = ("FP16", "FP32", "FP64")
 INT_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
 DATATYPES = ("BOOL", "BYTES", *FLOAT_TYPES, *INT_TYPES)
 # Request parameters the service understands; anything else is refused by name.
-REQUEST_PARAMETERS = ("timestamp", "response_key")
+REQUEST_PARAMETERS = ("timestamp", "response_key", "explain")
 
 
 class ApiError(Exception):
@@ -80,11 +81,14 @@ class RequestHeader:
     response_key : bytes or None
         The 16-byte AES-128-GCM key the response is sealed with (None only in the
         benchmark-only plaintext mode).
+    explain : bool
+        Whether the caller asked for attributions (``parameters.explain``).
     """
 
     id: str
     timestamp: int
     response_key: bytes | None = field(repr=False)
+    explain: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,19 +142,40 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _column(feature: str, values: list[Any]) -> tuple[str, list[Any]]:
-    """The datatype of one feature's values, and the values as that datatype sends them."""
+def _column(feature: str, values: list[Any]) -> tuple[str, list[int], list[Any]]:
+    """The datatype, shape and flat (row-major) values of one feature's column.
+
+    A value that is an array (an image, a series) makes the tensor ``[n, d1, …]``; every
+    row's array must then have the same shape.
+    """
+    if values and all(isinstance(v, list | tuple | np.ndarray) for v in values):
+        arrays = []
+        for row, value in enumerate(values):
+            try:
+                array = np.asarray(value, dtype=object)
+            except ValueError:
+                raise ValueError(f"row {row}, feature '{feature}': a ragged array") from None
+            if array.ndim == 0 or any(isinstance(v, list | tuple) for v in array.flat):
+                raise ValueError(f"row {row}, feature '{feature}': a ragged array")
+            arrays.append(array)
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise ValueError(f"feature '{feature}': the rows' arrays differ in shape")
+        flat = [_plain(v) for a in arrays for v in a.reshape(-1).tolist()]
+        datatype, _, data = _column(feature, flat)
+        return datatype, [len(values), *arrays[0].shape], data
+    shape = [len(values)]
     kinds = {type(v) for v in values}
     if kinds <= {bool}:
-        return "BOOL", values
+        return "BOOL", shape, values
     if kinds <= {str}:
-        return "BYTES", values
+        return "BYTES", shape, values
     if kinds <= {bool, int, float}:
         for row, value in enumerate(values):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"row {row}, feature '{feature}': not a finite number")
         # A column mixing true/false with numbers (a binary feature) travels as numbers.
-        return "FP64", [float(v) if isinstance(v, bool) else v for v in values]
+        return "FP64", shape, [float(v) if isinstance(v, bool) else v for v in values]
     for row, value in enumerate(values):
         if value is None:
             raise ValueError(f"row {row}, feature '{feature}': missing value")
@@ -163,12 +188,14 @@ def build_request(
     request_id: str,
     timestamp: int,
     response_key: bytes | None,
+    explain: bool = False,
 ) -> dict[str, Any]:
-    """The request JSON for ``rows`` (mappings of feature name to a scalar value).
+    """The request JSON for ``rows`` (mappings of feature name to a scalar value, or to an
+    array of the same shape in every row, e.g. an image).
 
-    Raises ``ValueError`` naming the row and feature of a value that cannot be sent
-    (missing, not finite, mixed types). Whether the features fit the model is the
-    service's to say.
+    ``explain`` asks the service for attributions. Raises ``ValueError`` naming the row
+    and feature of a value that cannot be sent (missing, not finite, mixed types). Whether
+    the features fit the model is the service's to say.
     """
     if not rows:
         raise ValueError("no rows to send")
@@ -177,11 +204,13 @@ def build_request(
         names.extend(name for name in row if name not in names)
     inputs = []
     for name in names:
-        datatype, values = _column(name, [_plain(row.get(name)) for row in rows])
-        inputs.append({"name": name, "datatype": datatype, "shape": [len(rows)], "data": values})
+        datatype, shape, values = _column(name, [_plain(row.get(name)) for row in rows])
+        inputs.append({"name": name, "datatype": datatype, "shape": shape, "data": values})
     parameters: dict[str, Any] = {"timestamp": timestamp}
     if response_key is not None:
         parameters["response_key"] = hpke.b64encode(response_key)
+    if explain:
+        parameters["explain"] = True
     return {"id": request_id, "parameters": parameters, "inputs": inputs}
 
 
@@ -290,7 +319,12 @@ def parse_header(body: dict[str, Any], response_key_required: bool = True) -> Re
             )
         except ValueError as err:
             raise _bad(f"parameters.response_key: {err}") from None
-    return RequestHeader(id=request_id, timestamp=timestamp, response_key=response_key)
+    explain = parameters.get("explain", False)
+    if not isinstance(explain, bool):
+        raise _bad("parameters.explain must be true or false")
+    return RequestHeader(
+        id=request_id, timestamp=timestamp, response_key=response_key, explain=explain
+    )
 
 
 def parse_rows(body: dict[str, Any], max_rows: int) -> list[dict[str, Any]]:
@@ -338,6 +372,10 @@ def build_response(
 ) -> dict[str, Any]:
     """The response JSON: one output tensor per prediction field.
 
+    A field whose value is a mapping becomes ``[n, k]`` with its keys (the same in every
+    row) in ``parameters.labels``; one whose value is an array (the same shape in every
+    row) becomes ``[n, d1, …]``.
+
     Raises :class:`ApiError` ``out_of_range`` if the model produced a non-finite number.
     """
     count = len(predictions)
@@ -363,6 +401,12 @@ def build_response(
                     "data": data,
                 }
             )
+        elif isinstance(first, list | np.ndarray):
+            # An array per row (an image's attribution map): [n, d1, …], row-major.
+            arrays = [np.asarray(p[name], dtype=float) for p in predictions]
+            data = [_finite(v, row) for row, a in enumerate(arrays) for v in a.reshape(-1)]
+            shape = [count, *arrays[0].shape]
+            outputs.append({"name": name, "datatype": "FP64", "shape": shape, "data": data})
         else:
             data = [_finite(p[name], row) for row, p in enumerate(predictions)]
             outputs.append({"name": name, "datatype": "FP64", "shape": [count], "data": data})
@@ -399,8 +443,11 @@ def parse_response(body: Any) -> InferenceResponse:
             elif labels is not None:
                 values = data[row * width : (row + 1) * width]
                 predictions[row][name] = dict(zip(labels, values, strict=True))
-            else:
+            elif len(shape) == 2:
                 predictions[row][name] = data[row * width : (row + 1) * width]
+            else:
+                values = data[row * width : (row + 1) * width]
+                predictions[row][name] = np.asarray(values).reshape(shape[1:]).tolist()
     return InferenceResponse(
         id=str(body.get("id")),
         model_name=str(body.get("model_name")),

@@ -15,8 +15,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from client.kinds import RowError
+from client.kinds.base import DataKind
 from privacy import hpke
 from privacy.signing import load_storage_key, load_verify_key
 from privacy.tokens import RateLimiter, TokenRecord, TokenStore
@@ -164,6 +168,8 @@ class InferenceService:
             instances = protocol.parse_rows(decoded, self.config.max_rows)
             rows = len(instances)
             predictions = model.predictor.predict_rows(instances)
+            if header.explain:
+                predictions = _with_attributions(model, instances, predictions)
             payload = protocol.build_response(model.name, model.version, header.id, predictions)
             status, code = 200, "ok"
         except ApiError as err:
@@ -181,3 +187,63 @@ class InferenceService:
             return Reply(status, JSON_MEDIA_TYPE, data, rows, code)
         sealed_reply = hpke.seal_response(header.response_key, data)
         return Reply(status, hpke.RESPONSE_MEDIA_TYPE, sealed_reply, rows, code)
+
+
+# ------------------------------------------------------------------ explain
+
+
+def _not_explainable(model: ServedModel, why: str) -> ApiError:
+    predictor = model.predictor
+    return ApiError(
+        400,
+        "not_explainable",
+        f"model '{model.name}' (data kind '{predictor.kind.name}', family "
+        f"'{predictor.spec.kind}') cannot be explained: {why}",
+    )
+
+
+def _summary(model: ServedModel, shown: dict[str, Any]) -> Any:
+    """One row's attributions as an output value: a mapping per feature or term (an
+    ``[n, k]`` tensor), or a pixel map (``[n, h, w]``)."""
+    if "features" in shown:
+        return dict(shown["features"])
+    if "steps" in shown:  # a series: each feature's attributions summed over its steps
+        total = dict.fromkeys(model.predictor.schema.feature_names, 0.0)
+        for step in shown["steps"]:
+            for name, value in step["features"].items():
+                total[name] += value
+        return total
+    if "terms" in shown:
+        return dict(shown["terms"])
+    if "pixels" in shown:
+        return shown["pixels"]
+    raise _not_explainable(model, f"its attributions come as {sorted(shown)}")
+
+
+def _with_attributions(
+    model: ServedModel, instances: list[dict[str, Any]], predictions: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The predictions with ``attributions``, ``explained_output`` and ``baseline_output``
+    (integrated gradients, ``models.explain``) added to each row."""
+    predictor = model.predictor
+    if not isinstance(predictor.model, torch.nn.Module):
+        raise _not_explainable(model, "it is not a differentiable network")
+    if type(predictor.kind).present_attributions is DataKind.present_attributions:
+        raise _not_explainable(model, "its data kind does not present attributions")
+    from models.explain import explain_rows  # Captum: only for the requests that ask
+
+    explained = explain_rows(predictor, instances)
+    summaries = [_summary(model, e["attributions"]) for e in explained]
+    if summaries and isinstance(summaries[0], dict):
+        # Terms differ from note to note: every row gets the union, 0 where absent.
+        keys = list(dict.fromkeys(k for s in summaries for k in s))
+        summaries = [{k: s.get(k, 0.0) for k in keys} for s in summaries]
+    return [
+        {
+            **prediction,
+            "attributions": summary,
+            "explained_output": e["output"],
+            "baseline_output": e["baseline_output"],
+        }
+        for prediction, summary, e in zip(predictions, summaries, explained, strict=True)
+    ]
