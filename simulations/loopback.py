@@ -26,7 +26,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fill_site_file(path: Path, data: Path, schema: Path, runtime_port: int) -> None:
+def fill_site_file(
+    path: Path, data: Path, schema: Path, runtime_port: int, epsilon_budget: float = 8.0
+) -> None:
     """What a hospital's IT team does to the provisioned site.toml: point it at the data.
 
     Parameters
@@ -37,11 +39,14 @@ def fill_site_file(path: Path, data: Path, schema: Path, runtime_port: int) -> N
         The site's records and the federation's schema.
     runtime_port : int
         A free loopback port for the SuperNode's Runtime API.
+    epsilon_budget : float
+        The site's ε budget over all runs (each run plans its noise to fit what is left).
     """
     text = path.read_text()
     text = re.sub(r'(?m)^path = ""', f'path = "{data}"', text)
     text = re.sub(r'(?m)^schema = ""', f'schema = "{schema}"', text)
     text = re.sub(r"(?m)^runtime-port = \d+", f"runtime-port = {runtime_port}", text)
+    text = re.sub(r"(?m)^epsilon-budget = \S+", f"epsilon-budget = {epsilon_budget}", text)
     path.write_text(text)
 
 
@@ -108,11 +113,15 @@ class LoopbackFederation:
 
 
 def start_loopback_federation(
-    root: Path, sites: list[str], extra_sites: tuple[str, ...] = ()
+    root: Path,
+    sites: list[str],
+    extra_sites: tuple[str, ...] = (),
+    epsilon_budget: float = 8.0,
 ) -> LoopbackFederation:
     """Provision ``sites`` (+ ``extra_sites``, not registered or started), split scikit-learn's
     breast cancer data among ``sites``, start the SuperLink, register ``sites`` and start
-    their SuperNodes. The caller calls :meth:`LoopbackFederation.stop` (also on failure)."""
+    their SuperNodes, each with ``epsilon_budget``. The caller calls
+    :meth:`LoopbackFederation.stop` (also on failure)."""
     port = free_port()
     provision("loop", [*sites, *extra_sites], root / "fed", port=port)
     layout = prepare_simulation(RunSettings(sites=len(sites)), root / "data")
@@ -122,6 +131,7 @@ def start_loopback_federation(
             Path(entry["data-path"]),
             layout.schema_path,
             free_port(),
+            epsilon_budget,
         )
     coordinator = open_coordinator(root / "fed" / "coordinator", host="127.0.0.1")
     federation = LoopbackFederation(root, coordinator, layout.schema_path, layout.test_path)

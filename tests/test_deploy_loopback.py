@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -50,7 +51,11 @@ def _corrupt(source: Path, dest: Path) -> None:
 def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     t0 = time.monotonic()
-    dep = start_loopback_federation(root, SITES, extra_sites=("bad", "stranger"))
+    # Each run plans its noise to spend what is left of a site's budget; a large budget
+    # leaves room for the module's four runs (σ then stays at the planner's floor, 0.3).
+    dep = start_loopback_federation(
+        root, SITES, extra_sites=("bad", "stranger"), epsilon_budget=1000.0
+    )
     TIMINGS["federation_up_s"] = time.monotonic() - t0
     try:
         assert dep.coordinator.register_sites(["a"]) == {"a": "already"}  # idempotent
@@ -125,7 +130,9 @@ def test_three_rounds_secagg_dp_signed_model_and_a_supernode_killed_mid_round(de
     _ledgers_agree_with_report(dep, report, SITES)
 
     logs = dep.coordinator.run_logs(run_id)
-    assert logs.count("Secure aggregation completed") == 3
+    # (the ServerApp's log has each record twice: Flower's console format and a timestamped one)
+    assert len(re.findall(r"\d:INFO:Secure aggregation completed", logs)) == 3
+    assert "Secure aggregation halted" not in logs
 
     version = Path(report["model"]["path"])
     site_key = load_verify_key(dep.root / "fed" / "sites" / "a" / "signing.pub")
@@ -149,7 +156,10 @@ def test_site_with_invalid_data_reports_the_error_and_the_federation_goes_on(dep
     report = json.loads((dep.root / "bad" / "report.json").read_text())
     (entry,) = report["history"]
     assert entry["sites_trained"] == len(SITES)
-    assert "failed validation" in entry["refused"]["bad"]
+    # the site never got to name itself (it refused from the first message on): it is
+    # reported by its node id, with the reason it gave
+    (reason,) = entry["refused"].values()
+    assert reason.startswith("site data failed validation") and "row 4" in reason
 
 
 def test_coordinator_killed_mid_run_resumes_from_its_checkpoint(deployment):
