@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from models.spec import ModelSpec, register_family
+from models.tabular import hidden_layers
 from models.tasks import register_task
 
 
@@ -176,15 +177,7 @@ def cox_mlp(spec: ModelSpec) -> nn.Module:
     """Options: ``hidden`` (default ``[32]``), ``dropout`` (default 0). The last layer has
     no bias (it would cancel in the partial likelihood)."""
     _check_single_output(spec)
-    hidden = [int(h) for h in spec.options.get("hidden", [32])]
-    dropout = float(spec.options.get("dropout", 0.0))
-    layers: list[nn.Module] = []
-    width = spec.input_dim
-    for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU()]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        width = size
+    layers, width = hidden_layers(spec)
     layers.append(nn.Linear(width, 1, bias=False))
     return nn.Sequential(*layers)
 

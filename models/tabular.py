@@ -24,6 +24,14 @@ def multilayer_perceptron(spec: ModelSpec) -> nn.Module:
 
     Options: ``hidden`` (list of layer widths, default ``[32]``), ``dropout`` (default 0).
     """
+    layers, width = hidden_layers(spec)
+    layers.append(nn.Linear(width, spec.output_dim))
+    return nn.Sequential(*layers)
+
+
+def hidden_layers(spec: ModelSpec) -> tuple[list[nn.Module], int]:
+    """The ReLU (and optional dropout) stack of ``spec.options`` ``hidden``/``dropout``,
+    and the width of its last layer, for a head to be put on top."""
     hidden = [int(h) for h in spec.options.get("hidden", [32])]
     dropout = float(spec.options.get("dropout", 0.0))
     layers: list[nn.Module] = []
@@ -33,5 +41,4 @@ def multilayer_perceptron(spec: ModelSpec) -> nn.Module:
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = size
-    layers.append(nn.Linear(width, spec.output_dim))
-    return nn.Sequential(*layers)
+    return layers, width
