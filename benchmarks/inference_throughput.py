@@ -32,13 +32,14 @@ from pathlib import Path
 
 from sklearn.datasets import load_breast_cancer
 
-from client.schema import parse_schema
 from client.sdk import InferenceClient
-from models.features import FeatureEncoder, Standardization
-from models.spec import ModelSpec, build_model, get_weights
+from deploy import inference_service as launcher
+from models.data.features import FeatureEncoder, Standardization
+from models.data.kinds.registry import parse_schema
+from models.families import build_model
+from models.spec import ModelSpec, get_weights
 from privacy import signing
 from privacy.tokens import TokenStore
-from server.inference import launcher
 from server.inference.keyring import rotate
 from server.registry import ModelRegistry
 

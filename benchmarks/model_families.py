@@ -38,8 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client.kinds import get_kind  # noqa: E402
-from client.schema import load_schema  # noqa: E402
+from models.data.kinds.registry import get_kind, load_schema  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from models.survival import concordance_index  # noqa: E402
 from server.registry import ModelRegistry  # noqa: E402

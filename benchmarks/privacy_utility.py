@@ -34,13 +34,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client.schema import load_schema  # noqa: E402
 from client.site import SiteSettings, load_site  # noqa: E402
-from models.features import FeatureStatistics, Standardization  # noqa: E402
-from models.spec import build_model, get_weights  # noqa: E402
-from models.tasks import get_task  # noqa: E402
+from models.data.features import FeatureStatistics, Standardization  # noqa: E402
+from models.data.kinds.registry import load_schema  # noqa: E402
+from models.families import build_model, get_task  # noqa: E402
+from models.spec import get_weights  # noqa: E402
 from privacy.dp_sgd import DPSettings, train_locally  # noqa: E402
-from server.federation import evaluate_on_table, model_spec_for  # noqa: E402
+from server.federation.evaluation import evaluate_on_table  # noqa: E402
+from server.federation.setup import model_spec_for  # noqa: E402
 from server.settings import RunSettings  # noqa: E402
 from simulations.prepare import prepare_simulation  # noqa: E402
 from simulations.runner import run_simulated_federation  # noqa: E402

@@ -13,10 +13,11 @@ from flwr.common.config import parse_config_args
 from rich.console import Console
 from rich.table import Table
 
-from client.agent import SiteConfigError, check_site, load_site_config, site_ledger, start_site
+from deploy.process import ManagedProcess
+from deploy.provision import ProvisionError, load_federation, provision
+from deploy.superlink import CONNECTION, CoordinatorError, open_coordinator
+from deploy.supernode import SiteConfigError, check_site, load_site_config, site_ledger, start_site
 from privacy.pki import PKIError
-from server.coordinator import CONNECTION, CoordinatorError, ManagedProcess, open_coordinator
-from server.provision import ProvisionError, load_federation, provision
 
 console = Console()
 provision_app = typer.Typer(help="Make a federation's keys and certificates.")

@@ -53,9 +53,9 @@ def _check_data_dir(data_dir: Path) -> int:
     A researcher's own files fail here, in seconds, with every problem listed, rather than
     inside the simulation.
     """
-    from client.kinds import get_kind
-    from client.schema import SchemaError, load_schema
-    from client.site_data import SiteDataError
+    from models.data.kinds.registry import get_kind, load_schema
+    from models.data.schema import SchemaError
+    from models.data.tables import SiteDataError
     from simulations.prepare import find_test_set, site_files
 
     try:
@@ -171,7 +171,7 @@ def simulate(
 
 def _run_simulation(settings: RunSettings, verbose: bool) -> dict:
     """Run, print progress and the outcome, and return the report (exit 2 on failure)."""
-    from server.federation import FederationError
+    from server.federation.run_state import FederationError
     from simulations.runner import run_simulated_federation
 
     source = settings.data_dir or settings.dataset
@@ -226,8 +226,8 @@ def demo(
     run_inference_demo(Path(report["model"]["registry"]), console)
 
 
-from client.predict_cli import predict  # noqa: E402
-from server.inference_cli import keys_app, serve, tokens_app  # noqa: E402
+from cli.inference import keys_app, serve, tokens_app  # noqa: E402
+from cli.predict import predict  # noqa: E402
 
 app.command("serve")(serve)
 app.add_typer(keys_app, name="keys")

@@ -14,52 +14,49 @@ Refusals are sent as error replies that name the problem without any patient val
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 
-import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Error,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.round_config import NUM_EXAMPLES, SITE_RECORD, RoundConfig
-from client.schema import SchemaError
 from client.secure_aggregation import secure_train_mod
 from client.site import SiteConfigError, SiteData, load_site, resolve_settings
-from client.site_data import SiteDataError
-from models.features import FeatureEncoder
-from models.spec import build_model, set_weights
-from models.tasks import task_for
-from privacy.dp_sgd import DPSettings, batches_per_epoch, evaluate_outputs, train_locally
-from privacy.ledger import BudgetExceeded
-
-# Error codes of refusals (Flower's own codes stay below 100).
-SITE_DATA_INVALID = 101
-BUDGET_EXCEEDED = 102
-SCHEMA_MISMATCH = 103
-SITE_MISCONFIGURED = 104
-
-LAST_RELEASE = "last_release.npz"
-LAST_RELEASE_META = "last_release.json"
+from models.data.features import FeatureEncoder
+from models.data.schema import SchemaError
+from models.data.tables import SiteDataError
+from models.families import build_model, task_for
+from models.spec import set_weights
+from privacy.budget import (
+    BudgetExceeded,
+    DeltaTooLarge,
+    RoundRequest,
+    arrays_digest,
+    train_within_budget,
+)
+from privacy.dp_sgd import evaluate_outputs
+from protocol.federation import (
+    ARRAYS,
+    CONFIG,
+    EPSILON,
+    NUM_EXAMPLES,
+    EvaluateReply,
+    RefusalCode,
+    RoundConfig,
+    StatisticsQuery,
+    StatisticsReply,
+    TrainReply,
+    from_array_record,
+)
 
 log = logging.getLogger("fedcare.site")
 app = ClientApp()
 
 
 class Refusal(Exception):
-    """The site declines this message; ``code`` is one of the codes above."""
+    """The site declines this message; ``code`` says why."""
 
-    def __init__(self, code: int, reason: str):
+    def __init__(self, code: RefusalCode, reason: str):
         super().__init__(reason)
         self.code = code
 
@@ -74,15 +71,15 @@ def _public_data_error(err: SiteDataError) -> str:
     )
 
 
-def _site(context: Context, config: dict) -> SiteData:
+def _site(context: Context, simulation_dir: str) -> SiteData:
     try:
-        settings = resolve_settings(context.node_config, config)
+        settings = resolve_settings(context.node_config, simulation_dir)
         return load_site(settings)
     except SiteDataError as err:
         log.error("%s", err)  # full detail stays in the site's own log
-        raise Refusal(SITE_DATA_INVALID, _public_data_error(err)) from err
+        raise Refusal(RefusalCode.SITE_DATA_INVALID, _public_data_error(err)) from err
     except (SiteConfigError, SchemaError, OSError) as err:
-        raise Refusal(SITE_MISCONFIGURED, f"site misconfigured: {err}") from err
+        raise Refusal(RefusalCode.SITE_MISCONFIGURED, f"site misconfigured: {err}") from err
 
 
 def _handle(
@@ -95,93 +92,36 @@ def _handle(
             return Message(handler(msg, context), reply_to=msg)
         except Refusal as refusal:
             log.warning("refused %s: %s", msg.metadata.message_type, refusal)
-            return Message(Error(code=refusal.code, reason=str(refusal)), reply_to=msg)
+            return Message(Error(code=int(refusal.code), reason=str(refusal)), reply_to=msg)
 
     wrapped.__name__ = handler.__name__
     wrapped.__doc__ = handler.__doc__
     return wrapped
 
 
-def _site_record(site: SiteData) -> ConfigRecord:
-    return ConfigRecord({"name": site.settings.name})
-
-
 @app.query()
 @_handle
 def query(msg: Message, context: Context) -> RecordDict:
     """Reply with the site's additive feature statistics."""
-    config = dict(msg.content.config_records.get("config", ConfigRecord()))
-    site = _site(context, config)
-    stats = site.statistics().to_flat()
-    stats[NUM_EXAMPLES] = float(len(site.train_index))
-    return RecordDict(
-        {
-            "statistics": MetricRecord(stats),
-            SITE_RECORD: _site_record(site),
-            "schema": ConfigRecord({"sha256": site.schema_sha256}),
-        }
-    )
+    site = _site(context, StatisticsQuery.from_message(msg).simulation_dir)
+    return StatisticsReply(
+        site=site.settings.name,
+        statistics=site.statistics(),
+        train_examples=len(site.train_index),
+        schema_sha256=site.schema_sha256,
+    ).to_record_dict()
 
 
 def _round(msg: Message, context: Context) -> tuple[RoundConfig, SiteData]:
-    raw = dict(msg.content["config"])
-    round_config = RoundConfig.from_record(raw)
-    site = _site(context, raw)
+    round_config = RoundConfig.from_record(dict(msg.content[CONFIG]))
+    site = _site(context, round_config.simulation_dir)
     if round_config.schema_sha256 != site.schema_sha256:
         raise Refusal(
-            SCHEMA_MISMATCH,
+            RefusalCode.SCHEMA_MISMATCH,
             f"site '{site.settings.name}' has another schema than the federation's "
             f"(site {site.schema_sha256[:12]}…, federation {round_config.schema_sha256[:12]}…)",
         )
     return round_config, site
-
-
-def _arrays_digest(arrays: ArrayRecord) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(arrays[name].numpy()).tobytes())
-    return digest.hexdigest()
-
-
-def _cached_release(site: SiteData, cfg: RoundConfig, digest: str) -> RecordDict | None:
-    """The update already released for this exact request, if any.
-
-    A coordinator that restarts mid-round asks again for a round it may already have
-    received. Sending the same update again reveals nothing new, so it costs no ε;
-    training again would.
-    """
-    meta_path = site.settings.state_dir / LAST_RELEASE_META
-    if not meta_path.is_file():
-        return None
-    meta = json.loads(meta_path.read_text())
-    wanted = {"federation": cfg.federation, "run": cfg.run_key, "round": cfg.server_round}
-    if meta.get("request") != wanted or meta.get("input_sha256") != digest:
-        return None
-    with np.load(site.settings.state_dir / LAST_RELEASE, allow_pickle=False) as saved:
-        weights = {k: saved[k] for k in saved.files}
-    return RecordDict(
-        {
-            "arrays": ArrayRecord({k: _array(v) for k, v in weights.items()}),
-            "metrics": MetricRecord(meta["metrics"]),
-            SITE_RECORD: _site_record(site),
-        }
-    )
-
-
-def _array(value: np.ndarray) -> Array:
-    return Array(np.ascontiguousarray(value))
-
-
-def _remember_release(
-    site: SiteData, cfg: RoundConfig, digest: str, weights: dict, metrics: dict
-) -> None:
-    state = site.settings.state_dir
-    state.mkdir(parents=True, exist_ok=True)
-    np.savez(state / LAST_RELEASE, **weights)
-    request = {"federation": cfg.federation, "run": cfg.run_key, "round": cfg.server_round}
-    meta = {"request": request, "input_sha256": digest, "metrics": metrics}
-    (state / LAST_RELEASE_META).write_text(json.dumps(meta))
 
 
 @app.train(mods=[secure_train_mod])  # SecAgg+ when the coordinator runs it
@@ -189,84 +129,52 @@ def _remember_release(
 def train(msg: Message, context: Context) -> RecordDict:
     """Train the global model on the site's data with DP-SGD and reply with the update."""
     cfg, site = _round(msg, context)
-    arrays = msg.content["arrays"]
-    digest = _arrays_digest(arrays)
-    cached = _cached_release(site, cfg, digest)
-    if cached is not None:
-        log.info(
-            "round %d of run %s: re-sending the update already released",
-            cfg.server_round,
-            cfg.run_key,
-        )
-        return cached
-
-    inputs, targets = site.encoded(cfg.standardization, "train")
-    n = len(inputs)
-    ledger = site.settings.ledger()
-    dp_settings = None
-    if cfg.dp:
-        if ledger.delta >= 1.0 / n:
-            raise Refusal(
-                SITE_MISCONFIGURED,
-                f"site '{site.settings.name}': δ={ledger.delta:g} must be below "
-                f"1/n = {1.0 / n:.2e}",
-            )
-        steps_per_round = cfg.local_epochs * batches_per_epoch(n, cfg.batch_size)
-        sample_rate = 1.0 / batches_per_epoch(n, cfg.batch_size)
-        plan_key = f"{cfg.federation}/{cfg.run_key}"
-        try:
-            sigma = ledger.plan_noise(
-                plan_key, sample_rate, steps_per_round, cfg.num_rounds - cfg.server_round + 1
-            )
-            ledger.check(sigma, sample_rate, steps_per_round)
-        except BudgetExceeded as err:
-            raise Refusal(BUDGET_EXCEEDED, f"site '{site.settings.name}': {err}") from err
-        dp_settings = DPSettings(noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm)
-
-    model = build_model(cfg.model_spec)
-    global_weights = {k: v.numpy() for k, v in arrays.items()}
-    set_weights(model, global_weights)
-    result = train_locally(
-        model,
-        inputs,
-        targets,
-        task_for(cfg.model_spec),
-        epochs=cfg.local_epochs,
+    global_weights = from_array_record(msg.content[ARRAYS])
+    request = RoundRequest(
+        federation=cfg.federation,
+        run=cfg.run_key,
+        round=cfg.server_round,
+        num_rounds=cfg.num_rounds,
+        dp=cfg.dp,
+        local_epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
-        dp=dp_settings,
+        max_grad_norm=cfg.max_grad_norm,
         proximal_mu=cfg.proximal_mu,
-        global_weights=global_weights,
         seed=cfg.seed * 1000 + cfg.server_round + int(context.node_id % 997),
+        input_digest=arrays_digest(global_weights),
     )
-    metrics = {
-        NUM_EXAMPLES: float(n),
-        "train-loss": result.mean_loss,
-        "train-seconds": result.seconds,
-        "epsilon": 0.0,
-        "noise-multiplier": 0.0,
-    }
-    if dp_settings is not None:
-        release = ledger.step(
-            dp_settings.noise_multiplier,
-            result.sample_rate,
-            result.steps,
-            federation=cfg.federation,
-            run=cfg.run_key,
-            round=cfg.server_round,
+    inputs, targets = site.encoded(cfg.standardization, "train")
+    model = build_model(cfg.model_spec)
+    set_weights(model, global_weights)
+    name = site.settings.name
+    try:
+        update = train_within_budget(
+            site.settings.ledger(),
+            request,
+            model,
+            global_weights,
+            inputs,
+            targets,
+            task_for(cfg.model_spec),
         )
-        metrics["epsilon"] = release.epsilon_after
-        metrics["noise-multiplier"] = dp_settings.noise_multiplier
-    else:
-        metrics["epsilon"] = ledger.spent
-    _remember_release(site, cfg, digest, result.weights, metrics)
-    return RecordDict(
-        {
-            "arrays": ArrayRecord({k: _array(v) for k, v in result.weights.items()}),
-            "metrics": MetricRecord(metrics),
-            SITE_RECORD: _site_record(site),
-        }
-    )
+    except DeltaTooLarge as err:
+        raise Refusal(RefusalCode.SITE_MISCONFIGURED, f"site '{name}': {err}") from err
+    except BudgetExceeded as err:
+        raise Refusal(RefusalCode.BUDGET_EXCEEDED, f"site '{name}': {err}") from err
+    if update.resent:
+        log.info(
+            "round %d of run %s: re-sending the update already released", request.round, request.run
+        )
+    return TrainReply(
+        site=name,
+        weights=update.weights,
+        num_examples=update.num_examples,
+        epsilon=update.epsilon,
+        train_loss=update.train_loss,
+        train_seconds=update.train_seconds,
+        noise_multiplier=update.noise_multiplier,
+    ).to_record_dict()
 
 
 @app.evaluate()
@@ -276,12 +184,12 @@ def evaluate(msg: Message, context: Context) -> RecordDict:
     cfg, site = _round(msg, context)
     inputs, targets = site.encoded(cfg.standardization, "validation")
     model = build_model(cfg.model_spec)
-    set_weights(model, {k: v.numpy() for k, v in msg.content["arrays"].items()})
+    set_weights(model, from_array_record(msg.content[ARRAYS]))
     task = task_for(cfg.model_spec)
     encoder = FeatureEncoder(site.schema, cfg.standardization)
     # regression metrics in the label's own units
     outputs = encoder.decode_outputs(evaluate_outputs(model, inputs))
     metrics = task.metrics(encoder.decode_outputs(targets), outputs)
     metrics[NUM_EXAMPLES] = float(len(inputs))
-    metrics["epsilon"] = site.settings.ledger().spent
-    return RecordDict({"metrics": MetricRecord(metrics), SITE_RECORD: _site_record(site)})
+    metrics[EPSILON] = site.settings.ledger().spent
+    return EvaluateReply(site=site.settings.name, metrics=metrics).to_record_dict()

@@ -1,7 +1,7 @@
 """The site's side of secure aggregation: Flower's ``secaggplus_mod`` around the train handler.
 
 With secure aggregation on, the coordinator drives Flower's SecAgg+ protocol (see
-``server/secure_aggregation.py``): four TRAIN messages per round (set-up, key sharing,
+``server/federation/secure_aggregation.py``): four TRAIN messages per round (set-up, key sharing,
 masked update, unmasking). ``secaggplus_mod`` answers three of them itself; for the third
 it calls the site's train handler, quantizes and masks the update, and sends only the
 masked integers. The coordinator can unmask the sum of the sites' updates, never one site's.
@@ -30,13 +30,19 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
-from client.round_config import NUM_EXAMPLES, SITE_RECORD
+from protocol.federation import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    NUM_EXAMPLES,
+    SECAGG_ARRAY_NAMES,
+    SECAGG_CLIPPING_RANGE,
+    SECAGG_SITE_NAME,
+    SECAGG_VALUES_CLIPPED,
+    site_name,
+)
 
-# Keys shared with the coordinator's side (server/secure_aggregation.py).
-ARRAY_NAMES = "secagg-array-names"  # FitIns config: JSON list naming the legacy tensors
-SITE_NAME = "site-name"  # FitRes metric: the site's name (plaintext, like every metric)
-VALUES_CLIPPED = "secagg-values-clipped"  # FitRes metric: weights outside the clipping range
-CLIPPING_RANGE = "secagg-clipping-range"  # FitIns config: the range SecAgg+ clips to
+# Keys shared with the coordinator's side (server/federation/secure_aggregation.py).
 
 
 class _Refused(Exception):
@@ -79,24 +85,26 @@ def _legacy_train(call_next: ClientAppCallable) -> ClientAppCallable:
     def train(msg: Message, context: Context) -> Message:
         fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
         config = dict(fitins.config)
-        names: list[str] = json.loads(str(config.pop(ARRAY_NAMES)))
-        clipping_range = float(config.pop(CLIPPING_RANGE))
+        names: list[str] = json.loads(str(config.pop(SECAGG_ARRAY_NAMES)))
+        clipping_range = float(config.pop(SECAGG_CLIPPING_RANGE))
         tensors = parameters_to_ndarrays(fitins.parameters)
         arrays = ArrayRecord(
             {n: Array(np.ascontiguousarray(t)) for n, t in zip(names, tensors, strict=True)}
         )
         request = Message(
-            RecordDict({"arrays": arrays, "config": ConfigRecord(config)}),
+            RecordDict({ARRAYS: arrays, CONFIG: ConfigRecord(config)}),
             dst_node_id=msg.metadata.dst_node_id,
             message_type=msg.metadata.message_type,
         )
         reply = call_next(request, context)
         if reply.has_error():
             raise _Refused(reply.error)
-        update = [reply.content["arrays"][n].numpy() for n in names]
-        metrics = dict(reply.content["metrics"])
-        metrics[SITE_NAME] = str(reply.content[SITE_RECORD]["name"])
-        metrics[VALUES_CLIPPED] = int(sum(int((np.abs(u) > clipping_range).sum()) for u in update))
+        update = [reply.content[ARRAYS][n].numpy() for n in names]
+        metrics = dict(reply.content[METRICS])
+        metrics[SECAGG_SITE_NAME] = site_name(reply) or ""
+        metrics[SECAGG_VALUES_CLIPPED] = int(
+            sum(int((np.abs(u) > clipping_range).sum()) for u in update)
+        )
         fitres = FitRes(
             status=Status(Code.OK, ""),
             parameters=ndarrays_to_parameters(update),

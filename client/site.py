@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from client.kinds import EncodedExamples, SiteExamples, get_kind
-from client.schema import SiteSchema, load_schema
-from models.features import FeatureStatistics, Standardization
+from models.data.features import FeatureStatistics, Standardization
+from models.data.kinds.base import EncodedExamples, SiteExamples
+from models.data.kinds.registry import get_kind, load_schema
+from models.data.schema import SiteSchema
 from privacy.ledger import PrivacyLedger
 
 DEFAULT_VALIDATION_FRACTION = 0.2
@@ -84,13 +85,18 @@ class SiteSettings:
         return PrivacyLedger(self.state_dir, self.epsilon_budget, self.delta)
 
 
-def resolve_settings(
-    node_config: Mapping[str, Any], message_config: Mapping[str, Any]
-) -> SiteSettings:
-    """The settings of the site this ClientApp runs for."""
+def resolve_settings(node_config: Mapping[str, Any], simulation_dir: str = "") -> SiteSettings:
+    """The settings of the site this ClientApp runs for.
+
+    Parameters
+    ----------
+    node_config : mapping
+        The SuperNode's ``--node-config`` (deployment) or ``partition-id`` (simulation).
+    simulation_dir : str
+        The simulated sites' folder the coordinator names (empty in deployment).
+    """
     if "data-path" in node_config:
         return SiteSettings.from_mapping(node_config, "SuperNode --node-config")
-    simulation_dir = message_config.get("simulation-dir")
     if simulation_dir and "partition-id" in node_config:
         sites_file = Path(str(simulation_dir)) / "sites.json"
         sites = json.loads(sites_file.read_text())
@@ -110,7 +116,7 @@ def resolve_settings(
 class SiteData:
     """A site's checked data, split into training and validation parts.
 
-    ``examples`` is what the schema's data kind loaded (``client.kinds``); the indexes
+    ``examples`` is what the schema's data kind loaded (``models.data.kinds``); the indexes
     count its examples (rows, images, patients or notes).
     """
 

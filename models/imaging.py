@@ -6,7 +6,7 @@ parameters is one Opacus computes per-sample gradients for (``Conv2d``, ``GroupN
 ``Linear``).
 
 Input: a float tensor ``(batch, channels, size, size)`` with values in [0, 1] (what
-:mod:`client.kinds.image` produces). ``(batch, size, size)`` for one channel and
+:mod:`models.data.kinds.image` produces). ``(batch, size, size)`` for one channel and
 flat rows ``(batch, channels * size * size)`` (as a JSON request carries them) are
 reshaped.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.spec import ModelSpec, register_family
+from models.spec import ModelSpec
 
 
 def image_input_dim(channels: int, image_size: int) -> int:
@@ -93,7 +93,6 @@ class SmallCNN(nn.Module):
         return self.head(self.dropout(h))
 
 
-@register_family("cnn")
 def small_cnn(spec: ModelSpec) -> nn.Module:
     """Options: ``channels`` (1 or 3, default 1), ``image_size`` (default 28),
     ``widths`` (default ``[16, 32]``), ``groups`` (GroupNorm groups, default 4),

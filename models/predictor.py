@@ -3,7 +3,7 @@
 The same code computes predictions for the inference service and for local checks (the
 demo prints the service's answers beside this class's own), so both agree by
 construction. Instances are checked and encoded by the schema's data kind
-(``client.kinds``): for tables, dicts by feature name; for images, sequences and notes,
+(``models.data.kinds``): for tables, dicts by feature name; for images, sequences and notes,
 the shapes their modules describe. Errors name the instance (``row``) and the field.
 """
 
@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from client.kinds import RowError, get_kind
-from client.kinds.table import check_rows
-from client.schema import SiteSchema, parse_schema
-from models.features import FeatureEncoder, Standardization
-from models.spec import ModelSpec, build_model, set_weights
-from models.tasks import task_for
+from models.data.features import FeatureEncoder, Standardization
+from models.data.kinds.base import RowError
+from models.data.kinds.registry import get_kind, parse_schema
+from models.data.kinds.table import check_rows
+from models.data.schema import SiteSchema
+from models.families import build_model, task_for
+from models.spec import ModelSpec, set_weights
 
 __all__ = ["Predictor", "RowError", "check_rows"]
 

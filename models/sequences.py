@@ -4,15 +4,16 @@ Input layout (one tensor per patient, so a ``TensorDataset`` and Opacus's Poisso
 sampling work unchanged): a float tensor ``(batch, time, features + 1)``. The first
 ``features`` channels are the (standardized) measurements of each time step; the last
 channel is 1 where the step is a real observation and 0 where it is padding. Shorter
-series are padded (at the end, by :mod:`client.kinds.sequence`) with zeros and mask
+series are padded (at the end, by :mod:`models.data.kinds.sequence`) with zeros and mask
 0. ``ModelSpec.input_dim`` is the number of *features*, without the mask channel.
 
 Families:
 
-- ``gru`` / ``lstm``: Opacus's ``DPGRU`` / ``DPLSTM`` (recurrent layers built from
-  ``Linear`` pieces so per-sample gradients exist), then the hidden state of the last
-  observed step (``pooling="last"``) or the mean over observed steps (``"mean"``).
-- ``attention``: one self-attention encoder block on Opacus's ``DPMultiheadAttention``
+- ``gru`` / ``lstm``: recurrent layers built from ``Linear`` pieces
+  (:class:`models.layers.Recurrent`, so per-sample gradients exist), then the hidden
+  state of the last observed step (``pooling="last"``) or the mean over observed steps
+  (``"mean"``).
+- ``attention``: one self-attention encoder block (:class:`models.layers.SelfAttention`)
   with the padding as ``key_padding_mask``, fixed sinusoidal positions, masked mean
   pooling.
 """
@@ -22,11 +23,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
-from opacus.layers import DPGRU, DPLSTM, DPMultiheadAttention
 from torch import nn
 
-from models.spec import ModelSpec, register_family
+from models.layers import Recurrent, SelfAttention
+from models.spec import ModelSpec
 
 
 def split_mask(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,14 +68,13 @@ class RecurrentClassifier(nn.Module):
         super().__init__()
         if pooling not in ("last", "mean"):
             raise ValueError(f"{cell}: pooling must be 'last' or 'mean', got {pooling!r}")
-        layer = {"gru": DPGRU, "lstm": DPLSTM}[cell]
         self.features = int(features)
         self.pooling = pooling
-        self.rnn = layer(
+        self.rnn = Recurrent(
+            cell,
             self.features + 1,
             hidden,
             num_layers=num_layers,
-            batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.head = nn.Linear(hidden, output_dim)
@@ -83,41 +82,9 @@ class RecurrentClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_width(x, self.features)
         _, mask = split_mask(x)
-        out, _ = self.rnn(x)
+        out = self.rnn(x)
         pooled = last_observed(out, mask) if self.pooling == "last" else masked_mean(out, mask)
         return self.head(pooled)
-
-
-class BatchFirstDPMultiheadAttention(DPMultiheadAttention):
-    """``DPMultiheadAttention`` with a correct batch-first forward for self-attention.
-
-    Opacus 1.6's own forward with ``batch_first=True`` and more than one head reshapes
-    ``(batch*heads, time, head_dim)`` straight to ``(batch, time, embed)``, splicing heads
-    into time steps (meta-pytorch/opacus PR #825). This keeps Opacus's layers (so the
-    per-sample gradients are Opacus's) and redoes only the reshapes. Supports
-    ``key_padding_mask``; not ``attn_mask``, ``add_bias_kv`` or ``add_zero_attn``.
-    """
-
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
-        super().__init__(embed_dim, num_heads, dropout=dropout, batch_first=True)
-
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=False, **_):
-        bsz, tgt_len, embed = query.shape
-        src_len = key.shape[1]
-        heads, head_dim = self.num_heads, self.head_dim
-        q = self.qlinear(query) * head_dim**-0.5
-        k = self.klinear(key)
-        v = self.vlinear(value)
-        q = q.reshape(bsz, tgt_len, heads, head_dim).transpose(1, 2)
-        k = k.reshape(bsz, src_len, heads, head_dim).transpose(1, 2)
-        v = v.reshape(bsz, src_len, heads, head_dim).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2)  # (batch, heads, tgt, src)
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-        weights = self.dropout(F.softmax(scores, dim=-1))
-        out = (weights @ v).transpose(1, 2).reshape(bsz, tgt_len, embed)
-        out = self.out_proj(out)
-        return out, (weights.mean(dim=1) if need_weights else None)
 
 
 def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:
@@ -149,7 +116,7 @@ class AttentionClassifier(nn.Module):
         self.max_len = int(max_len)
         self.embed = nn.Linear(self.features + 1, d_model)
         self.register_buffer("positions", sinusoidal_positions(self.max_len, d_model))
-        self.attn = BatchFirstDPMultiheadAttention(d_model, heads, dropout=dropout)
+        self.attn = SelfAttention(d_model, heads, dropout=dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(
             nn.Linear(d_model, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model)
@@ -195,20 +162,17 @@ def _recurrent(cell: str, spec: ModelSpec) -> nn.Module:
     )
 
 
-@register_family("gru")
 def gru(spec: ModelSpec) -> nn.Module:
     """Options: ``hidden`` (32), ``num_layers`` (1), ``dropout`` (0, between layers),
     ``pooling`` (``last`` | ``mean``)."""
     return _recurrent("gru", spec)
 
 
-@register_family("lstm")
 def lstm(spec: ModelSpec) -> nn.Module:
     """Options as ``gru``."""
     return _recurrent("lstm", spec)
 
 
-@register_family("attention")
 def attention(spec: ModelSpec) -> nn.Module:
     """Options: ``d_model`` (32), ``heads`` (2), ``dropout`` (0), ``max_len`` (512 steps)."""
     o = spec.options

@@ -1,25 +1,20 @@
 """How a model is described, so the registry and the inference service can rebuild it.
 
 A :class:`ModelSpec` is a small JSON-able record: which family of network (``kind``), the
-task, input and output sizes and the family's own options. ``build_model(spec)`` makes a
-fresh, Opacus-compatible ``torch.nn.Module`` from it; the registry stores the spec in the
-version's manifest beside the weights, so no training argument is needed to serve it.
-
-Families register themselves with :func:`register_family`.
+task, input and output sizes and the family's own options.
+``models.families.build_model(spec)`` makes a fresh, Opacus-compatible ``torch.nn.Module``
+from it; the registry stores the spec in the version's manifest beside the weights, so no
+training argument is needed to serve it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-FamilyBuilder = Callable[["ModelSpec"], nn.Module]
-_FAMILIES: dict[str, FamilyBuilder] = {}
 
 
 @dataclass(frozen=True)
@@ -59,39 +54,6 @@ class ModelSpec:
             output_dim=int(raw["output_dim"]),
             options=dict(raw.get("options", {})),
         )
-
-
-def register_family(kind: str) -> Callable[[FamilyBuilder], FamilyBuilder]:
-    """Decorator: make ``build_model`` know how to build ``kind``."""
-
-    def wrap(builder: FamilyBuilder) -> FamilyBuilder:
-        _FAMILIES[kind] = builder
-        return builder
-
-    return wrap
-
-
-def families() -> list[str]:
-    _load_builtin_families()
-    return sorted(_FAMILIES)
-
-
-def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
-    """A fresh model for ``spec``; ``seed`` makes its initial weights reproducible."""
-    _load_builtin_families()
-    if spec.kind not in _FAMILIES:
-        raise ValueError(f"unknown model kind '{spec.kind}'; known: {sorted(_FAMILIES)}")
-    if seed is not None:
-        torch.manual_seed(seed)
-    return _FAMILIES[spec.kind](spec)
-
-
-def _load_builtin_families() -> None:
-    # Importing the family modules runs their @register_family decorators.
-    import models.imaging  # noqa: F401
-    import models.sequences  # noqa: F401
-    import models.survival  # noqa: F401
-    import models.tabular  # noqa: F401
 
 
 def get_weights(model: nn.Module) -> dict[str, np.ndarray]:

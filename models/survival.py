@@ -47,9 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.spec import ModelSpec, register_family
-from models.tabular import hidden_layers
-from models.tasks import register_task
+from models.layers import hidden_layers
+from models.spec import ModelSpec
 
 
 def _check_targets(targets: torch.Tensor | np.ndarray) -> None:
@@ -162,17 +161,12 @@ class SurvivalTask:
         }
 
 
-register_task("survival", SurvivalTask)
-
-
-@register_family("cox_linear")
 def cox_linear(spec: ModelSpec) -> nn.Module:
     """``eta = w·x`` (one ``Linear`` without bias)."""
     _check_single_output(spec)
     return nn.Sequential(nn.Linear(spec.input_dim, 1, bias=False))
 
 
-@register_family("cox_mlp")
 def cox_mlp(spec: ModelSpec) -> nn.Module:
     """Options: ``hidden`` (default ``[32]``), ``dropout`` (default 0). The last layer has
     no bias (it would cancel in the partial likelihood)."""

@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 from torch import nn
 
 if TYPE_CHECKING:
-    from models.spec import ModelSpec
+    pass
 
 
 class Task(Protocol):
@@ -151,30 +151,3 @@ class Regression:
             "mae": float(skm.mean_absolute_error(targets, pred)),
             "r2": float(skm.r2_score(targets, pred)) if len(targets) > 1 else 0.0,
         }
-
-
-_TASKS: dict[str, type] = {
-    "binary": BinaryClassification,
-    "multiclass": MulticlassClassification,
-    "regression": Regression,
-}
-
-
-def register_task(name: str, cls: type) -> None:
-    """Make :func:`get_task` know another task (e.g. survival)."""
-    _TASKS[name] = cls
-
-
-def get_task(name: str, **options: Any) -> Task:
-    import models.survival  # noqa: F401  (registers "survival")
-
-    if name not in _TASKS:
-        raise ValueError(f"unknown task '{name}'; known: {sorted(_TASKS)}")
-    return _TASKS[name](**options)
-
-
-def task_for(spec: ModelSpec) -> Task:
-    """The task a model is trained for, with the spec's ``class_weights`` option (one loss
-    weight per class, for imbalanced classes) when it has one."""
-    weights = spec.options.get("class_weights")
-    return get_task(spec.task, **({"class_weights": weights} if weights else {}))

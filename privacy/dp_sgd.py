@@ -75,6 +75,19 @@ def batches_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, -(-num_examples // batch_size))
 
 
+def dp_sample_rate(num_examples: int, batch_size: int) -> float:
+    """The Poisson sampling rate Opacus uses for this expected batch size.
+
+    Parameters
+    ----------
+    num_examples : int
+        The site's training examples.
+    batch_size : int
+        The expected batch size.
+    """
+    return 1.0 / batches_per_epoch(num_examples, batch_size)
+
+
 def train_locally(
     model: nn.Module,
     inputs: np.ndarray,
@@ -118,7 +131,7 @@ def train_locally(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
-    sample_rate = 1.0 / len(loader)
+    sample_rate = dp_sample_rate(len(dataset), batch_size)
     if dp is not None:
         engine = PrivacyEngine(accountant="rdp")
         with warnings.catch_warnings():

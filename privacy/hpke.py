@@ -20,7 +20,7 @@ Response envelope (``application/vnd.fedcare.hpke-response``)::
     aad = b"fedcare-inference/1 response" || 0x00 || the first 13 bytes
 
 cryptography's HPKE API draws the ephemeral key itself, so request seals are never
-deterministic; ``tests/test_hpke_protocol.py`` carries an independent, from-the-RFC key
+deterministic; ``tests/unit/privacy/test_hpke.py`` carries an independent, from-the-RFC key
 schedule that accepts a fixed ephemeral key, to derive and check the published test vector.
 
 Model files at rest (:func:`seal_at_rest` / :func:`open_at_rest`) use AES-256-GCM here too,

@@ -102,7 +102,8 @@ class PrivacyLedger:
             raise ValueError(f"the ε budget must be positive, got {epsilon_budget}")
         if not 0 < delta < 1:
             raise ValueError(f"δ must be in (0, 1), got {delta}")
-        self.path = Path(state_dir) / LEDGER_FILE
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / LEDGER_FILE
         self.epsilon_budget = float(epsilon_budget)
         self.delta = float(delta)
         self.accountant = accountant

@@ -8,6 +8,7 @@ simulation gives the ServerApp an empty run config.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from privacy.signing import signer_from_file
-from server.federation import Progress, RunOutcome, run_federation
+from server.federation.rounds import run_federation
+from server.federation.run_state import Progress, RunOutcome, SitePreparer
+from server.federation.secure_aggregation import SecureAggregationGrid
 from server.registry import Signer
-from server.secure_aggregation import SecureAggregationGrid
 from server.settings import RunSettings
 
 # Relative output folders of `flwr run` land here, not in Flower's working directory.
@@ -29,8 +31,9 @@ def make_server_app(
     progress: Progress | None = None,
     signer: Signer | None = None,
     outcomes: list[RunOutcome] | None = None,
+    prepare_sites: SitePreparer | None = None,
 ) -> ServerApp:
-    """A ServerApp running :func:`server.federation.run_federation`.
+    """A ServerApp running :func:`server.federation.rounds.run_federation`.
 
     Parameters
     ----------
@@ -43,6 +46,9 @@ def make_server_app(
         does.
     outcomes : list, optional
         The finished run's :class:`RunOutcome` is appended here (for in-process callers).
+    prepare_sites : callable, optional
+        Lays out simulated sites; when None, the function the settings' ``site-preparer``
+        names is loaded (simulation mode only).
     """
     app = ServerApp()
 
@@ -55,11 +61,31 @@ def make_server_app(
         if run_settings.uses_secure_aggregation:
             # The round loop stays the same; its training messages go through SecAgg+.
             grid = SecureAggregationGrid(grid, context, run_settings)
-        outcome = run_federation(grid, run_settings, progress=progress, signer=run_signer)
+        preparer = prepare_sites
+        if preparer is None and run_settings.mode == "simulation":
+            preparer = load_component(run_settings.site_preparer)
+        outcome = run_federation(
+            grid, run_settings, progress=progress, signer=run_signer, prepare_sites=preparer
+        )
         if outcomes is not None:
             outcomes.append(outcome)
 
     return app
+
+
+def load_component(reference: str) -> SitePreparer:
+    """The function a ``module:function`` reference names (as Flower loads components).
+
+    Parameters
+    ----------
+    reference : str
+        E.g. ``simulations.prepare:prepare_sites``.
+    """
+    module, _, name = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"run config 'site-preparer': cannot load {reference!r} ({err})") from err
 
 
 def _settings_from_context(context: Context) -> RunSettings:

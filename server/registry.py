@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from client.schema import SiteSchema
-from models.features import Standardization
+from models.data.features import Standardization
+from models.data.schema import SiteSchema
 from models.spec import ModelSpec
 
 MANIFEST_FORMAT = "fedcare-model/1"

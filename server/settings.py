@@ -95,6 +95,9 @@ class RunSettings:
     secagg_max_weight : float
         The largest training-set size a site may weigh in with; a site's weight factor is
         its size divided by this.
+    site_preparer : str
+        ``module:function`` that lays out the simulated sites in simulation mode (loaded
+        by the ServerApp under ``flwr run``, as Flower loads ``server.app:app``).
     """
 
     mode: str = "simulation"
@@ -133,6 +136,7 @@ class RunSettings:
     secagg_clipping_range: float = 8.0
     secagg_quantization_bits: int = 22
     secagg_max_weight: float = 10000.0
+    site_preparer: str = "simulations.prepare:prepare_sites"
 
     def __post_init__(self) -> None:
         checks = [

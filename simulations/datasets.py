@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn import datasets as skdatasets
 
-from client.schema import FeatureSpec, SiteSchema
+from models.data.schema import FeatureSpec, SiteSchema
 
 SiteWriter = Callable[[pd.DataFrame, Path], Path]
 CENTER_TESTS = "center-tests"

@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from client.sdk import InferenceClient
+from deploy import inference_service as launcher
 from models.predictor import Predictor
 from privacy import signing
 from privacy.tokens import TokenStore
-from server.inference import launcher
 from server.inference.keyring import ensure_keyring
 from server.registry import ModelRegistry, ModelVersion
 

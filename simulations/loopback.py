@@ -1,29 +1,22 @@
 """A real deployed federation on one machine: provisioned keys, a SuperLink with TLS and
 SuperNode authentication, one SuperNode per hospital, all on loopback.
 
-Used by tests/test_deploy_loopback.py and benchmarks/deployed_round.py. Every process is
+Used by tests/e2e/test_deploy_loopback.py and benchmarks/deployed_round.py. Every process is
 started in its own process group and stopped by PID in :meth:`LoopbackFederation.stop`.
 """
 
 from __future__ import annotations
 
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.agent import load_site_config, start_site
-from server.coordinator import Coordinator, ManagedProcess, _alive, open_coordinator
-from server.provision import provision
+from deploy.process import ManagedProcess, alive, free_loopback_port
+from deploy.provision import provision
+from deploy.superlink import Coordinator, open_coordinator
+from deploy.supernode import load_site_config, start_site
 from server.settings import RunSettings
 from simulations.prepare import prepare_simulation
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fill_site_file(
@@ -76,7 +69,7 @@ class LoopbackFederation:
         return self.root / "fed" / "sites" / site / "site.toml"
 
     def start(self, site: str, **kw) -> ManagedProcess:
-        """(Re)start a site's SuperNode; ``kw`` as for :func:`client.agent.start_site`."""
+        """(Re)start a site's SuperNode; ``kw`` as for :func:`deploy.supernode.start_site`."""
         process = start_site(load_site_config(self.site_file(site)), **kw)
         if site in self.nodes:
             self.stopped.append(self.nodes[site])
@@ -109,7 +102,7 @@ class LoopbackFederation:
             process.remember_children()
             pids += [process.pid, *process.known_children]
             process.stop()
-        return [pid for pid in pids if _alive(pid)]
+        return [pid for pid in pids if alive(pid)]
 
 
 def start_loopback_federation(
@@ -122,7 +115,7 @@ def start_loopback_federation(
     breast cancer data among ``sites``, start the SuperLink, register ``sites`` and start
     their SuperNodes, each with ``epsilon_budget``. The caller calls
     :meth:`LoopbackFederation.stop` (also on failure)."""
-    port = free_port()
+    port = free_loopback_port()
     provision("loop", [*sites, *extra_sites], root / "fed", port=port)
     layout = prepare_simulation(RunSettings(sites=len(sites)), root / "data")
     for site, entry in zip(sites, layout.sites, strict=True):
@@ -130,7 +123,7 @@ def start_loopback_federation(
             root / "fed" / "sites" / site / "site.toml",
             Path(entry["data-path"]),
             layout.schema_path,
-            free_port(),
+            free_loopback_port(),
             epsilon_budget,
         )
     coordinator = open_coordinator(root / "fed" / "coordinator", host="127.0.0.1")

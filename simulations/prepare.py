@@ -20,8 +20,9 @@ from typing import Any
 
 from sklearn.model_selection import train_test_split
 
-from client.kinds import DataKind, get_kind
-from client.schema import load_schema
+from models.data.kinds.base import DataKind
+from models.data.kinds.registry import get_kind, load_schema
+from server.federation.run_state import SiteFiles
 from server.settings import RunSettings
 from simulations.datasets import load_dataset
 from simulations.partition import partition
@@ -51,6 +52,21 @@ def prepare_simulation(settings: RunSettings, root: str | Path) -> SimulationLay
         layout = _from_dataset(settings, root)
     (root / SITES_FILE).write_text(json.dumps(layout.sites, indent=2))
     return layout
+
+
+def prepare_sites(settings: RunSettings, root: Path) -> SiteFiles:
+    """The round loop's site preparer (``RunSettings.site_preparer``): lays out the
+    simulation under ``root`` and says where its schema and test set are.
+
+    Parameters
+    ----------
+    settings : RunSettings
+        The run (``dataset`` or ``data-dir``, ``sites``, partitioning).
+    root : Path
+        The run's simulation folder.
+    """
+    layout = prepare_simulation(settings, root)
+    return SiteFiles(layout.schema_path, layout.test_path, str(layout.root))
 
 
 def read_layout(root: str | Path) -> SimulationLayout:

@@ -7,9 +7,10 @@ import os
 from collections.abc import Callable
 
 from server.app import make_server_app
-from server.federation import RunOutcome
+from server.federation.run_state import RunOutcome
 from server.registry import Signer
 from server.settings import RunSettings
+from simulations.prepare import prepare_sites
 
 
 def run_simulated_federation(
@@ -38,7 +39,9 @@ def run_simulated_federation(
     if settings.mode != "simulation":
         raise ValueError("run_simulated_federation needs mode='simulation'")
     outcomes: list[RunOutcome] = []
-    server_app = make_server_app(settings, progress=progress, signer=signer, outcomes=outcomes)
+    server_app = make_server_app(
+        settings, progress=progress, signer=signer, outcomes=outcomes, prepare_sites=prepare_sites
+    )
     # Ray's workers otherwise print every ClientApp log line and a banner per actor.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if not verbose:

@@ -24,9 +24,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from privacy import hpke
+from protocol.inference import ApiError
 from server.inference.config import ServiceConfig
 from server.inference.model_store import ServedModel
-from server.inference.protocol import ApiError
 from server.inference.service import InferenceService
 
 log = logging.getLogger("fedcare.inference")

@@ -28,8 +28,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from client.schema import parse_schema
-from models.features import Standardization
+from models.data.features import Standardization
+from models.data.kinds.registry import parse_schema
 from models.predictor import Predictor
 from models.spec import ModelSpec
 from privacy.signing import SignatureError, verify_version_bytes

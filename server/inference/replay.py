@@ -13,7 +13,7 @@ import heapq
 import threading
 import time
 
-from server.inference.protocol import ApiError
+from protocol.inference import ApiError
 
 
 class ReplayGuard:

@@ -19,17 +19,16 @@ from typing import Any
 
 import torch
 
-from client.kinds import RowError
-from client.kinds.base import DataKind
+from models.data.kinds.base import DataKind, RowError
 from privacy import hpke
 from privacy.signing import load_storage_key, load_verify_key
 from privacy.tokens import RateLimiter, TokenRecord, TokenStore
-from server.inference import protocol
+from protocol import inference as wire
+from protocol.inference import ApiError
 from server.inference.audit import AuditLog
 from server.inference.config import ServiceConfig
 from server.inference.keyring import Keyring
 from server.inference.model_store import ModelStore, ServedModel
-from server.inference.protocol import ApiError
 from server.inference.replay import ReplayGuard
 
 log = logging.getLogger("fedcare.inference")
@@ -158,19 +157,19 @@ class InferenceService:
         """
         try:
             plaintext = self._open(body) if sealed else body
-            decoded = protocol.decode_request(plaintext)
-            header = protocol.parse_header(decoded, response_key_required=sealed)
+            decoded = wire.decode_request(plaintext)
+            header = wire.parse_header(decoded, response_key_required=sealed)
         except ApiError as err:
-            return Reply(err.status, JSON_MEDIA_TYPE, protocol.dumps(err.body()), 0, err.code)
+            return Reply(err.status, JSON_MEDIA_TYPE, wire.dumps(err.body()), 0, err.code)
         rows = 0
         try:
             self.replay.check(header.id, header.timestamp)
-            instances = protocol.parse_rows(decoded, self.config.max_rows)
+            instances = wire.parse_rows(decoded, self.config.max_rows)
             rows = len(instances)
             predictions = model.predictor.predict_rows(instances)
             if header.explain:
                 predictions = _with_attributions(model, instances, predictions)
-            payload = protocol.build_response(model.name, model.version, header.id, predictions)
+            payload = wire.build_response(model.name, model.version, header.id, predictions)
             status, code = 200, "ok"
         except ApiError as err:
             status, code, payload = err.status, err.code, err.body()
@@ -182,7 +181,7 @@ class InferenceService:
             status, code = 422, "invalid_input"
             payload = {"error": f"the inputs do not fit the model ({type(err).__name__})"}
             payload["code"] = code
-        data = protocol.dumps(payload)
+        data = wire.dumps(payload)
         if header.response_key is None:
             return Reply(status, JSON_MEDIA_TYPE, data, rows, code)
         sealed_reply = hpke.seal_response(header.response_key, data)

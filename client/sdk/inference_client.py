@@ -1,0 +1,323 @@
+"""The SDK clinical applications use to call the encrypted inference service.
+
+    from client.sdk import InferenceClient
+
+    with InferenceClient("https://inference.example:8443", token, model="breast_cancer",
+                         ca_cert="ca.pem") as client:
+        predictions = client.predict([{"mean radius": 14.2, ...}, ...])
+
+For each call the client fetches (and caches) the service's HPKE key configuration,
+checks it, seals the request to the current key with a fresh response key inside,
+sends it with the bearer token over TLS, opens the sealed response with that response
+key, checks that it answers this request, and returns the predictions. Every failure is
+an :class:`InferenceError` subclass saying what went wrong. ``docs/PROTOCOL.md`` is the
+wire format this implements.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from privacy import hpke
+from protocol import inference as wire
+
+KEYS_PATH = "/.well-known/fedcare-keys"
+JSON_MEDIA_TYPE = "application/json"
+
+
+class InferenceError(Exception):
+    """A prediction could not be made; ``status`` and ``code`` say why (0/"" if local)."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "", **details: Any):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.details = details
+
+
+class AuthenticationError(InferenceError):
+    """401: the token is missing, malformed or revoked."""
+
+
+class PermissionDenied(InferenceError):
+    """403: the token's scope does not include the model."""
+
+
+class ModelNotFound(InferenceError):
+    """404: the service serves no model of that name."""
+
+
+class RateLimited(InferenceError):
+    """429: too many requests; ``retry_after`` is the seconds to wait."""
+
+    @property
+    def retry_after(self) -> float:
+        return float(self.details.get("retry_after", 1))
+
+
+class InvalidInput(InferenceError):
+    """422, or refused before sending: a row does not fit the model (``row``, ``feature``)."""
+
+    @property
+    def row(self) -> int | None:
+        return self.details.get("row")
+
+    @property
+    def feature(self) -> str | None:
+        return self.details.get("feature")
+
+
+class RequestRejected(InferenceError):
+    """Another 4xx: malformed envelope, stale or replayed request, body too large …"""
+
+
+class ServiceError(InferenceError):
+    """5xx: the service failed."""
+
+
+class ProtocolViolation(InferenceError):
+    """The service's answer or key configuration does not follow the protocol."""
+
+
+class ConnectionFailed(InferenceError):
+    """The service could not be reached (DNS, TCP, TLS)."""
+
+
+_BY_STATUS: dict[int, type[InferenceError]] = {
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: ModelNotFound,
+    422: InvalidInput,
+    429: RateLimited,
+}
+
+
+def _error_for(status: int, body: Any) -> InferenceError:
+    """The typed error of a refusal's JSON body."""
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        message, code = body["error"], str(body.get("code", ""))
+        details = {k: v for k, v in body.items() if k not in ("error", "code")}
+    else:
+        message, code, details = f"HTTP {status} without a protocol error body", "", {}
+    kind = _BY_STATUS.get(status) or (ServiceError if status >= 500 else RequestRejected)
+    return kind(f"{message} (HTTP {status}, {code or 'no code'})", status, code, **details)
+
+
+@dataclass(frozen=True)
+class ServiceKey:
+    """The service's current HPKE public key, as the key configuration published it."""
+
+    key_id: bytes
+    public_key: bytes
+    fetched_at: float
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """The predictions of one request and the model version that made them."""
+
+    model_name: str
+    model_version: str
+    predictions: list[dict[str, Any]]
+
+
+def parse_key_config(config: Any) -> ServiceKey:
+    """The current key of a key configuration, checked; :class:`ProtocolViolation` otherwise."""
+    if not isinstance(config, dict) or config.get("protocol") != hpke.PROTOCOL:
+        raise ProtocolViolation(f"the key configuration is not for {hpke.PROTOCOL}")
+    current = config.get("current_key_id")
+    for entry in config.get("keys") or []:
+        if not isinstance(entry, dict) or entry.get("key_id") != current:
+            continue
+        suite = (entry.get("kem_id"), entry.get("kdf_id"), entry.get("aead_id"))
+        if suite != (hpke.KEM_ID, hpke.KDF_ID, hpke.AEAD_ID):
+            raise ProtocolViolation(f"key {current} uses an unsupported HPKE suite {suite}")
+        try:
+            public = hpke.b64decode(entry.get("public_key"), length=hpke.ENC_LEN)
+        except ValueError as err:
+            raise ProtocolViolation(f"key {current}: public_key {err}") from None
+        key_id = hpke.key_id_for(public)
+        if key_id.hex() != current:
+            raise ProtocolViolation(f"key {current}: the id does not match its public key")
+        return ServiceKey(key_id=key_id, public_key=public, fetched_at=time.monotonic())
+    raise ProtocolViolation("the key configuration lists no current key")
+
+
+class InferenceClient:
+    """A connection to one model of an inference service.
+
+    Parameters
+    ----------
+    url : str
+        The service's base URL, e.g. ``https://inference.example:8443``.
+    token : str
+        The application's bearer token (``fedcare tokens create``).
+    model : str
+        The model's name in the registry.
+    ca_cert : path, optional
+        The CA that signed the service's TLS certificate (default: the system's).
+    client_cert, client_key : path, optional
+        The application's certificate and key, when the service requires mTLS.
+    timeout : float
+        Seconds to wait for the service.
+    key_cache_seconds : float
+        How long a fetched key configuration is used before it is fetched again.
+    plaintext_for_benchmark : bool
+        BENCHMARK ONLY: send unencrypted JSON (the service must run with
+        ``--benchmark-plaintext``) to measure what payload encryption costs.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        model: str,
+        *,
+        ca_cert: str | Path | None = None,
+        client_cert: str | Path | None = None,
+        client_key: str | Path | None = None,
+        timeout: float = 30.0,
+        key_cache_seconds: float = 300.0,
+        plaintext_for_benchmark: bool = False,
+    ):
+        self.url = url.rstrip("/")
+        self.model = model
+        self.key_cache_seconds = key_cache_seconds
+        self.plaintext_for_benchmark = plaintext_for_benchmark
+        verify: ssl.SSLContext | bool = True
+        if ca_cert is not None or client_cert is not None:
+            verify = ssl.create_default_context(cafile=str(ca_cert) if ca_cert else None)
+            if client_cert is not None:
+                verify.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
+        self._http = httpx.Client(
+            verify=verify, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+        )
+        self._key: ServiceKey | None = None
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, self.url + path, **kwargs)
+        except httpx.HTTPError as err:
+            raise ConnectionFailed(f"{self.url}: {type(err).__name__}: {err}") from None
+
+    def _json(self, response: httpx.Response) -> Any:
+        try:
+            return wire.loads_strict(response.content)
+        except ValueError:
+            raise ProtocolViolation(f"HTTP {response.status_code}: the body is not JSON") from None
+
+    def key(self, refresh: bool = False) -> ServiceKey:
+        """The service's current key, from the cache unless stale or ``refresh``."""
+        key = self._key
+        if refresh or key is None or time.monotonic() - key.fetched_at > self.key_cache_seconds:
+            response = self._send("GET", KEYS_PATH)
+            if response.status_code != 200:
+                raise _error_for(response.status_code, self._json(response))
+            key = parse_key_config(self._json(response))
+            self._key = key
+        return key
+
+    def metadata(self) -> dict[str, Any]:
+        """The model's metadata: inputs by feature name, task, classes, version."""
+        response = self._send("GET", f"/v2/models/{self.model}")
+        body = self._json(response)
+        if response.status_code != 200:
+            raise _error_for(response.status_code, body)
+        return body
+
+    # ---------------------------------------------------------------- predict
+
+    def predict(
+        self, rows: Sequence[Mapping[str, Any]], explain: bool = False
+    ) -> list[dict[str, Any]]:
+        """One prediction per row (mappings of feature name to value, or to an array such
+        as an image). With ``explain`` each prediction also holds ``attributions`` (per
+        feature or term, or a pixel map), ``explained_output`` and ``baseline_output``."""
+        return self.infer(rows, explain=explain).predictions
+
+    def infer(self, rows: Sequence[Mapping[str, Any]], explain: bool = False) -> InferenceResult:
+        """Predictions with the model version that made them (``explain``: see
+        :meth:`predict`).
+
+        If the service no longer knows the cached key (rotated and retired), the key
+        configuration is fetched again and the request, sealed anew, is sent once more.
+        """
+        try:
+            return self._infer_once(rows, refresh_key=False, explain=explain)
+        except RequestRejected as err:
+            if err.code != "unknown_key_id" or self.plaintext_for_benchmark:
+                raise
+        return self._infer_once(rows, refresh_key=True, explain=explain)
+
+    def _infer_once(
+        self, rows: Sequence[Mapping[str, Any]], refresh_key: bool, explain: bool = False
+    ) -> InferenceResult:
+        request_id = secrets.token_hex(16)
+        response_key = None if self.plaintext_for_benchmark else hpke.new_response_key()
+        try:
+            request = wire.build_request(
+                rows, request_id, int(time.time()), response_key, explain=explain
+            )
+            body = wire.dumps(request)
+        except ValueError as err:
+            raise InvalidInput(str(err)) from None
+        if response_key is None:
+            content_type, payload = JSON_MEDIA_TYPE, body
+        else:
+            key = self.key(refresh=refresh_key)
+            content_type = hpke.REQUEST_MEDIA_TYPE
+            payload = hpke.seal_request(key.public_key, body)
+        response = self._send(
+            "POST",
+            f"/v2/models/{self.model}/infer",
+            content=payload,
+            headers={"Content-Type": content_type},
+        )
+        answer = self._open(response, response_key)
+        if response.status_code != 200:
+            raise _error_for(response.status_code, answer)
+        try:
+            parsed = wire.parse_response(answer)
+        except ValueError as err:
+            raise ProtocolViolation(f"the response does not parse: {err}") from None
+        if parsed.id != request_id or parsed.model_name != self.model:
+            raise ProtocolViolation("the response answers another request or model")
+        if len(parsed.predictions) != len(rows):
+            raise ProtocolViolation(
+                f"{len(parsed.predictions)} predictions for {len(rows)} rows in the response"
+            )
+        return InferenceResult(parsed.model_name, parsed.model_version, parsed.predictions)
+
+    def _open(self, response: httpx.Response, response_key: bytes | None) -> Any:
+        """The JSON of a response: opened if sealed, as is if plain."""
+        media = response.headers.get("content-type", "").split(";")[0].strip()
+        if media == hpke.RESPONSE_MEDIA_TYPE and response_key is not None:
+            try:
+                return wire.loads_strict(hpke.open_response(response_key, response.content))
+            except hpke.EnvelopeError as err:
+                raise ProtocolViolation(f"the sealed response does not open: {err}") from None
+            except ValueError:
+                raise ProtocolViolation("the sealed response holds no JSON") from None
+        if response.status_code == 200 and response_key is not None:
+            raise ProtocolViolation(f"a successful response must be sealed, got '{media}'")
+        return self._json(response)

@@ -1,0 +1,159 @@
+"""Processes fedcare starts (SuperLink, SuperNodes, the inference service), stopped by PID.
+
+Every service is started with :func:`spawn` in a process group of its own, its output
+appended to a log file, and stopped with :meth:`ManagedProcess.stop`: SIGTERM to its
+group, then SIGKILL to what is left, descendants in other groups included (Flower's
+SuperExec outlives a SuperNode that exits on an error). Nothing is ever killed by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bin_dir() -> Path:
+    """This environment's `bin/`, where Flower's commands are."""
+    return Path(sys.executable).parent
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of a process (Linux /proc); empty elsewhere or when gone."""
+    out: list[int] = []
+    task_dir = Path(f"/proc/{pid}/task")
+    try:
+        for task in task_dir.iterdir():
+            text = (task / "children").read_text().split()
+            out.extend(int(p) for p in text)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children …)."""
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in _children(stack.pop()):
+            if child not in found:
+                found.append(child)
+                stack.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is already dead
+
+
+@dataclass
+class ManagedProcess:
+    """A process we started, stopped by its PID (and its own children by theirs)."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path | None = None
+    known_children: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def remember_children(self) -> None:
+        """Note the PIDs of descendants (SuperExec, app processes) so stop() can reap them."""
+        self.known_children.update(descendants(self.pid))
+
+    def log_text(self) -> str:
+        if self.log_path and self.log_path.exists():
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the process's group, then SIGKILL what is left, descendants included.
+
+        The group is signalled even when its leader is gone: Flower's SuperExec outlives a
+        SuperNode that exits on an error.
+        """
+        self.remember_children()
+        _signal_group(self.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.pid, signal.SIGKILL)
+            self.popen.wait(timeout=timeout)
+        # Descendants in groups of their own (the SuperLink's SuperExec): each by its PID.
+        deadline = time.monotonic() + timeout
+        for child in sorted(self.known_children):
+            while alive(child) and time.monotonic() < deadline:
+                _signal(child, signal.SIGTERM)
+                time.sleep(0.2)
+            if alive(child):
+                _signal(child, signal.SIGKILL)
+        _signal_group(self.pid, signal.SIGKILL)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it started, at once: a crash."""
+        self.remember_children()
+        _signal_group(self.pid, signal.SIGKILL)
+        for child in self.known_children:
+            _signal(child, signal.SIGKILL)
+        self.popen.wait(timeout=30)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the process group that :func:`spawn` made for ``pid``."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def spawn(
+    name: str, cmd: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+) -> ManagedProcess:
+    """Start ``cmd`` in its own process group, output appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - the child owns it from here
+    try:
+        popen = subprocess.Popen(
+            list(cmd),
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            start_new_session=True,  # one group: stopped together, by its PID
+        )
+    finally:
+        log.close()
+    return ManagedProcess(name=name, popen=popen, log_path=log_path)

@@ -1,0 +1,313 @@
+"""`fedcare coordinator start|run`: the SuperLink, site registration and checked runs.
+
+Flower 1.41 facts this module relies on (read from its source and seen on loopback):
+
+- `flower-superlink` serves the Fleet API (SuperNodes), the Control API (`flwr` CLI) and the
+  Runtime API (ServerApp) on ONE HTTPS port (`--host`, `--port`; default 127.0.0.1:8000),
+  TLS from `--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile` (PEM).
+- `--enable-supernode-auth` admits only SuperNodes whose public key was registered with
+  `flwr supernode register KEY.pub CONNECTION`; it requires TLS.
+- `--database FILE` keeps runs and registered keys across restarts (SQLite).
+- `--disable-runtime-dependency-installation`: the ServerApp runs in this environment
+  instead of `uv sync`-ing the app's dependencies from a registry for every run.
+- it spawns `flower-superexec` by name, so the environment's `bin/` must be on PATH.
+- `flwr` reads connections from `$FLWR_HOME/config.toml` (`[superlink.<name>]` with
+  `address` and `root-certificates`), not from the app's pyproject.
+- `flwr run` and `flwr supernode register --format json` exit 0 on failure; the truth is
+  the JSON's `success` and the run's status in `flwr ls --run-id N --format json`
+  (`finished:completed`, `finished:failed`, `finished:stopped`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from deploy.process import ManagedProcess, bin_dir, spawn
+from deploy.provision import FederationFile, load_federation
+
+CONNECTION = "fedcare"
+FINISHED = "finished"
+COMPLETED = "finished:completed"
+
+
+class CoordinatorError(Exception):
+    """The SuperLink or a run did not do what was asked; the message says what happened."""
+
+
+# ---------------------------------------------------------------- the flwr connection
+
+
+def flower_env(flwr_home: str | Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment for Flower's commands: this venv's bin first, our FLWR_HOME."""
+    env = dict(os.environ)
+    env["PATH"] = f"{bin_dir()}{os.pathsep}{env.get('PATH', '')}"
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    # Apps run in this environment; nothing is fetched from a registry at run time.
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env.update(extra)
+    return env
+
+
+def write_connection(
+    flwr_home: str | Path,
+    address: str,
+    ca_cert: str | Path,
+    name: str = CONNECTION,
+    make_default: bool = True,
+) -> Path:
+    """Add (or replace) a `[superlink.<name>]` connection in $FLWR_HOME/config.toml."""
+    home = Path(flwr_home)
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.toml"
+    data: dict = tomllib.loads(path.read_text()) if path.exists() else {}
+    superlink = data.setdefault("superlink", {})
+    superlink[name] = {"address": address, "root-certificates": str(Path(ca_cert).resolve())}
+    if make_default:
+        superlink["default"] = name
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+# ------------------------------------------------------------------------ SuperLink
+
+
+@dataclass
+class SuperLinkSettings:
+    coordinator_dir: Path
+    host: str = "0.0.0.0"
+    port: int = 8000
+    database: Path | None = None  # default: <coordinator_dir>/state/superlink.db
+    flwr_home: Path | None = None  # default: <coordinator_dir>/state/flwr-home
+    log_path: Path | None = None
+    address: str | None = None  # what `flwr` dials; default from federation.toml
+
+    def resolved(self) -> SuperLinkSettings:
+        state = self.coordinator_dir / "state"
+        return SuperLinkSettings(
+            coordinator_dir=self.coordinator_dir,
+            host=self.host,
+            port=self.port,
+            database=self.database or state / "superlink.db",
+            flwr_home=self.flwr_home or state / "flwr-home",
+            log_path=self.log_path or state / "superlink.log",
+            address=self.address,
+        )
+
+
+def superlink_command(fed: FederationFile, s: SuperLinkSettings) -> list[str]:
+    return [
+        str(bin_dir() / "flower-superlink"),
+        "--ssl-ca-certfile",
+        str(fed.ca_cert),
+        "--ssl-certfile",
+        str(fed.server_cert),
+        "--ssl-keyfile",
+        str(fed.server_key),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--database",
+        str(s.database),
+        "--host",
+        s.host,
+        "--port",
+        str(s.port),
+    ]
+
+
+def wait_healthy(address: str, ca_cert: Path, timeout: float = 60.0, proc=None) -> float:
+    """Poll https://address/health verifying the federation CA; return seconds waited."""
+    ctx = ssl.create_default_context(cafile=str(ca_cert))
+    t0 = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - t0 < timeout:
+        if proc is not None and not proc.alive():
+            raise CoordinatorError(
+                f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_text()[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(f"https://{address}/health", context=ctx, timeout=2):
+                return time.monotonic() - t0
+        except (urllib.error.URLError, OSError) as err:
+            last = err
+            time.sleep(0.2)
+    raise CoordinatorError(f"SuperLink at {address} not healthy after {timeout:.0f}s: {last}")
+
+
+@dataclass
+class Coordinator:
+    fed: FederationFile
+    settings: SuperLinkSettings
+    process: ManagedProcess | None = None
+    startup_seconds: float = 0.0
+
+    @property
+    def address(self) -> str:
+        return self.settings.address or f"127.0.0.1:{self.settings.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return flower_env(self.settings.flwr_home)
+
+    def start(self, timeout: float = 60.0) -> Coordinator:
+        s = self.settings
+        s.database.parent.mkdir(parents=True, exist_ok=True)
+        write_connection(s.flwr_home, self.address, self.fed.ca_cert)
+        self.process = spawn(
+            "flower-superlink", superlink_command(self.fed, s), self.env, s.log_path
+        )
+        self.startup_seconds = wait_healthy(
+            self.address, self.fed.ca_cert, timeout=timeout, proc=self.process
+        )
+        self.process.remember_children()
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    # -- flwr CLI wrappers
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(bin_dir() / "flwr"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def flwr_json(self, *args: str, timeout: float = 120.0) -> dict:
+        proc = self.flwr(*args, "--format", "json", timeout=timeout)
+        try:
+            return json.loads(_last_json_object(proc.stdout))
+        except ValueError as err:
+            raise CoordinatorError(
+                f"`flwr {' '.join(args)}` gave no JSON (exit {proc.returncode}):\n"
+                f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            ) from err
+
+    def register_sites(self, sites: Sequence[str] | None = None) -> dict[str, str]:
+        """Register the sites' public keys; idempotent ("already" for known keys)."""
+        out: dict[str, str] = {}
+        for site in sites if sites is not None else sorted(self.fed.sites):
+            if site not in self.fed.sites:
+                raise CoordinatorError(f"site {site!r} is not in {self.fed.root}")
+            res = self.flwr_json(
+                "supernode", "register", str(self.fed.sites[site]), CONNECTION, "--name", site
+            )
+            if res.get("success"):
+                out[site] = str(res.get("node-id"))
+            elif "already in use" in str(res.get("error-message", "")):
+                out[site] = "already"
+            else:
+                raise CoordinatorError(f"registering {site!r} failed: {res}")
+        return out
+
+    def nodes(self) -> list[dict]:
+        res = self.flwr_json("supernode", "list", CONNECTION)
+        if not res.get("success"):
+            raise CoordinatorError(f"listing SuperNodes failed: {res}")
+        return list(res.get("nodes", []))
+
+    def wait_nodes_online(self, count: int, timeout: float = 60.0) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if sum(1 for n in self.nodes() if n.get("status") == "online") >= count:
+                return time.monotonic() - t0
+            time.sleep(0.5)
+        raise CoordinatorError(f"fewer than {count} SuperNodes online after {timeout:.0f}s")
+
+    def submit(self, app_dir: str | Path, run_config: Mapping[str, object] | None = None) -> int:
+        args = ["run", str(app_dir), CONNECTION]
+        if run_config:
+            args += ["--run-config", _run_config_arg(run_config)]
+        res = self.flwr_json(*args)
+        if not res.get("success") or not res.get("run-id"):
+            raise CoordinatorError(f"`flwr run` did not start a run: {res}")
+        return int(res["run-id"])
+
+    def run_status(self, run_id: int) -> dict:
+        res = self.flwr_json("ls", CONNECTION, "--run-id", str(run_id))
+        runs = res.get("runs") or []
+        if not res.get("success") or not runs:
+            raise CoordinatorError(f"run {run_id} not found: {res}")
+        return runs[0]
+
+    def wait_run(self, run_id: int, timeout: float = 900.0, poll: float = 1.0) -> dict:
+        t0 = time.monotonic()
+        while True:
+            run = self.run_status(run_id)
+            if str(run.get("status", "")).startswith(FINISHED):
+                return run
+            if time.monotonic() - t0 > timeout:
+                raise CoordinatorError(f"run {run_id} not finished after {timeout:.0f}s: {run}")
+            time.sleep(poll)
+
+    def run_logs(self, run_id: int | str) -> str:
+        """The run's ServerApp log, as `flwr log RUN --show` prints it."""
+        return self.flwr("log", str(run_id), CONNECTION, "--show", timeout=120).stdout
+
+    def run(
+        self,
+        app_dir: str | Path,
+        run_config: Mapping[str, object] | None = None,
+        timeout: float = 900.0,
+    ) -> dict:
+        """Submit, wait, and raise unless the run finished:completed."""
+        run_id = self.submit(app_dir, run_config)
+        run = self.wait_run(run_id, timeout=timeout)
+        if run.get("status") != COMPLETED:
+            logs = self.run_logs(run_id)
+            raise CoordinatorError(
+                f"run {run_id} ended {run.get('status')}: {run.get('status-details')}\n"
+                f"{logs[-4000:]}"
+            )
+        return run
+
+
+def _last_json_object(text: str) -> str:
+    """`flwr … --format json` prints one JSON object, sometimes after other text."""
+    start = text.find("{")
+    if start < 0:
+        raise ValueError("no JSON object")
+    return text[start:]
+
+
+def _run_config_arg(run_config: Mapping[str, object]) -> str:
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
+
+
+def open_coordinator(
+    coordinator_dir: str | Path, host: str = "0.0.0.0", port: int | None = None, **kw
+) -> Coordinator:
+    """A Coordinator for a provisioned folder (not started)."""
+    fed = load_federation(coordinator_dir)
+    if port is None:
+        port = int(fed.superlink_address.rsplit(":", 1)[1])
+    settings = SuperLinkSettings(
+        coordinator_dir=Path(coordinator_dir), host=host, port=port, **kw
+    ).resolved()
+    if settings.address is None:
+        settings.address = fed.superlink_address.rsplit(":", 1)[0] + f":{port}"
+    return Coordinator(fed=fed, settings=settings)

@@ -1,0 +1,230 @@
+"""From a checked site table to model inputs, identically at every site.
+
+Numeric features are standardized with *federated* statistics: each site sends only the
+count, sum and sum of squares of each numeric column (:class:`FeatureStatistics`), the
+coordinator adds them up, and every site and the inference service standardize with the
+same means and standard deviations (:class:`FeatureEncoder`). Categorical features are
+one-hot encoded from the schema's declared categories, so every site builds the same
+columns whatever values it happens to hold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.data.schema import SiteSchema
+
+
+@dataclass
+class FeatureStatistics:
+    """Additive summaries of the numeric columns of one or more sites.
+
+    Parameters
+    ----------
+    count, total, total_sq : dict[str, float]
+        Per numeric feature: the number of non-missing values, their sum and the sum
+        of their squares. Adding two sites' statistics gives the pooled statistics.
+    rows : int
+        Number of rows (examples) summarized.
+    label_counts : dict[str, float]
+        For classification, the number of examples of each class (for class weights).
+    """
+
+    count: dict[str, float] = field(default_factory=dict)
+    total: dict[str, float] = field(default_factory=dict)
+    total_sq: dict[str, float] = field(default_factory=dict)
+    rows: int = 0
+    label_counts: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of_frame(cls, frame: pd.DataFrame, schema: SiteSchema) -> FeatureStatistics:
+        numeric = [s.name for s in schema.features if s.type == "numeric"]
+        if schema.task == "regression":
+            numeric.append(schema.label)  # the target is standardized too
+        classification = schema.task in ("binary", "multiclass")
+        return cls.of_values(
+            {name: frame[name].to_numpy(dtype=float) for name in numeric},
+            labels=frame[schema.label].tolist() if classification else (),
+            rows=len(frame),
+        )
+
+    @classmethod
+    def of_values(
+        cls, columns: Mapping[str, np.ndarray], labels: Sequence[str] = (), rows: int = 0
+    ) -> FeatureStatistics:
+        """Statistics of numeric ``columns`` (NaN = missing) and class ``labels``.
+
+        Parameters
+        ----------
+        columns : mapping of str to ndarray
+            The values of each numeric column (for sequences, of every time step).
+        labels : sequence of str
+            The class of each example (empty for regression and survival).
+        rows : int
+            Number of examples.
+        """
+        stats = cls(rows=rows)
+        for name, raw in columns.items():
+            values = np.asarray(raw, dtype=float)
+            values = values[~np.isnan(values)]
+            stats.count[name] = float(values.size)
+            stats.total[name] = float(values.sum())
+            stats.total_sq[name] = float(np.square(values).sum())
+        for label in labels:
+            stats.label_counts[label] = stats.label_counts.get(label, 0.0) + 1.0
+        return stats
+
+    def merge(self, other: FeatureStatistics) -> FeatureStatistics:
+        names = set(self.count) | set(other.count)
+        classes = set(self.label_counts) | set(other.label_counts)
+        return FeatureStatistics(
+            count={n: self.count.get(n, 0.0) + other.count.get(n, 0.0) for n in names},
+            total={n: self.total.get(n, 0.0) + other.total.get(n, 0.0) for n in names},
+            total_sq={n: self.total_sq.get(n, 0.0) + other.total_sq.get(n, 0.0) for n in names},
+            rows=self.rows + other.rows,
+            label_counts={
+                c: self.label_counts.get(c, 0.0) + other.label_counts.get(c, 0.0) for c in classes
+            },
+        )
+
+    def to_flat(self) -> dict[str, float]:
+        """A flat ``name -> number`` mapping, as a Flower MetricRecord carries it."""
+        flat: dict[str, float] = {"rows": float(self.rows)}
+        for name in self.count:
+            flat[f"count/{name}"] = self.count[name]
+            flat[f"sum/{name}"] = self.total[name]
+            flat[f"sumsq/{name}"] = self.total_sq[name]
+        for label, n in self.label_counts.items():
+            flat[f"label/{label}"] = n
+        return flat
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, float]) -> FeatureStatistics:
+        stats = cls(rows=int(flat.get("rows", 0)))
+        for key, value in flat.items():
+            kind, _, name = key.partition("/")
+            target = {
+                "count": stats.count,
+                "sum": stats.total,
+                "sumsq": stats.total_sq,
+                "label": stats.label_counts,
+            }.get(kind)
+            if target is not None:
+                target[name] = float(value)
+        return stats
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """Mean and standard deviation of each numeric feature, as all sites use them."""
+
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    @classmethod
+    def from_statistics(cls, stats: FeatureStatistics) -> Standardization:
+        mean, std = {}, {}
+        for name, n in stats.count.items():
+            if n <= 0:
+                mean[name], std[name] = 0.0, 1.0
+                continue
+            m = stats.total[name] / n
+            var = max(stats.total_sq[name] / n - m * m, 0.0)
+            mean[name] = m
+            std[name] = math.sqrt(var) if var > 1e-12 else 1.0
+        return cls(mean=mean, std=std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": dict(self.mean), "std": dict(self.std)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Standardization:
+        return cls(
+            mean={k: float(v) for k, v in raw["mean"].items()},
+            std={k: float(v) for k, v in raw["std"].items()},
+        )
+
+
+class FeatureEncoder:
+    """Turns a checked table (or request rows) into the model's input matrix.
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        Declares the columns and their types.
+    standardization : Standardization
+        The federated means and standard deviations of the numeric features. A missing
+        numeric value (``impute_mean`` policy) becomes the mean, i.e. 0 after scaling.
+    """
+
+    def __init__(self, schema: SiteSchema, standardization: Standardization):
+        self.schema = schema
+        self.standardization = standardization
+
+    @property
+    def column_names(self) -> list[str]:
+        names: list[str] = []
+        for spec in self.schema.features:
+            if spec.type == "categorical":
+                names.extend(f"{spec.name}={c}" for c in spec.categories)
+            else:
+                names.append(spec.name)
+        return names
+
+    @property
+    def input_dim(self) -> int:
+        return len(self.column_names)
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Encode the feature columns of ``frame`` into a float32 matrix."""
+        blocks: list[np.ndarray] = []
+        for spec in self.schema.features:
+            column = frame[spec.name]
+            if spec.type == "numeric":
+                values = column.to_numpy(dtype=float)
+                mean = self.standardization.mean.get(spec.name, 0.0)
+                std = self.standardization.std.get(spec.name, 1.0)
+                scaled = (values - mean) / std
+                blocks.append(np.nan_to_num(scaled, nan=0.0)[:, None])
+            elif spec.type == "binary":
+                blocks.append(column.to_numpy(dtype=float)[:, None])
+            else:
+                onehot = np.zeros((len(frame), len(spec.categories)))
+                index = {c: j for j, c in enumerate(spec.categories)}
+                for i, value in enumerate(column.tolist()):
+                    if value in index:
+                        onehot[i, index[value]] = 1.0
+                blocks.append(onehot)
+        return np.hstack(blocks).astype(np.float32)
+
+    def labels(self, frame: pd.DataFrame) -> np.ndarray:
+        """The label column as class indices (classification) or standardized float32
+        (regression; :meth:`decode_outputs` maps outputs back to the label's units)."""
+        column = frame[self.schema.label]
+        if self.schema.task == "regression":
+            mean, std = self._label_scale()
+            return ((column.to_numpy(dtype=float) - mean) / std).astype(np.float32)
+        index = {c: j for j, c in enumerate(self.schema.classes)}
+        return np.array([index[v] for v in column.tolist()], dtype=np.int64)
+
+    def _label_scale(self) -> tuple[float, float]:
+        label = self.schema.label
+        return self.standardization.mean.get(label, 0.0), self.standardization.std.get(label, 1.0)
+
+    def decode_outputs(self, outputs: np.ndarray) -> np.ndarray:
+        """Raw model outputs in the label's units (regression) or unchanged."""
+        if self.schema.task != "regression":
+            return outputs
+        mean, std = self._label_scale()
+        return outputs * std + mean
+
+    def transform_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Encode already-validated request rows (dicts by feature name)."""
+        frame = pd.DataFrame({n: [row[n] for row in rows] for n in self.schema.feature_names})
+        return self.transform(frame)

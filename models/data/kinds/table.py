@@ -1,0 +1,183 @@
+"""Tables: one row per patient, typed columns (CSV or Parquet).
+
+Read and checked by :mod:`models.data.tables`.
+
+Tasks: binary, multiclass, regression, and survival (``label`` is the follow-up time,
+``[dataset].event`` the column that is 1 for an observed event, 0 for censoring).
+Numeric features are standardized with the federation's pooled means and deviations,
+categorical ones one-hot encoded (:class:`models.data.features.FeatureEncoder`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.data.features import FeatureEncoder, FeatureStatistics, Standardization
+from models.data.kinds.base import EncodedExamples, ModelInput, RowError, column_option
+from models.data.schema import FeatureSpec, SchemaError, SiteSchema
+from models.data.tables import DataProblem, SiteDataError, SiteTable, load_site_table
+
+TABLE_SUFFIXES = (".csv", ".parquet")
+_BOOL_WORDS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0, "1": 1.0, "0": 0.0}
+
+
+def check_rows(schema: SiteSchema, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Check request rows against the schema's features and return them as a typed frame.
+
+    Every declared feature must be present with a value of its type; numbers must be
+    finite and within the declared range; extra keys are refused (a misspelt feature
+    name would otherwise be silently ignored).
+    """
+    names = schema.feature_names
+    columns: dict[str, list[Any]] = {n: [] for n in names}
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise RowError(i, None, "expected an object of feature values")
+        unknown = sorted(set(row) - set(names))
+        if unknown:
+            raise RowError(i, unknown[0], "unknown feature (not in the model's schema)")
+        for spec in schema.features:
+            if spec.name not in row or row[spec.name] is None:
+                raise RowError(i, spec.name, "missing value")
+            columns[spec.name].append(_checked_value(i, spec, row[spec.name]))
+    return pd.DataFrame(columns)
+
+
+def _checked_value(row: int, spec: FeatureSpec, value: Any) -> Any:
+    if spec.type == "numeric":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RowError(row, spec.name, "expected a number")
+        number = float(value)
+        if not math.isfinite(number):
+            raise RowError(row, spec.name, "expected a finite number")
+        if spec.min is not None and number < spec.min:
+            raise RowError(row, spec.name, f"below the minimum {spec.min:g}")
+        if spec.max is not None and number > spec.max:
+            raise RowError(row, spec.name, f"above the maximum {spec.max:g}")
+        return number
+    if spec.type == "binary":
+        if isinstance(value, bool):
+            return float(value)
+        if isinstance(value, int | float) and value in (0, 1):
+            return float(value)
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        raise RowError(row, spec.name, "expected 0/1 or true/false")
+    if not isinstance(value, str) or value not in spec.categories:
+        raise RowError(row, spec.name, f"expected one of {list(spec.categories)}")
+    return value
+
+
+def survival_row_schema(schema: SiteSchema) -> SiteSchema:
+    """How a survival table's rows are checked: the time as a regression label, the event
+    as a binary column beside the features."""
+    event = FeatureSpec(name=str(schema.extra["event"]), type="binary")
+    return replace(schema, task="regression", features=(*schema.features, event), extra={})
+
+
+@dataclass
+class TableExamples:
+    """A checked site table; one example per row."""
+
+    schema: SiteSchema
+    table: SiteTable
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.table.frame
+
+    @property
+    def num_examples(self) -> int:
+        return self.table.num_rows
+
+    def strata(self) -> np.ndarray | None:
+        if self.schema.task == "survival":
+            return self.frame[self.schema.extra["event"]].to_numpy()
+        if self.schema.task == "regression":
+            return None
+        return self.frame[self.schema.label].to_numpy()
+
+    def statistics(self, index: np.ndarray) -> FeatureStatistics:
+        return FeatureStatistics.of_frame(self.frame.iloc[index], self.schema)
+
+    def encode(self, index: np.ndarray, standardization: Standardization) -> EncodedExamples:
+        frame = self.frame.iloc[index]
+        encoder = FeatureEncoder(self.schema, standardization)
+        if self.schema.task == "survival":
+            time = frame[self.schema.label].to_numpy(dtype=np.float32)
+            event = frame[self.schema.extra["event"]].to_numpy(dtype=np.float32)
+            targets = np.stack([time, event], axis=1)
+        else:
+            targets = encoder.labels(frame)
+        return EncodedExamples(encoder.transform(frame), targets)
+
+
+class TableKind:
+    """Site tables (the default kind)."""
+
+    name = "table"
+    tasks = ("binary", "multiclass", "regression", "survival")
+
+    def check_schema(self, schema: SiteSchema) -> None:
+        if not schema.features:
+            raise SchemaError(f"{schema.source}: missing [features.<name>] tables")
+        if schema.task == "survival":
+            column_option(schema, "event")
+
+    def is_site_source(self, path: Path) -> bool:
+        return path.is_file() and path.suffix.lower() in TABLE_SUFFIXES
+
+    def load(self, path: Path, schema: SiteSchema) -> TableExamples:
+        if schema.task != "survival":
+            return TableExamples(schema, load_site_table(path, schema))
+        table = load_site_table(path, survival_row_schema(schema))
+        times = table.frame[schema.label].to_numpy(dtype=float)
+        problems = [
+            DataProblem(str(path), row, schema.label, f"follow-up time {t:g} is negative")
+            for row, t in zip(table.source_rows, times, strict=True)
+            if t < 0
+        ]
+        if problems:
+            raise SiteDataError(problems)
+        return TableExamples(schema, table)
+
+    def families(self, schema: SiteSchema) -> tuple[str, ...]:
+        return ("cox_linear", "cox_mlp") if schema.task == "survival" else ("logreg", "mlp")
+
+    def model_input(self, schema: SiteSchema) -> ModelInput:
+        return ModelInput(FeatureEncoder(schema, Standardization({}, {})).input_dim)
+
+    def encode_request(
+        self,
+        schema: SiteSchema,
+        standardization: Standardization,
+        instances: Sequence[Mapping[str, Any]],
+    ) -> np.ndarray:
+        return FeatureEncoder(schema, standardization).transform(check_rows(schema, instances))
+
+    def present_attributions(
+        self, schema: SiteSchema, attributions: np.ndarray, instance: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """``{"features": {name: attribution}}``."""
+        return {"features": attributions_by_feature(schema, attributions.reshape(-1))}
+
+
+def attributions_by_feature(schema: SiteSchema, values: np.ndarray) -> dict[str, float]:
+    """Per-column attributions of an encoded row, per schema feature: a categorical
+    feature's one-hot columns add up to one number."""
+    owners = [
+        spec.name
+        for spec in schema.features
+        for _ in (spec.categories if spec.type == "categorical" else (spec.name,))
+    ]
+    per_feature = dict.fromkeys(schema.feature_names, 0.0)
+    for name, value in zip(owners, values, strict=True):
+        per_feature[name] += float(value)
+    return per_feature

@@ -1,0 +1,255 @@
+"""The site schema: what a hospital's table must look like.
+
+A schema is a TOML file that every site of a federation shares. It declares the label
+column, the task, each feature's type and the missing-value policy. See
+``docs/SITE_DATA.md`` for the format. Loading a table against it is in
+``models.data.tables``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TASKS = ("binary", "multiclass", "regression", "survival")
+FEATURE_TYPES = ("numeric", "categorical", "binary")
+MISSING_POLICIES = ("reject", "drop_row", "impute_mean")
+
+
+class SchemaError(ValueError):
+    """A schema file is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One input column.
+
+    Parameters
+    ----------
+    name : str
+        The column header in the site's table.
+    type : str
+        ``numeric`` (a real number), ``categorical`` (one of ``categories``) or
+        ``binary`` (0/1, also accepting true/false and yes/no).
+    categories : tuple[str, ...]
+        Allowed values of a categorical feature, in the order of its one-hot columns.
+    min, max : float | None
+        Optional inclusive bounds of a numeric feature.
+    """
+
+    name: str
+    type: str
+    categories: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.categories:
+            out["categories"] = list(self.categories)
+        if self.min is not None:
+            out["min"] = self.min
+        if self.max is not None:
+            out["max"] = self.max
+        return out
+
+
+@dataclass(frozen=True)
+class SiteSchema:
+    """The shared description of every site's table.
+
+    Parameters
+    ----------
+    name : str
+        The data set's name; also the model's name in the registry.
+    task : str
+        ``binary``, ``multiclass``, ``regression`` or ``survival`` (the label is then the
+        follow-up time and ``[dataset].event`` names the event column).
+    label : str
+        The label column.
+    classes : tuple[str, ...]
+        For classification, the label values in class-index order (as text).
+    features : tuple[FeatureSpec, ...]
+        The input columns, in model order.
+    missing : str
+        What to do with an empty cell: ``reject`` the file, ``drop_row`` or
+        ``impute_mean`` (numeric features only; uses the federated mean).
+    source : str
+        Where the schema was read from, for error messages.
+    extra : dict
+        The other ``[dataset]`` keys: ``kind`` (``table``, ``image``, ``sequence``,
+        ``text``; see ``models.data.kinds``) and that kind's own keys.
+    """
+
+    name: str
+    task: str
+    label: str
+    features: tuple[FeatureSpec, ...]
+    classes: tuple[str, ...] = ()
+    missing: str = "reject"
+    source: str = "<schema>"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.task != "regression" else 1
+
+    @property
+    def kind(self) -> str:
+        """The kind of site data (``[dataset].kind``, ``table`` by default)."""
+        return str(self.extra.get("kind", "table"))
+
+    def feature(self, name: str) -> FeatureSpec:
+        for spec in self.features:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        dataset: dict[str, Any] = {
+            "name": self.name,
+            "task": self.task,
+            "label": self.label,
+            "missing": self.missing,
+        }
+        if self.classes:
+            dataset["classes"] = list(self.classes)
+        dataset.update(self.extra)
+        return {"dataset": dataset, "features": {f.name: f.to_dict() for f in self.features}}
+
+    def to_toml(self) -> str:
+        """The schema as TOML text, readable by :func:`read_schema_document`."""
+        lines = ["[dataset]"]
+        for key, value in self.to_dict()["dataset"].items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        for feature in self.features:
+            lines.append("")
+            lines.append(f"[features.{_toml_key(feature.name)}]")
+            for key, value in feature.to_dict().items():
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+    @property
+    def sha256(self) -> str:
+        """Identifies the schema's content (sites refuse a federation with another)."""
+        return hashlib.sha256(self.to_toml().encode()).hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+
+def read_schema_file(path: str | Path) -> SiteSchema:
+    """Read a schema TOML file's structure (its kind checks the rest: use
+    ``models.data.kinds.registry.load_schema``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SchemaError(f"{path}: schema file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise SchemaError(f"{path}: not valid TOML ({err})") from err
+    return read_schema_document(raw, source=str(path))
+
+
+def read_schema_document(raw: dict[str, Any], source: str = "<schema>") -> SiteSchema:
+    """Check a schema's structure given as a dict (the parsed TOML) and build a
+    :class:`SiteSchema`; its data kind checks the rest (``models.data.kinds.registry``)."""
+    dataset = raw.get("dataset")
+    if not isinstance(dataset, dict):
+        raise SchemaError(f"{source}: missing [dataset] table")
+    for key in ("task", "label"):
+        if key not in dataset:
+            raise SchemaError(f"{source}: [dataset] needs '{key}'")
+    task = dataset["task"]
+    if task not in TASKS:
+        raise SchemaError(f"{source}: [dataset].task is '{task}', expected one of {TASKS}")
+    missing = dataset.get("missing", "reject")
+    if missing not in MISSING_POLICIES:
+        raise SchemaError(
+            f"{source}: [dataset].missing is '{missing}', expected one of {MISSING_POLICIES}"
+        )
+    classes = tuple(str(c) for c in dataset.get("classes", ()))
+    if task == "binary" and classes and len(classes) != 2:
+        raise SchemaError(f"{source}: [dataset].classes must list 2 values for a binary task")
+    if task == "binary" and not classes:
+        classes = ("0", "1")
+    if task == "multiclass" and len(classes) < 2:
+        raise SchemaError(
+            f"{source}: [dataset].classes must list the label values for a multiclass task"
+        )
+    # Whether features are needed depends on the data kind (images have none).
+    raw_features = raw.get("features", {})
+    if not isinstance(raw_features, dict):
+        raise SchemaError(f"{source}: [features] must hold [features.<name>] tables")
+    features = []
+    for name, spec in raw_features.items():
+        features.append(_parse_feature(name, spec, source))
+    label = str(dataset["label"])
+    if label in raw_features:
+        raise SchemaError(f"{source}: the label '{label}' is also declared as a feature")
+    known = {"name", "task", "label", "classes", "missing"}
+    schema = SiteSchema(
+        name=str(dataset.get("name", Path(source).stem)),
+        task=task,
+        label=label,
+        features=tuple(features),
+        classes=classes if task != "regression" else (),
+        missing=missing,
+        source=source,
+        extra={k: v for k, v in dataset.items() if k not in known},
+    )
+    return schema
+
+
+def _parse_feature(name: str, spec: Any, source: str) -> FeatureSpec:
+    where = f"{source}: [features.{name}]"
+    if not isinstance(spec, dict):
+        raise SchemaError(f"{where} must be a table")
+    ftype = spec.get("type")
+    if ftype not in FEATURE_TYPES:
+        raise SchemaError(f"{where}.type is '{ftype}', expected one of {FEATURE_TYPES}")
+    categories: tuple[str, ...] = ()
+    if ftype == "categorical":
+        cats = spec.get("categories")
+        if not isinstance(cats, list) or len(cats) < 2:
+            raise SchemaError(f"{where}.categories must list at least 2 allowed values")
+        categories = tuple(str(c) for c in cats)
+        if len(set(categories)) != len(categories):
+            raise SchemaError(f"{where}.categories has duplicates")
+    lo, hi = spec.get("min"), spec.get("max")
+    for key, value in (("min", lo), ("max", hi)):
+        if value is not None and not isinstance(value, int | float):
+            raise SchemaError(f"{where}.{key} must be a number")
+    if lo is not None and hi is not None and lo > hi:
+        raise SchemaError(f"{where}: min {lo} is above max {hi}")
+    return FeatureSpec(
+        name=name,
+        type=ftype,
+        categories=categories,
+        min=None if lo is None else float(lo),
+        max=None if hi is None else float(hi),
+    )
+
+
+def _toml_key(key: str) -> str:
+    if key.replace("_", "").replace("-", "").isalnum():
+        return key
+    return _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

@@ -1,0 +1,313 @@
+"""What the coordinator and a site say to each other in Flower messages.
+
+Both directions of every exchange are here, so the keys stay in step:
+
+- the statistics query (:class:`StatisticsQuery`) and its reply (:class:`StatisticsReply`);
+- each round's settings (:class:`RoundConfig`), sent with the global weights;
+- the train reply (:class:`TrainReply`) and the evaluate reply (:class:`EvaluateReply`);
+- the codes of a site's refusals (:class:`RefusalCode`), sent as Flower error replies;
+- the keys fedcare adds to the legacy SecAgg+ records.
+
+The server builds a record with ``to_record…`` and the ClientApp reads it back with
+``from_…`` (or the other way round); no other module spells a key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from models.data.features import FeatureStatistics, Standardization
+from models.spec import ModelSpec
+
+# Record names in a message's RecordDict.
+CONFIG = "config"  # ConfigRecord: a StatisticsQuery or a RoundConfig
+ARRAYS = "arrays"  # ArrayRecord: model weights by plain parameter name
+METRICS = "metrics"  # MetricRecord: a TrainReply's or an EvaluateReply's figures
+STATISTICS = "statistics"  # MetricRecord: FeatureStatistics.to_flat() + NUM_EXAMPLES
+SCHEMA = "schema"  # ConfigRecord: {"sha256": the site's schema hash}
+SITE_RECORD = "site"  # ConfigRecord: {"name": site name}
+
+# Metric keys.
+NUM_EXAMPLES = "num-examples"
+EPSILON = "epsilon"
+TRAIN_LOSS = "train-loss"
+TRAIN_SECONDS = "train-seconds"
+NOISE_MULTIPLIER = "noise-multiplier"
+
+# Keys fedcare adds to the legacy SecAgg+ FitIns config and FitRes metrics.
+SECAGG_ARRAY_NAMES = "secagg-array-names"  # FitIns: JSON list naming the legacy tensors
+SECAGG_CLIPPING_RANGE = "secagg-clipping-range"  # FitIns: the range SecAgg+ clips to
+SECAGG_SITE_NAME = "site-name"  # FitRes: the site's name (plaintext, like every metric)
+SECAGG_VALUES_CLIPPED = "secagg-values-clipped"  # FitRes: weights outside the clipping range
+
+
+class RefusalCode(IntEnum):
+    """Error codes of a site's refusals (Flower's own codes stay below 100)."""
+
+    SITE_DATA_INVALID = 101
+    BUDGET_EXCEEDED = 102
+    SCHEMA_MISMATCH = 103
+    SITE_MISCONFIGURED = 104
+    SECURE_AGGREGATION_FAILED = 110  # set by the coordinator for sites left out of a sum
+
+
+def site_name(reply: Message) -> str | None:
+    """The site name a reply carries, or None (an error reply carries none)."""
+    if reply.has_error() or SITE_RECORD not in reply.content.config_records:
+        return None
+    return str(reply.content.config_records[SITE_RECORD]["name"])
+
+
+def site_record(name: str) -> ConfigRecord:
+    """The record naming the replying site."""
+    return ConfigRecord({"name": name})
+
+
+def to_array_record(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Model weights as an ArrayRecord."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Model weights from an ArrayRecord."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+@dataclass(frozen=True)
+class StatisticsQuery:
+    """The coordinator asks each site for its feature statistics.
+
+    Parameters
+    ----------
+    simulation_dir : str
+        Set only in simulation: where the simulated sites' files are.
+    """
+
+    simulation_dir: str = ""
+
+    def to_record_dict(self) -> RecordDict:
+        """The query as a message's content."""
+        return RecordDict({CONFIG: ConfigRecord({"simulation-dir": self.simulation_dir})})
+
+    @classmethod
+    def from_message(cls, msg: Message) -> StatisticsQuery:
+        """The query a QUERY message carries."""
+        config = dict(msg.content.config_records.get(CONFIG, ConfigRecord()))
+        return cls(simulation_dir=str(config.get("simulation-dir", "")))
+
+
+@dataclass(frozen=True)
+class StatisticsReply:
+    """A site's answer to :class:`StatisticsQuery`.
+
+    Parameters
+    ----------
+    site : str
+        The site's name.
+    statistics : FeatureStatistics
+        Its additive statistics over its training part.
+    train_examples : int
+        The size of its training part.
+    schema_sha256 : str
+        The hash of the schema the site holds.
+    """
+
+    site: str
+    statistics: FeatureStatistics
+    train_examples: int
+    schema_sha256: str
+
+    def to_record_dict(self) -> RecordDict:
+        """The reply as a message's content."""
+        flat = self.statistics.to_flat()
+        flat[NUM_EXAMPLES] = float(self.train_examples)
+        return RecordDict(
+            {
+                STATISTICS: MetricRecord(flat),
+                SITE_RECORD: site_record(self.site),
+                SCHEMA: ConfigRecord({"sha256": self.schema_sha256}),
+            }
+        )
+
+    @classmethod
+    def from_message(cls, reply: Message) -> StatisticsReply:
+        """The reply a site's QUERY answer carries."""
+        flat = dict(reply.content[STATISTICS])
+        return cls(
+            site=site_name(reply) or f"node-{reply.metadata.src_node_id}",
+            statistics=FeatureStatistics.from_flat(flat),
+            train_examples=int(flat.get(NUM_EXAMPLES, 0)),
+            schema_sha256=str(reply.content[SCHEMA]["sha256"]),
+        )
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Everything a site needs to train or evaluate one round.
+
+    Parameters
+    ----------
+    server_round, num_rounds : int
+        This round and the run's total, so the site can plan its noise for the rest.
+    federation, run_key : str
+        Names the run in the site's ledger (stable across a coordinator restart).
+    model_spec : ModelSpec
+        The network to build.
+    standardization : Standardization
+        Federated feature scaling.
+    schema_sha256 : str
+        The federation schema's hash; a site with another schema refuses.
+    local_epochs, batch_size, learning_rate : training settings.
+    dp : bool
+        Whether to train with DP-SGD.
+    max_grad_norm : float
+        Clipping norm.
+    proximal_mu : float
+        FedProx's μ (0 for FedAvg).
+    seed : int
+        For reproducible simulations.
+    simulation_dir : str
+        Set only in simulation: where the simulated sites' files are.
+    """
+
+    server_round: int
+    num_rounds: int
+    federation: str
+    run_key: str
+    model_spec: ModelSpec
+    standardization: Standardization
+    schema_sha256: str
+    local_epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 0.1
+    dp: bool = True
+    max_grad_norm: float = 1.0
+    proximal_mu: float = 0.0
+    seed: int = 0
+    simulation_dir: str = ""
+
+    def to_record_values(self) -> dict[str, Any]:
+        """The config as ConfigRecord values (dashed keys, JSON for nested records)."""
+        values = asdict(self)
+        values["model_spec"] = json.dumps(self.model_spec.to_dict())
+        values["standardization"] = json.dumps(self.standardization.to_dict())
+        return {k.replace("_", "-"): v for k, v in values.items()}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RoundConfig:
+        """The config from the values of a round's ConfigRecord."""
+        values = {k.replace("-", "_"): v for k, v in record.items()}
+        values["model_spec"] = ModelSpec.from_dict(json.loads(values["model_spec"]))
+        values["standardization"] = Standardization.from_dict(json.loads(values["standardization"]))
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A site's update after one round of local training.
+
+    Parameters
+    ----------
+    site : str
+        The site's name.
+    weights : dict of str to ndarray
+        The locally trained model's weights (plain parameter names).
+    num_examples : int
+        How many examples it trained on (the aggregation weight).
+    epsilon : float
+        The site's ε spent after this round, over everything it ever released.
+    train_loss, train_seconds : float
+        The mean training loss and the time local training took.
+    noise_multiplier : float
+        σ of this round's DP-SGD (0 without DP).
+    """
+
+    site: str
+    weights: dict[str, np.ndarray]
+    num_examples: int
+    epsilon: float
+    train_loss: float = 0.0
+    train_seconds: float = 0.0
+    noise_multiplier: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """The reply's MetricRecord values."""
+        return {
+            NUM_EXAMPLES: float(self.num_examples),
+            TRAIN_LOSS: self.train_loss,
+            TRAIN_SECONDS: self.train_seconds,
+            EPSILON: self.epsilon,
+            NOISE_MULTIPLIER: self.noise_multiplier,
+        }
+
+    def to_record_dict(self) -> RecordDict:
+        """The reply as a message's content."""
+        return RecordDict(
+            {
+                ARRAYS: to_array_record(self.weights),
+                METRICS: MetricRecord(self.metrics()),
+                SITE_RECORD: site_record(self.site),
+            }
+        )
+
+    @classmethod
+    def from_parts(
+        cls, site: str, weights: Mapping[str, np.ndarray], metrics: Mapping[str, Any]
+    ) -> TrainReply:
+        """A reply from weights and the values of its MetricRecord."""
+        return cls(
+            site=site,
+            weights=dict(weights),
+            num_examples=int(metrics[NUM_EXAMPLES]),
+            epsilon=float(metrics[EPSILON]),
+            train_loss=float(metrics.get(TRAIN_LOSS, 0.0)),
+            train_seconds=float(metrics.get(TRAIN_SECONDS, 0.0)),
+            noise_multiplier=float(metrics.get(NOISE_MULTIPLIER, 0.0)),
+        )
+
+    @classmethod
+    def from_message(cls, reply: Message) -> TrainReply:
+        """The reply a site's TRAIN answer carries."""
+        return cls.from_parts(
+            site_name(reply) or f"node-{reply.metadata.src_node_id}",
+            from_array_record(reply.content[ARRAYS]),
+            dict(reply.content[METRICS]),
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateReply:
+    """A site's metrics of the global model on its validation part.
+
+    Parameters
+    ----------
+    site : str
+        The site's name.
+    metrics : dict of str to float
+        The task's metrics, with :data:`NUM_EXAMPLES` and the site's :data:`EPSILON`.
+    """
+
+    site: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_record_dict(self) -> RecordDict:
+        """The reply as a message's content."""
+        return RecordDict(
+            {METRICS: MetricRecord(self.metrics), SITE_RECORD: site_record(self.site)}
+        )
+
+    @classmethod
+    def from_message(cls, reply: Message) -> EvaluateReply:
+        """The reply a site's EVALUATE answer carries."""
+        return cls(
+            site=site_name(reply) or f"node-{reply.metadata.src_node_id}",
+            metrics={k: float(v) for k, v in dict(reply.content[METRICS]).items()},
+        )

@@ -1,0 +1,223 @@
+"""The real deployment on loopback: `fedcare provision`'s federation, a SuperLink with TLS
+and SuperNode authentication, hospitals' SuperNodes, the fedcare app run with `flwr run`,
+SecAgg+ and DP-SGD, and the faults a federation must survive.
+
+Every process is started here, in its own process group, and stopped here by PID (even
+when a test fails); each test's processes use free loopback ports and their own FLWR_HOME.
+One provisioned federation and one SuperLink serve the module (start-up is the slow part).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.process import free_loopback_port
+from deploy.provision import provision
+from deploy.superlink import CoordinatorError
+from deploy.supernode import check_site, load_site_config, site_ledger, start_site
+from privacy.signing import load_verify_key, verify_version_bytes
+from server.federation.checkpoint import Checkpoint
+from simulations.loopback import (
+    LoopbackFederation,
+    fill_site_file,
+    start_loopback_federation,
+)
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SITES = ["a", "b", "c"]
+TIMINGS: dict[str, float] = {}
+
+
+def _corrupt(source: Path, dest: Path) -> None:
+    """A copy of a site file with a text in a numeric column and an unknown label."""
+    with source.open() as handle:
+        rows = list(csv.reader(handle))
+    rows[3][0] = "not a number"
+    rows[5][-1] = "maybe"
+    with dest.open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    t0 = time.monotonic()
+    # Each run plans its noise to spend what is left of a site's budget; a large budget
+    # leaves room for the module's four runs (σ then stays at the planner's floor, 0.3).
+    dep = start_loopback_federation(
+        root, SITES, extra_sites=("bad", "stranger"), epsilon_budget=1000.0
+    )
+    TIMINGS["federation_up_s"] = time.monotonic() - t0
+    try:
+        assert dep.coordinator.register_sites(["a"]) == {"a": "already"}  # idempotent
+        dep.node_ids |= dep.coordinator.register_sites(["bad"])
+        _corrupt(dep.root / "data" / "site-0.csv", dep.root / "data" / "bad.csv")
+        fill_site_file(
+            dep.site_file("bad"), root / "data" / "bad.csv", dep.schema, free_loopback_port()
+        )
+        yield dep
+    finally:
+        left = dep.stop()
+        print("\nTIMINGS", json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
+        assert not left, f"processes left running: {left}"
+
+
+def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+def _status(dep: LoopbackFederation, site: str) -> str:
+    """The SuperLink's view of a site's SuperNode: registered, online or offline."""
+    (node,) = [n for n in dep.coordinator.nodes() if n["node-id"] == dep.node_ids[site]]
+    return str(node["status"])
+
+
+def _ledgers_agree_with_report(dep: LoopbackFederation, report: dict, sites: list[str]) -> None:
+    """No site's ε counted twice or lost: its own ledger says what the run's report says."""
+    spent = report["privacy"]["epsilon_spent"]
+    for site in sites:
+        ledger = site_ledger(load_site_config(dep.site_file(site)))
+        assert spent[site] == pytest.approx(ledger.spent), site
+        trained = sum(site not in entry["refused"] for entry in report["history"])
+        runs = [r for r in ledger.summary()["runs"] if r["run"] == report["run"]]
+        assert [r["rounds"] for r in runs] == [trained], site
+
+
+def test_three_rounds_secagg_dp_signed_model_and_a_supernode_killed_mid_round(deployment):
+    """3 rounds with SecAgg+ and DP; site c's SuperNode is killed while it trains in
+    round 1 and restarted: round 1 completes with a and b (SecAgg+ dropout recovery), c
+    trains again in rounds 2 and 3, and the model lands signed in the registry."""
+    dep = deployment
+    log_c = dep.nodes["c"].log_path
+    seen = log_c.read_text().count("Receiving: train message")
+    t0 = time.monotonic()
+    run_id = dep.coordinator.submit(ROOT, dep.run_config("e2e", **{"num-server-rounds": 3}))
+    # SecAgg+ sends 4 TRAIN messages a round; the 3rd asks for the masked update.
+    _wait_for(
+        lambda: log_c.read_text().count("Receiving: train message") >= seen + 3,
+        600,
+        "site c to be asked for its masked update",
+    )
+    dep.nodes["c"].kill()
+    # The SuperLink refuses a second activation of a key it still counts as online; it
+    # counts a SuperNode without heartbeats as offline after about a minute.
+    _wait_for(lambda: _status(dep, "c") != "online", 300, "the SuperLink to see c offline", 2)
+    dep.start("c")
+    dep.coordinator.wait_nodes_online(len(SITES), timeout=300)
+    dep.nodes["c"].remember_children()
+    run = dep.coordinator.wait_run(run_id, timeout=1200)
+    TIMINGS["e2e_3_rounds_s"] = time.monotonic() - t0
+    assert run["status"] == "finished:completed", dep.coordinator.run_logs(run_id)[-4000:]
+
+    report = json.loads((dep.root / "e2e" / "report.json").read_text())
+    assert report["settings"]["mode"] == "deployment"
+    history = report["history"]
+    assert history[0]["sites_trained"] == 2 and "c" in history[0]["refused"]
+    # back before round 2 or, if round 2 began while it restarted, round 3
+    assert history[-1]["sites_trained"] == 3 and not history[-1]["refused"]
+    assert report["final"]["roc_auc"] > 0.8
+    _ledgers_agree_with_report(dep, report, SITES)
+
+    logs = dep.coordinator.run_logs(run_id)
+    # (the ServerApp's log has each record twice: Flower's console format and a timestamped one)
+    assert len(re.findall(r"\d:INFO:Secure aggregation completed", logs)) == 3
+    assert "Secure aggregation halted" not in logs
+
+    version = Path(report["model"]["path"])
+    site_key = load_verify_key(dep.root / "fed" / "sites" / "a" / "signing.pub")
+    verify_version_bytes(version, site_key)  # raises unless signed by the coordinator
+
+
+def test_site_with_invalid_data_reports_the_error_and_the_federation_goes_on(deployment):
+    dep = deployment
+    bad = load_site_config(dep.site_file("bad"))
+    check = check_site(bad)
+    assert not check.ok and any("row" in p for p in check.problems)
+    dep.start("bad")
+    try:
+        dep.coordinator.wait_nodes_online(len(SITES) + 1, timeout=300)
+        run = dep.coordinator.run(ROOT, dep.run_config("bad", **{"num-server-rounds": 1}))
+    finally:
+        dep.nodes["bad"].stop()
+    assert run["status"] == "finished:completed"
+    assert dep.nodes["bad"].popen.returncode is not None  # stopped by us, not crashed
+    assert "Traceback" not in dep.nodes["bad"].log_text()
+    report = json.loads((dep.root / "bad" / "report.json").read_text())
+    (entry,) = report["history"]
+    assert entry["sites_trained"] == len(SITES)
+    # the site never got to name itself (it refused from the first message on): it is
+    # reported by its node id, with the reason it gave
+    (reason,) = entry["refused"].values()
+    assert reason.startswith("site data failed validation") and "row 4" in reason
+
+
+def test_coordinator_killed_mid_run_resumes_from_its_checkpoint(deployment):
+    dep = deployment
+    coordinator = dep.coordinator
+    out = dep.root / "resumed"
+    config = dep.run_config("resumed", **{"num-server-rounds": 2})
+    coordinator.submit(ROOT, config)
+    _wait_for(lambda: Checkpoint.load(out) is not None, 900, "the round 1 checkpoint", 1.0)
+    coordinator.process.kill()  # SuperLink, SuperExec and ServerApp, no goodbye
+    dep.stopped.append(coordinator.process)
+    t0 = time.monotonic()
+    coordinator.start()  # same state database, same port
+    coordinator.wait_nodes_online(len(SITES), timeout=300)
+    TIMINGS["coordinator_restart_s"] = time.monotonic() - t0
+    run = coordinator.run(ROOT, {**config, "resume": True}, timeout=1200)
+    assert run["status"] == "finished:completed"
+
+    report = json.loads((out / "report.json").read_text())
+    assert [h["round"] for h in report["history"]] == [1, 2]
+    _ledgers_agree_with_report(dep, report, SITES)
+
+
+def test_unregistered_supernode_is_refused(deployment):
+    dep = deployment
+    cfg = load_site_config(dep.site_file("stranger"))
+    cfg = dataclasses.replace(cfg, runtime_port=free_loopback_port())
+    process = start_site(cfg, max_retries=1, max_wait_time=20)
+    dep.stopped.append(process)
+    process.popen.wait(timeout=120)
+    assert process.popen.returncode != 0
+    assert "Failed to activate SuperNode" in process.log_text()
+    assert "No SuperNode found with the given public key" in dep.coordinator.process.log_text()
+
+
+def test_supernode_with_the_wrong_ca_cannot_connect(deployment, tmp_path):
+    dep = deployment
+    provision("other", ["x"], tmp_path / "other")
+    cfg = load_site_config(dep.site_file("a"))
+    cfg = dataclasses.replace(
+        cfg,
+        runtime_port=free_loopback_port(),
+        root_certificates=tmp_path / "other" / "sites" / "x" / "ca.crt",
+        state_dir=tmp_path / "state-wrong-ca",
+    )
+    process = start_site(cfg, max_retries=1, max_wait_time=20)
+    dep.stopped.append(process)
+    process.popen.wait(timeout=120)
+    assert process.popen.returncode != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in process.log_text()
+
+
+def test_failed_run_makes_coordinator_run_fail(deployment):
+    """`flwr run` reports success for a run whose ServerApp then fails; `coordinator run`
+    reads the run's status and raises."""
+    dep = deployment
+    config = dep.run_config("failing", **{"schema-path": str(dep.root / "no-such-schema.toml")})
+    with pytest.raises(CoordinatorError, match="finished:failed"):
+        dep.coordinator.run(ROOT, config, timeout=600)

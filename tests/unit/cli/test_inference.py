@@ -1,0 +1,90 @@
+"""`fedcare keys …`, `fedcare tokens …` and `fedcare serve`'s refusals, through their Typer
+commands in this process (the same code `fedcare` runs, without a process start-up)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from typer.testing import CliRunner, Result
+
+from cli.inference import keys_app, serve, tokens_app
+from privacy.tokens import TokenStore
+from server.inference.keyring import list_keys
+from tests.e2e.test_inference import make_federation
+
+app = typer.Typer()
+app.add_typer(keys_app, name="keys")
+app.add_typer(tokens_app, name="tokens")
+app.command("serve")(serve)
+
+
+def fedcare(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
+
+
+def test_keys_commands(tmp_path):
+    run = fedcare("keys", "signing", "--out", str(tmp_path / "coordinator.key"))
+    assert run.exit_code == 0 and "SHA256:" in run.stderr
+    assert (tmp_path / "coordinator.pub").read_text().startswith("-----BEGIN PUBLIC KEY")
+    again = fedcare("keys", "signing", "--out", str(tmp_path / "coordinator.key"))
+    assert again.exit_code == 2 and "refusing to overwrite" in again.stderr
+
+    keyring = str(tmp_path / "keyring")
+    first = fedcare("keys", "hpke-rotate", "--keyring", keyring).stdout.strip()
+    second = fedcare("keys", "hpke-rotate", "--keyring", keyring).stdout.strip()
+    assert [(e.key_id, e.state) for e in list_keys(keyring)] == [
+        (first, "previous"),
+        (second, "current"),
+    ]
+    assert first in fedcare("keys", "hpke-list", "--keyring", keyring).stdout
+    refused = fedcare("keys", "hpke-retire", second, "--keyring", keyring)
+    assert refused.exit_code == 2 and "rotate first" in refused.stderr
+    assert fedcare("keys", "hpke-retire", first, "--keyring", keyring).exit_code == 0
+    assert not (tmp_path / "keyring" / f"{first}.pem").exists()
+
+    run = fedcare("keys", "storage", "--out", str(tmp_path / "storage.key"))
+    assert run.exit_code == 0 and "storage key" in run.stderr
+
+
+def test_sign_version_and_encrypt_version(tmp_path):
+    fed = make_federation(tmp_path)
+    unsigned = fed.register(seed=1, sign=False)
+    key = str(fed.signing_key)
+    assert fedcare("keys", "sign-version", str(unsigned), "--signing-key", key).exit_code == 0
+    assert (unsigned / "manifest.sig").exists()
+    fedcare("keys", "storage", "--out", str(tmp_path / "storage.key"))
+    run = fedcare(
+        "keys", "encrypt-version", str(unsigned),
+        "--storage-key", str(tmp_path / "storage.key"), "--signing-key", key,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    manifest = json.loads((unsigned / "manifest.json").read_text())
+    assert manifest["at_rest"]["cipher"] == "AES-256-GCM"
+
+
+def test_serve_refuses_plain_http_without_the_flag(tmp_path):
+    fed = make_federation(tmp_path)
+    base = ["serve", "--registry", str(fed.registry), "--verify-key", str(fed.verify_key)]
+    base += ["--keyring", str(fed.keyring), "--tokens", str(fed.tokens)]
+    run = fedcare(*base)
+    assert run.exit_code == 2 and "TLS is required" in run.stderr
+    run = fedcare(*base, "--insecure-http", "--host", "0.0.0.0")
+    assert run.exit_code == 2 and "only loopback" in run.stderr
+    run = fedcare(*base, "--insecure-http", "--tls-client-ca", str(fed.tls.ca_cert))
+    assert run.exit_code == 2 and "--tls-client-ca needs TLS" in run.stderr
+
+
+def test_tokens_commands(tmp_path):
+    store = str(tmp_path / "tokens.json")
+    run = fedcare("tokens", "create", "--store", store, "--name", "ward-app", "--scope", "ward")
+    token = run.stdout.strip()
+    assert run.exit_code == 0 and token.startswith("fct_")
+    record = TokenStore(store).authenticate(token)
+    assert record is not None and record.scopes == ["ward"]
+    listing = fedcare("tokens", "list", "--store", store).stdout
+    assert record.id in listing and token not in listing
+    assert fedcare("tokens", "revoke", record.id, "--store", store).exit_code == 0
+    assert TokenStore(store).authenticate(token) is None
+    bad = fedcare("tokens", "create", "--store", store, "--name", "x", "--scope", "../x")
+    assert bad.exit_code == 2 and "is not a model name" in bad.stderr

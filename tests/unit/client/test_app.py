@@ -1,0 +1,158 @@
+"""The ClientApp's handlers, called with real Flower messages (no Ray, no SuperNode)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import app
+from client.site import SiteSettings, load_site
+from models.data.features import FeatureStatistics, Standardization
+from models.families import build_model
+from models.spec import get_weights
+from privacy.ledger import PrivacyLedger
+from protocol.federation import NUM_EXAMPLES, RefusalCode, RoundConfig
+from server.federation.setup import model_spec_for
+from server.settings import RunSettings
+from simulations.prepare import prepare_simulation
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    # Flower's runtime sets these in a SuperNode; Message() needs them.
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+
+
+@pytest.fixture
+def site_config(tmp_path) -> dict:
+    layout = prepare_simulation(RunSettings(sites=2, epsilon=1.0), tmp_path / "sim")
+    return dict(layout.sites[0])
+
+
+def _context(node_config: dict) -> Context:
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def _round(node_config: dict, server_round: int = 1, num_rounds: int = 2, **changes):
+    site = load_site(SiteSettings.from_mapping(node_config, "test"))
+    statistics = site.statistics()
+    standardization = Standardization.from_statistics(statistics)
+    spec = model_spec_for(RunSettings(), site.schema, statistics)
+    values = dict(
+        server_round=server_round,
+        num_rounds=num_rounds,
+        federation="test",
+        run_key="run-1",
+        model_spec=spec,
+        standardization=standardization,
+        schema_sha256=site.schema_sha256,
+    )
+    values.update(changes)
+    config = RoundConfig(**values)
+    weights = get_weights(build_model(spec, seed=0))
+    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+    return config, arrays
+
+
+def _send(node_config: dict, kind: str, config: RoundConfig, arrays: ArrayRecord) -> Message:
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord(config.to_record_values())})
+    msg = Message(content, dst_node_id=7, message_type=kind)
+    return app(msg, _context(node_config))
+
+
+def test_query_sends_only_aggregate_statistics(site_config):
+    msg = Message(
+        RecordDict({"config": ConfigRecord({})}), dst_node_id=7, message_type=MessageType.QUERY
+    )
+    reply = app(msg, _context(site_config))
+    assert not reply.has_error()
+    stats = FeatureStatistics.from_flat(dict(reply.content["statistics"]))
+    site = load_site(SiteSettings.from_mapping(site_config, "test"))
+    assert stats.rows == len(site.train_index)
+    assert reply.content["schema"]["sha256"] == site.schema_sha256
+
+
+def test_train_spends_epsilon_in_the_ledger_and_returns_plain_weights(site_config):
+    config, arrays = _round(site_config)
+    reply = _send(site_config, MessageType.TRAIN, config, arrays)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert sorted(reply.content["arrays"].keys()) == sorted(arrays.keys())
+    assert not any(k.startswith("_module") for k in reply.content["arrays"].keys())
+    metrics = reply.content["metrics"]
+    ledger = PrivacyLedger(site_config["state-dir"], 1.0)
+    assert metrics["epsilon"] == pytest.approx(ledger.spent)
+    assert 0 < metrics["epsilon"] < 1.0
+    assert metrics[NUM_EXAMPLES] > 0
+
+
+def test_a_repeated_request_resends_the_same_update_at_no_cost(site_config):
+    config, arrays = _round(site_config)
+    first = _send(site_config, MessageType.TRAIN, config, arrays)
+    spent = PrivacyLedger(site_config["state-dir"], 1.0).spent
+    again = _send(site_config, MessageType.TRAIN, config, arrays)
+    assert PrivacyLedger(site_config["state-dir"], 1.0).spent == spent
+    for name in arrays.keys():
+        np.testing.assert_array_equal(
+            first.content["arrays"][name].numpy(), again.content["arrays"][name].numpy()
+        )
+
+
+def test_the_whole_plan_fits_the_budget_and_the_next_run_is_refused(site_config):
+    for server_round in (1, 2):
+        config, arrays = _round(site_config, server_round=server_round, num_rounds=2)
+        reply = _send(site_config, MessageType.TRAIN, config, arrays)
+        assert not reply.has_error()
+    ledger = PrivacyLedger(site_config["state-dir"], 1.0)
+    assert 0.95 < ledger.spent <= 1.0
+    config, arrays = _round(site_config, run_key="run-2")
+    reply = _send(site_config, MessageType.TRAIN, config, arrays)
+    assert reply.has_error()
+    assert reply.error.code == RefusalCode.BUDGET_EXCEEDED
+    assert "budget" in reply.error.reason
+    assert len(PrivacyLedger(site_config["state-dir"], 1.0).releases) == 2
+
+
+def test_evaluate_reports_metrics_on_the_validation_split(site_config):
+    config, arrays = _round(site_config)
+    reply = _send(site_config, MessageType.EVALUATE, config, arrays)
+    metrics = reply.content["metrics"]
+    site = load_site(SiteSettings.from_mapping(site_config, "test"))
+    assert metrics[NUM_EXAMPLES] == len(site.validation_index)
+    assert {"roc_auc", "accuracy", "f1", "balanced_accuracy"} <= set(metrics.keys())
+
+
+def test_another_schema_is_refused(site_config):
+    config, arrays = _round(site_config, schema_sha256="0" * 64)
+    reply = _send(site_config, MessageType.TRAIN, config, arrays)
+    assert reply.error.code == RefusalCode.SCHEMA_MISMATCH
+
+
+def test_bad_data_is_refused_without_any_cell_value(site_config, tmp_path):
+    config, arrays = _round(site_config)
+    bad = tmp_path / "bad.csv"
+    lines = open(site_config["data-path"]).read().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[0] = "SECRET-VALUE"
+    bad.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    node_config = {**site_config, "data-path": str(bad)}
+    reply = _send(node_config, MessageType.TRAIN, config, arrays)
+    assert reply.error.code == RefusalCode.SITE_DATA_INVALID
+    assert f"row 2 column '{header[0]}'" in reply.error.reason
+    assert "SECRET-VALUE" not in reply.error.reason
+
+
+def test_delta_must_be_below_one_over_n(site_config):
+    config, arrays = _round(site_config)
+    reply = _send({**site_config, "delta": 0.5}, MessageType.TRAIN, config, arrays)
+    assert reply.error.code == RefusalCode.SITE_MISCONFIGURED
+    assert "must be below 1/n" in reply.error.reason
+
+
+def test_a_node_without_site_settings_says_how_to_configure_it(site_config):
+    config, arrays = _round(site_config)
+    reply = _send({}, MessageType.TRAIN, config, arrays)
+    assert reply.error.code == RefusalCode.SITE_MISCONFIGURED
+    assert "--node-config" in reply.error.reason
