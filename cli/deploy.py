@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from deploy.process import ManagedProcess
-from deploy.provision import ProvisionError, load_federation, provision
+from deploy.provision import DEFAULT_PORT, ProvisionError, load_federation, provision
 from deploy.superlink import CONNECTION, CoordinatorError, open_coordinator
-from deploy.supernode import SiteConfigError, check_site, load_site_config, site_ledger, start_site
+from deploy.supernode import check_site, load_site_config, site_ledger, start_site
+from models.data.site_config import SiteConfigError
 from privacy.pki import PKIError
 
 console = Console()
@@ -46,13 +47,17 @@ def provision_command(
         "127.0.0.1", "--san-ip", help="IP addresses of the SuperLink certificate."
     ),
     address: str | None = typer.Option(
-        None, help="host:port the sites dial (default: first DNS name, else IP, port 8000)."
+        None,
+        help=f"host:port the sites dial (default: first DNS name, else IP, port {DEFAULT_PORT}).",
     ),
-    port: int = typer.Option(8000, help="The SuperLink's port."),
+    port: int = typer.Option(DEFAULT_PORT, help="The SuperLink's port."),
     force: bool = typer.Option(False, help="Replace existing private keys (all of them)."),
 ) -> None:
-    """Make a CA, the SuperLink's TLS certificate, each site's authentication key pair and
-    the coordinator's model-signing key, in one folder per participant."""
+    """Make a federation's keys and certificates, in one folder per participant.
+
+    A CA, the SuperLink's TLS certificate, each site's authentication key pair and the
+    coordinator's model-signing key.
+    """
     try:
         result = provision(
             federation,
@@ -89,8 +94,11 @@ def coordinator_start(
     host: str = typer.Option("0.0.0.0", help="Address the SuperLink listens on."),
     port: int | None = typer.Option(None, help="Port (default: the provisioned address's)."),
 ) -> None:
-    """Run `flower-superlink` (TLS, SuperNode authentication, no runtime installs, state on
-    disk) and register every provisioned site's public key. Stops on Ctrl-C."""
+    """Run the SuperLink and register every provisioned site's public key; Ctrl-C stops it.
+
+    `flower-superlink` with TLS, SuperNode authentication, no runtime installs and its
+    state on disk.
+    """
     try:
         coordinator = open_coordinator(folder, host=host, port=port)
         coordinator.start()
@@ -123,8 +131,10 @@ def coordinator_run(
     ),
     timeout: float = typer.Option(3600.0, help="Seconds to wait for the run to finish."),
 ) -> None:
-    """`flwr run` against the running SuperLink; unlike it, exits non-zero unless the run
-    finished completed. Adds mode="deployment", the federation's name and signing key."""
+    """`flwr run` against the running SuperLink; unlike it, fails unless the run completed.
+
+    It adds mode="deployment", the federation's name and its signing key to the run config.
+    """
     try:
         coordinator = open_coordinator(folder)
         fed = load_federation(folder)

@@ -9,13 +9,18 @@ import ipaddress
 import logging
 import ssl
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from server.inference.config import ServiceConfig
+
 console = Console(stderr=True)
+# `fedcare serve`'s defaults are ServiceConfig's (the record its options fill in).
+SERVE_DEFAULTS = {f.name: f.default for f in fields(ServiceConfig)}
 keys_app = typer.Typer(help="Make the keys of the model registry and the inference service.")
 tokens_app = typer.Typer(help="Bearer tokens of clinical applications (stored hashed).")
 
@@ -51,8 +56,12 @@ def serve(
     ),
     keyring: Path = typer.Option(..., help="HPKE keyring folder (`fedcare keys hpke-rotate`)."),
     tokens: Path = typer.Option(..., help="Token store (`fedcare tokens create`)."),
-    audit_log: Path | None = typer.Option(None, help="JSON-lines audit log file."),
-    storage_key: Path | None = typer.Option(None, help="Key of model files encrypted at rest."),
+    audit_log: Path | None = typer.Option(
+        SERVE_DEFAULTS["audit_log"], help="JSON-lines audit log file."
+    ),
+    storage_key: Path | None = typer.Option(
+        SERVE_DEFAULTS["storage_key"], help="Key of model files encrypted at rest."
+    ),
     pin: list[str] = typer.Option([], help="Serve NAME=VERSION instead of the newest (repeat)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8443, min=1, max=65535, help="Port to listen on."),
@@ -64,16 +73,27 @@ def serve(
     insecure_http: bool = typer.Option(
         False, help="Serve plain HTTP, without TLS: local development only."
     ),
-    max_body_bytes: int = typer.Option(1 << 20, min=1024, help="Largest request body (413)."),
-    max_rows: int = typer.Option(256, min=1, help="Most rows per request."),
-    replay_window: float = typer.Option(120.0, min=1.0, help="Seconds a timestamp may be off."),
-    rate: float = typer.Option(50.0, min=0.001, help="Default requests per second per token."),
-    burst: float = typer.Option(100.0, min=1.0, help="Default burst per token."),
+    max_body_bytes: int = typer.Option(
+        SERVE_DEFAULTS["max_body_bytes"], min=1024, help="Largest request body (413)."
+    ),
+    max_rows: int = typer.Option(SERVE_DEFAULTS["max_rows"], min=1, help="Most rows per request."),
+    replay_window: float = typer.Option(
+        SERVE_DEFAULTS["replay_window"], min=1.0, help="Seconds a timestamp may be off."
+    ),
+    rate: float = typer.Option(
+        SERVE_DEFAULTS["rate_per_second"],
+        min=0.001,
+        help="Default requests per second per token.",
+    ),
+    burst: float = typer.Option(SERVE_DEFAULTS["burst"], min=1.0, help="Default burst per token."),
     poll_interval: float = typer.Option(
-        2.0, min=0.1, help="Seconds between looks at registry, keyring and tokens."
+        SERVE_DEFAULTS["poll_interval"],
+        min=0.1,
+        help="Seconds between looks at registry, keyring and tokens.",
     ),
     benchmark_plaintext: bool = typer.Option(
-        False, help="BENCHMARK ONLY: also accept unencrypted application/json payloads."
+        SERVE_DEFAULTS["plaintext_payloads"],
+        help="BENCHMARK ONLY: also accept unencrypted application/json payloads.",
     ),
     torch_threads: int = typer.Option(1, min=1, help="Threads torch may use per request."),
     log_level: str = typer.Option("info", help="Log level of the service's own log."),
@@ -97,7 +117,6 @@ def serve(
     from privacy.signing import SignatureError
     from privacy.tokens import TokenError
     from server.inference.app import create_app
-    from server.inference.config import ServiceConfig
     from server.inference.keyring import KeyringError
 
     torch.set_num_threads(torch_threads)
@@ -227,7 +246,8 @@ def keys_sign_version(
     signing_key: Path = typer.Option(..., help="The coordinator's private signing key."),
 ) -> None:
     """Sign a version registered without a key (a coordinator signs at registration)."""
-    from privacy.signing import SignatureError, sign_version, signer_from_file
+    from privacy.signing import SignatureError, signer_from_file
+    from server.registry import sign_version
 
     try:
         path = sign_version(version, signer_from_file(signing_key))
@@ -243,12 +263,8 @@ def keys_encrypt_version(
     signing_key: Path = typer.Option(..., help="The coordinator's private signing key."),
 ) -> None:
     """Encrypt a version's weights at rest and re-sign its manifest."""
-    from privacy.signing import (
-        SignatureError,
-        encrypt_version_at_rest,
-        load_storage_key,
-        signer_from_file,
-    )
+    from privacy.signing import SignatureError, load_storage_key, signer_from_file
+    from server.registry import encrypt_version_at_rest
 
     try:
         key, signer = load_storage_key(storage_key), signer_from_file(signing_key)

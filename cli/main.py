@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from enum import StrEnum
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from cli.deploy import coordinator_app, provision_app, site_app
-from server.settings import RunSettings, SettingsError
+from server.settings import CLASS_WEIGHTS, PARTITIONS, STRATEGIES, RunSettings, SettingsError
 
 app = typer.Typer(
     help="fedcare: privacy-preserving federated learning for hospitals.",
@@ -20,27 +20,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
+# The options' defaults and choices are RunSettings' (server/settings.py), never literals.
 DEFAULTS = RunSettings()
-
-
-class Partition(StrEnum):
-    iid = "iid"
-    dirichlet = "dirichlet"
-    size = "size"
-
-
-class ClassWeights(StrEnum):
-    none = "none"
-    balanced = "balanced"
-
-
-class StrategyName(StrEnum):
-    fedavg = "fedavg"
-    fedprox = "fedprox"
-    fedadam = "fedadam"
-    fedmedian = "fedmedian"
-    fedtrimmedavg = "fedtrimmedavg"
-    krum = "krum"
 
 
 def _default_out(prefix: str) -> Path:
@@ -98,8 +79,10 @@ def simulate(
         file_okay=False,
     ),
     sites: int = typer.Option(DEFAULTS.sites, min=1, help="Number of simulated hospitals."),
-    partition: Partition = typer.Option(
-        DEFAULTS.partition, help="How the data is split across sites."
+    partition: str = typer.Option(
+        DEFAULTS.partition,
+        click_type=click.Choice(PARTITIONS),
+        help="How the data is split across sites.",
     ),
     alpha: float = typer.Option(
         DEFAULTS.alpha, min=0.001, help="Dirichlet concentration (dirichlet, size)."
@@ -111,16 +94,19 @@ def simulate(
     ),
     delta: float = typer.Option(DEFAULTS.delta, help="δ of each site's accounting (below 1/n)."),
     dp: bool = typer.Option(DEFAULTS.dp, "--dp/--no-dp", help="Train with DP-SGD at the sites."),
-    strategy: StrategyName = typer.Option(DEFAULTS.strategy, help="Aggregation strategy."),
+    strategy: str = typer.Option(
+        DEFAULTS.strategy, click_type=click.Choice(STRATEGIES), help="Aggregation strategy."
+    ),
     model: str = typer.Option(
         DEFAULTS.model,
         help="Model family: auto (the data's default), logreg, mlp (tables, notes), "
         "cox_linear, cox_mlp (survival), cnn (images), gru, lstm, attention (sequences).",
     ),
     hidden: str = typer.Option(DEFAULTS.hidden, help="MLP hidden widths, e.g. 64,32."),
-    class_weights: ClassWeights = typer.Option(
+    class_weights: str = typer.Option(
         DEFAULTS.class_weights,
-        help="Class-weighted loss for imbalanced classes: none or balanced (from the "
+        click_type=click.Choice(CLASS_WEIGHTS),
+        help="Class-weighted loss for imbalanced classes (balanced: weights from the "
         "federation's pooled class counts).",
     ),
     learning_rate: float = typer.Option(
@@ -132,7 +118,9 @@ def simulate(
         DEFAULTS.seed, help="Seed for the split, the initial model and the noise."
     ),
     out: Path | None = typer.Option(None, help="Output folder (default fedcare-runs/sim-<time>)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(
+        DEFAULTS.resume, help="Continue the run in --out from its last checkpoint."
+    ),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
 ) -> None:
     """Run a federation of simulated hospitals on this machine and register its model."""
@@ -146,10 +134,10 @@ def simulate(
             local_epochs=local_epochs,
             learning_rate=learning_rate,
             batch_size=batch_size,
-            strategy=strategy.value,
+            strategy=strategy,
             model=model,
             hidden=hidden,
-            class_weights=class_weights.value,
+            class_weights=class_weights,
             dp=dp,
             max_grad_norm=max_grad_norm,
             epsilon=epsilon,
@@ -158,7 +146,7 @@ def simulate(
             dataset=dataset,
             data_dir=str(data_dir.resolve()) if data_dir else "",
             sites=sites,
-            partition=partition.value,
+            partition=partition,
             alpha=alpha,
             seed=seed,
             out_dir=str(out_dir),
@@ -215,8 +203,11 @@ def demo(
     out: Path | None = typer.Option(None, help="Output folder (default fedcare-runs/demo-<time>)."),
     rounds: int = typer.Option(DEFAULTS.num_server_rounds, min=1, help="Federated rounds."),
 ) -> None:
-    """The embedded default: 5 simulated hospitals on Breast Cancer Wisconsin, DP ε=1,
-    then the registered model answering through the encrypted inference service."""
+    """Train the embedded default federation, then predict through the encrypted service.
+
+    Five simulated hospitals on Breast Cancer Wisconsin with DP ε=1, then the registered
+    model answering through the encrypted inference service.
+    """
     from simulations.demo_inference import run_inference_demo
 
     out_dir = (out or _default_out("demo")).resolve()

@@ -21,13 +21,10 @@ from models.data.features import FeatureStatistics, Standardization
 from models.data.kinds.base import EncodedExamples, SiteExamples
 from models.data.kinds.registry import get_kind, load_schema
 from models.data.schema import SiteSchema
+from models.data.site_config import SiteConfigError
 from privacy.ledger import PrivacyLedger
 
 DEFAULT_VALIDATION_FRACTION = 0.2
-
-
-class SiteConfigError(ValueError):
-    """The site's settings are missing or wrong; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +58,20 @@ class SiteSettings:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], source: str) -> SiteSettings:
+        """Settings from dashed keys (``data-path``, ``epsilon-budget`` …).
+
+        Parameters
+        ----------
+        raw : mapping
+            The SuperNode's node config, or a simulated site's ``sites.json`` entry.
+        source : str
+            Where ``raw`` came from, for messages.
+
+        Raises
+        ------
+        SiteConfigError
+            A required key is missing or a value has the wrong type.
+        """
         missing = [
             k for k in ("data-path", "schema-path", "state-dir", "epsilon-budget") if k not in raw
         ]
@@ -82,6 +93,7 @@ class SiteSettings:
             raise SiteConfigError(f"{source}: {err}") from err
 
     def ledger(self) -> PrivacyLedger:
+        """The site's privacy ledger, in its state folder."""
         return PrivacyLedger(self.state_dir, self.epsilon_budget, self.delta)
 
 
@@ -128,6 +140,7 @@ class SiteData:
 
     @property
     def schema_sha256(self) -> str:
+        """The hash of the site's schema (a federation with another one is refused)."""
         return self.schema.sha256
 
     def statistics(self) -> FeatureStatistics:

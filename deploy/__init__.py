@@ -1,1 +1,1 @@
-"""deploy"""
+"""Starting and stopping fedcare's processes: SuperLink, SuperNodes, inference service."""

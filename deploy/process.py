@@ -27,7 +27,7 @@ def free_loopback_port() -> int:
 
 
 def bin_dir() -> Path:
-    """This environment's `bin/`, where Flower's commands are."""
+    """The running Python's `bin/`, where Flower's commands are."""
     return Path(sys.executable).parent
 
 
@@ -76,9 +76,11 @@ class ManagedProcess:
 
     @property
     def pid(self) -> int:
+        """The process's PID (also its process group's id)."""
         return self.popen.pid
 
     def alive(self) -> bool:
+        """Whether the process has not exited yet."""
         return self.popen.poll() is None
 
     def remember_children(self) -> None:
@@ -86,6 +88,7 @@ class ManagedProcess:
         self.known_children.update(descendants(self.pid))
 
     def log_text(self) -> str:
+        """The process's log so far; empty when it has none."""
         if self.log_path and self.log_path.exists():
             return self.log_path.read_text(errors="replace")
         return ""
@@ -95,6 +98,17 @@ class ManagedProcess:
 
         The group is signalled even when its leader is gone: Flower's SuperExec outlives a
         SuperNode that exits on an error.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait after SIGTERM before SIGKILL, for the process and for its
+            remembered descendants.
+
+        Returns
+        -------
+        int or None
+            The process's exit code.
         """
         self.remember_children()
         _signal_group(self.pid, signal.SIGTERM)

@@ -22,9 +22,7 @@ the keys; a site's `site.toml` is left alone once it exists (the hospital edits 
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shutil
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +42,22 @@ class ProvisionError(Exception):
 
 @dataclass
 class ProvisionResult:
+    """What one `provision` call made, kept and wrote.
+
+    Parameters
+    ----------
+    out_dir : Path
+        The federation's folder.
+    federation, sites : str, list of str
+        The federation's and its sites' names.
+    superlink_address : str
+        host:port the sites dial.
+    created, reused, written : list of Path
+        New private keys, private keys kept as they were, public artefacts (re)written.
+    server_cert_issued : bool
+        Whether the SuperLink's certificate was (re)issued.
+    """
+
     out_dir: Path
     federation: str
     sites: list[str]
@@ -54,6 +68,7 @@ class ProvisionResult:
     server_cert_issued: bool = False
 
     def summary(self) -> str:
+        """A few lines for the operator: what was made and who gets which folder."""
         lines = [
             f"federation {self.federation!r}: {len(self.sites)} site(s) "
             f"({', '.join(self.sites)}), SuperLink at {self.superlink_address}",
@@ -163,7 +178,7 @@ def _federation_toml(
         'superlink-key = "superlink.key"',
         'signing-key = "signing.key"',
         'signing-public-key = "signing.pub"',
-        f'signing-public-key-sha256 = "{signing_pub_fp}"',
+        f'signing-public-key-fingerprint = "{signing_pub_fp}"',
         f'superlink-certificate-sha256 = "{pki.cert_fingerprint(server_cert)}"',
         f"superlink-dns-names = {sorted(dns)!r}".replace("'", '"'),
         f"superlink-ip-addresses = {sorted(ips)!r}".replace("'", '"'),
@@ -284,9 +299,10 @@ def provision(
         force,
         result,
     )
-    signing = pki.signing_keys_from_private(pki.load_signing_private_key(sign_pem))
+    signing_key = pki.load_signing_private_key(sign_pem)
+    signing = pki.signing_keys_from_private(signing_key)
     _public(coord_dir / "signing.pub", signing.public_pem, result)
-    signing_fp = hashlib.sha256(signing.public_pem).hexdigest()
+    signing_fp = pki.fingerprint(signing_key.public_key())
 
     # --- the sites
     fingerprints: dict[str, str] = {}
@@ -298,9 +314,8 @@ def provision(
             force,
             result,
         )
-        keys = pki.node_auth_keys_from_private(
-            pki.load_node_auth_private_key(key_bytes), comment=f"{federation}/{site}"
-        )
+        site_key = pki.load_node_auth_private_key(key_bytes)
+        keys = pki.node_auth_keys_from_private(site_key, comment=f"{federation}/{site}")
         _public(sdir / "auth.pub", keys.public_openssh, result)
         _public(sdir / "ca.crt", ca_pem, result)
         _public(sdir / "signing.pub", signing.public_pem, result)
@@ -310,7 +325,7 @@ def provision(
             text = _site_toml(site, federation, superlink_address, supernode_runtime_port)
             pki.write_public(site_toml, text.encode())
             result.written.append(site_toml)
-        fingerprints[site] = keys.fingerprint
+        fingerprints[site] = pki.fingerprint(site_key.public_key())
 
     _public(
         coord_dir / "federation.toml",
@@ -333,26 +348,42 @@ class FederationFile:
     federation: str
     superlink_address: str
     sites: dict[str, Path]  # site name -> its public key file
-    fingerprints: dict[str, str]
+    fingerprints: dict[str, str]  # site name -> its key's fingerprint (pki.fingerprint)
 
     @property
     def ca_cert(self) -> Path:
+        """The federation CA's certificate."""
         return self.root / "ca.crt"
 
     @property
     def server_cert(self) -> Path:
+        """The SuperLink's TLS certificate."""
         return self.root / "superlink.crt"
 
     @property
     def server_key(self) -> Path:
+        """The SuperLink's TLS private key."""
         return self.root / "superlink.key"
 
     @property
     def signing_key(self) -> Path:
+        """The coordinator's model-signing private key."""
         return self.root / "signing.key"
 
 
 def load_federation(coordinator_dir: str | Path) -> FederationFile:
+    """Read the coordinator's ``federation.toml`` back.
+
+    Parameters
+    ----------
+    coordinator_dir : path
+        The coordinator's folder made by :func:`provision`.
+
+    Raises
+    ------
+    ProvisionError
+        When the folder holds no ``federation.toml``.
+    """
     root = Path(coordinator_dir)
     path = root / "federation.toml"
     if not path.exists():
@@ -367,11 +398,3 @@ def load_federation(coordinator_dir: str | Path) -> FederationFile:
         sites=sites,
         fingerprints=fps,
     )
-
-
-def copy_site_bundle(out_dir: str | Path, site: str, dest: str | Path) -> Path:
-    """Copy one site's folder (what that hospital may have) to `dest`."""
-    src = Path(out_dir) / "sites" / _check_name("site", site)
-    if not src.is_dir():
-        raise ProvisionError(f"no provisioned site {site!r} under {out_dir}")
-    return Path(shutil.copytree(src, dest, dirs_exist_ok=False))

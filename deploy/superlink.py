@@ -95,6 +95,26 @@ def _toml_value(value) -> str:
 
 @dataclass
 class SuperLinkSettings:
+    """How to run the SuperLink of a provisioned coordinator folder.
+
+    Parameters
+    ----------
+    coordinator_dir : Path
+        The provisioned coordinator folder (certificates, registered sites).
+    host, port : str, int
+        Where the SuperLink listens.
+    database : Path, optional
+        Its SQLite database; default ``<coordinator_dir>/state/superlink.db``.
+    flwr_home : Path, optional
+        The ``FLWR_HOME`` of the ``flwr`` commands; default
+        ``<coordinator_dir>/state/flwr-home``.
+    log_path : Path, optional
+        The SuperLink's log; default ``<coordinator_dir>/state/superlink.log``.
+    address : str, optional
+        The host:port ``flwr`` dials; :func:`open_coordinator` takes it from
+        ``federation.toml``, and :class:`Coordinator` falls back to ``127.0.0.1:<port>``.
+    """
+
     coordinator_dir: Path
     host: str = "0.0.0.0"
     port: int = 8000
@@ -104,6 +124,7 @@ class SuperLinkSettings:
     address: str | None = None  # what `flwr` dials; default from federation.toml
 
     def resolved(self) -> SuperLinkSettings:
+        """A copy with the defaults filled in for the unset paths."""
         state = self.coordinator_dir / "state"
         return SuperLinkSettings(
             coordinator_dir=self.coordinator_dir,
@@ -117,6 +138,20 @@ class SuperLinkSettings:
 
 
 def superlink_command(fed: FederationFile, s: SuperLinkSettings) -> list[str]:
+    """The `flower-superlink` command line: TLS, SuperNode authentication, no installs.
+
+    Parameters
+    ----------
+    fed : FederationFile
+        The provisioned federation (CA, SuperLink certificate and key).
+    s : SuperLinkSettings
+        Resolved settings (``database``, ``host``, ``port``).
+
+    Returns
+    -------
+    list of str
+        The program and its arguments.
+    """
     return [
         str(bin_dir() / "flower-superlink"),
         "--ssl-ca-certfile",
@@ -137,7 +172,29 @@ def superlink_command(fed: FederationFile, s: SuperLinkSettings) -> list[str]:
 
 
 def wait_healthy(address: str, ca_cert: Path, timeout: float = 60.0, proc=None) -> float:
-    """Poll https://address/health verifying the federation CA; return seconds waited."""
+    """Poll https://address/health verifying the federation CA; return seconds waited.
+
+    Parameters
+    ----------
+    address : str
+        The SuperLink's host:port.
+    ca_cert : Path
+        The federation CA's certificate, which the SuperLink's must chain to.
+    timeout : float
+        Seconds to keep trying.
+    proc : ManagedProcess, optional
+        The SuperLink process; when it exits, polling stops at once.
+
+    Returns
+    -------
+    float
+        Seconds until the SuperLink answered.
+
+    Raises
+    ------
+    CoordinatorError
+        ``proc`` exited (its log's tail is in the message), or no answer within ``timeout``.
+    """
     ctx = ssl.create_default_context(cafile=str(ca_cert))
     t0 = time.monotonic()
     last: Exception | None = None
@@ -157,6 +214,20 @@ def wait_healthy(address: str, ca_cert: Path, timeout: float = 60.0, proc=None) 
 
 @dataclass
 class Coordinator:
+    """A provisioned SuperLink: started, stopped, and driven through the ``flwr`` CLI.
+
+    Parameters
+    ----------
+    fed : FederationFile
+        The provisioned federation.
+    settings : SuperLinkSettings
+        Resolved settings (see :meth:`SuperLinkSettings.resolved`).
+    process : ManagedProcess, optional
+        The running SuperLink, once :meth:`start` has run.
+    startup_seconds : float
+        How long :meth:`start` waited for the SuperLink to be healthy.
+    """
+
     fed: FederationFile
     settings: SuperLinkSettings
     process: ManagedProcess | None = None
@@ -164,14 +235,35 @@ class Coordinator:
 
     @property
     def address(self) -> str:
+        """The host:port ``flwr`` dials (``settings.address``, else ``127.0.0.1:<port>``)."""
         return self.settings.address or f"127.0.0.1:{self.settings.port}"
 
     @property
     def env(self) -> dict[str, str]:
+        """The environment of Flower's commands, with this coordinator's ``FLWR_HOME``."""
         return flower_env(self.settings.flwr_home)
 
     def start(self, timeout: float = 60.0) -> Coordinator:
+        """Write the ``flwr`` connection, start the SuperLink and wait until it is healthy.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the SuperLink's health check.
+
+        Returns
+        -------
+        Coordinator
+            This coordinator, with ``process`` and ``startup_seconds`` set.
+
+        Raises
+        ------
+        CoordinatorError
+            The SuperLink exited or was not healthy within ``timeout``.
+        """
         s = self.settings
+        # open_coordinator's settings are resolved(): every path is set
+        assert s.database is not None and s.flwr_home is not None and s.log_path is not None
         s.database.parent.mkdir(parents=True, exist_ok=True)
         write_connection(s.flwr_home, self.address, self.fed.ca_cert)
         self.process = spawn(
@@ -184,11 +276,26 @@ class Coordinator:
         return self
 
     def stop(self) -> None:
+        """Stop the SuperLink (and its SuperExec), if it was started."""
         if self.process is not None:
             self.process.stop()
 
     # -- flwr CLI wrappers
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Run ``flwr *args`` in the coordinator's environment, its output captured.
+
+        Parameters
+        ----------
+        *args : str
+            The ``flwr`` arguments.
+        timeout : float
+            Seconds before ``subprocess.TimeoutExpired`` is raised.
+
+        Returns
+        -------
+        subprocess.CompletedProcess
+            The finished command; its exit code is not checked.
+        """
         return subprocess.run(
             [str(bin_dir() / "flwr"), *args],
             env=self.env,
@@ -198,6 +305,25 @@ class Coordinator:
         )
 
     def flwr_json(self, *args: str, timeout: float = 120.0) -> dict:
+        """Run ``flwr *args --format json`` and parse the JSON object it prints.
+
+        Parameters
+        ----------
+        *args : str
+            The ``flwr`` arguments.
+        timeout : float
+            Seconds before ``subprocess.TimeoutExpired`` is raised.
+
+        Returns
+        -------
+        dict
+            The printed object; whether it reports success is for the caller to check.
+
+        Raises
+        ------
+        CoordinatorError
+            The output holds no JSON object.
+        """
         proc = self.flwr(*args, "--format", "json", timeout=timeout)
         try:
             return json.loads(_last_json_object(proc.stdout))
@@ -208,7 +334,23 @@ class Coordinator:
             ) from err
 
     def register_sites(self, sites: Sequence[str] | None = None) -> dict[str, str]:
-        """Register the sites' public keys; idempotent ("already" for known keys)."""
+        """Register the sites' public keys; idempotent ("already" for known keys).
+
+        Parameters
+        ----------
+        sites : sequence of str, optional
+            The sites to register; default every site of the federation.
+
+        Returns
+        -------
+        dict of str to str
+            Per site, its new node id, or ``"already"`` when its key was registered before.
+
+        Raises
+        ------
+        CoordinatorError
+            A site is not in the federation, or registering it failed.
+        """
         out: dict[str, str] = {}
         for site in sites if sites is not None else sorted(self.fed.sites):
             if site not in self.fed.sites:
@@ -225,12 +367,32 @@ class Coordinator:
         return out
 
     def nodes(self) -> list[dict]:
+        """The registered SuperNodes, as `flwr supernode list` reports them."""
         res = self.flwr_json("supernode", "list", CONNECTION)
         if not res.get("success"):
             raise CoordinatorError(f"listing SuperNodes failed: {res}")
         return list(res.get("nodes", []))
 
     def wait_nodes_online(self, count: int, timeout: float = 60.0) -> float:
+        """Wait until at least ``count`` SuperNodes are online; return seconds waited.
+
+        Parameters
+        ----------
+        count : int
+            How many SuperNodes must be online.
+        timeout : float
+            Seconds to wait.
+
+        Returns
+        -------
+        float
+            Seconds until ``count`` were online.
+
+        Raises
+        ------
+        CoordinatorError
+            Fewer were online after ``timeout``.
+        """
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if sum(1 for n in self.nodes() if n.get("status") == "online") >= count:
@@ -239,6 +401,25 @@ class Coordinator:
         raise CoordinatorError(f"fewer than {count} SuperNodes online after {timeout:.0f}s")
 
     def submit(self, app_dir: str | Path, run_config: Mapping[str, object] | None = None) -> int:
+        """Start a run of the Flower app in ``app_dir`` with `flwr run`; its run id.
+
+        Parameters
+        ----------
+        app_dir : str or Path
+            The Flower app's folder.
+        run_config : mapping, optional
+            Run config overrides, passed as ``--run-config`` (TOML values).
+
+        Returns
+        -------
+        int
+            The run's id.
+
+        Raises
+        ------
+        CoordinatorError
+            `flwr run` reported no started run.
+        """
         args = ["run", str(app_dir), CONNECTION]
         if run_config:
             args += ["--run-config", _run_config_arg(run_config)]
@@ -248,6 +429,23 @@ class Coordinator:
         return int(res["run-id"])
 
     def run_status(self, run_id: int) -> dict:
+        """The run's entry in `flwr ls` (``status`` such as ``finished:completed``).
+
+        Parameters
+        ----------
+        run_id : int
+            The run's id.
+
+        Returns
+        -------
+        dict
+            The run as `flwr ls --run-id` reports it.
+
+        Raises
+        ------
+        CoordinatorError
+            The run is not found.
+        """
         res = self.flwr_json("ls", CONNECTION, "--run-id", str(run_id))
         runs = res.get("runs") or []
         if not res.get("success") or not runs:
@@ -255,6 +453,27 @@ class Coordinator:
         return runs[0]
 
     def wait_run(self, run_id: int, timeout: float = 900.0, poll: float = 1.0) -> dict:
+        """Wait until the run has finished, however it ended; its last status.
+
+        Parameters
+        ----------
+        run_id : int
+            The run's id.
+        timeout : float
+            Seconds to wait.
+        poll : float
+            Seconds between status queries.
+
+        Returns
+        -------
+        dict
+            The run as :meth:`run_status` reports it, with a ``finished:…`` status.
+
+        Raises
+        ------
+        CoordinatorError
+            The run was not finished after ``timeout``, or is not found.
+        """
         t0 = time.monotonic()
         while True:
             run = self.run_status(run_id)
@@ -274,7 +493,28 @@ class Coordinator:
         run_config: Mapping[str, object] | None = None,
         timeout: float = 900.0,
     ) -> dict:
-        """Submit, wait, and raise unless the run finished:completed."""
+        """Submit, wait, and raise unless the run finished:completed.
+
+        Parameters
+        ----------
+        app_dir : str or Path
+            The Flower app's folder.
+        run_config : mapping, optional
+            Run config overrides.
+        timeout : float
+            Seconds to wait for the run to finish.
+
+        Returns
+        -------
+        dict
+            The finished run as :meth:`run_status` reports it.
+
+        Raises
+        ------
+        CoordinatorError
+            The run did not start, did not finish in time, or ended otherwise than
+            ``finished:completed`` (the run's log tail is in the message).
+        """
         run_id = self.submit(app_dir, run_config)
         run = self.wait_run(run_id, timeout=timeout)
         if run.get("status") != COMPLETED:
@@ -301,7 +541,21 @@ def _run_config_arg(run_config: Mapping[str, object]) -> str:
 def open_coordinator(
     coordinator_dir: str | Path, host: str = "0.0.0.0", port: int | None = None, **kw
 ) -> Coordinator:
-    """A Coordinator for a provisioned folder (not started)."""
+    """A Coordinator for a provisioned folder (not started).
+
+    Parameters
+    ----------
+    coordinator_dir : str or Path
+        The provisioned coordinator folder.
+    host : str
+        Where the SuperLink listens.
+    port : int, optional
+        Its port; default the port of ``federation.toml``'s SuperLink address.
+    **kw
+        Further :class:`SuperLinkSettings` fields (``database``, ``flwr_home``,
+        ``log_path``, ``address``). Without ``address``, ``flwr`` dials the host of
+        ``federation.toml``'s SuperLink address with ``port``.
+    """
     fed = load_federation(coordinator_dir)
     if port is None:
         port = int(fed.superlink_address.rsplit(":", 1)[1])

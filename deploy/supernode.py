@@ -27,12 +27,9 @@ from deploy.process import ManagedProcess, bin_dir, spawn
 from deploy.superlink import flower_env
 from models.data.kinds.registry import get_kind, load_schema
 from models.data.schema import SchemaError
+from models.data.site_config import SiteConfigError
 from models.data.tables import DataProblem, SiteDataError
 from privacy.ledger import PrivacyLedger
-
-
-class SiteConfigError(Exception):
-    """site.toml is missing something or points at something that is not there."""
 
 
 @dataclass(frozen=True)
@@ -222,6 +219,7 @@ class SiteCheck:
 
     @property
     def ok(self) -> bool:
+        """Whether the check found no problem."""
         return not self.problems
 
 

@@ -25,8 +25,10 @@ def image_input_dim(channels: int, image_size: int) -> int:
 
 
 class SmallCNN(nn.Module):
-    """Conv blocks (3×3 conv → GroupNorm → ReLU → 2×2 max-pool), global average pool,
-    then a linear head.
+    """A small CNN: conv blocks, global average pool, then a linear head.
+
+    Each block is 3×3 conv → GroupNorm → ReLU → 2×2 max-pool (the pool only while the
+    feature map is at least 2 pixels wide).
 
     Parameters
     ----------
@@ -79,6 +81,10 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(width, output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs for images ``(n, c, s, s)``, ``(n, s, s)`` (one channel) or flat rows.
+
+        Raises ``ValueError`` when the images are not of the configured shape.
+        """
         n = x.shape[0]
         c, s = self.channels, self.image_size
         if x.dim() == 2:
@@ -94,9 +100,23 @@ class SmallCNN(nn.Module):
 
 
 def small_cnn(spec: ModelSpec) -> nn.Module:
-    """Options: ``channels`` (1 or 3, default 1), ``image_size`` (default 28),
+    """The :class:`SmallCNN` a spec describes.
+
+    Options: ``channels`` (1 or 3, default 1), ``image_size`` (default 28),
     ``widths`` (default ``[16, 32]``), ``groups`` (GroupNorm groups, default 4),
-    ``dropout`` (default 0). ``input_dim`` must equal channels × size × size."""
+    ``dropout`` (default 0).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The network's description; its ``input_dim`` must equal channels × size × size.
+
+    Raises
+    ------
+    ValueError
+        ``input_dim`` does not match the image shape, ``channels`` is not 1 or 3, or a
+        width is not divisible by ``groups``.
+    """
     channels = int(spec.options.get("channels", 1))
     image_size = int(spec.options.get("image_size", 28))
     if spec.input_dim != image_input_dim(channels, image_size):

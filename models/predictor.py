@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from models.data.features import FeatureEncoder, Standardization
@@ -79,9 +78,6 @@ class Predictor:
         with torch.no_grad():
             raw = self.model(torch.as_tensor(inputs, dtype=torch.float32)).numpy()
         return self.encoder.decode_outputs(raw)
-
-    def predict_frame(self, frame: pd.DataFrame) -> list[dict[str, Any]]:
-        return self.task.predict(self.outputs(self.encoder.transform(frame)), self.schema.classes)
 
     def encode_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Check request instances and encode them as model inputs (raises :class:`RowError`)."""

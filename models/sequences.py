@@ -53,6 +53,23 @@ class RecurrentClassifier(nn.Module):
     """A DP recurrent network over the packed sequence, then a linear head.
 
     The mask channel is part of the recurrent input, so the network also sees gaps.
+
+    Parameters
+    ----------
+    cell : str
+        ``gru`` or ``lstm``.
+    features : int
+        Measurements per step (the input's width without the mask channel).
+    output_dim : int
+        Width of the output (see the task).
+    hidden : int
+        Width of the hidden state.
+    num_layers : int
+        Stacked recurrent layers.
+    dropout : float
+        Dropout between recurrent layers (ignored with one layer).
+    pooling : str
+        ``last`` (the last observed step's state) or ``mean`` (mean over observed steps).
     """
 
     def __init__(
@@ -80,6 +97,7 @@ class RecurrentClassifier(nn.Module):
         self.head = nn.Linear(hidden, output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs for a packed ``(batch, time, features + 1)`` tensor."""
         _check_width(x, self.features)
         _, mask = split_mask(x)
         out = self.rnn(x)
@@ -88,6 +106,20 @@ class RecurrentClassifier(nn.Module):
 
 
 def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:
+    """The fixed sinusoidal position table of "Attention Is All You Need".
+
+    Parameters
+    ----------
+    max_len : int
+        Number of positions.
+    dim : int
+        Width of each position's vector.
+
+    Returns
+    -------
+    Tensor
+        ``(max_len, dim)``: sines in the even columns, cosines in the odd ones.
+    """
     position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
     div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
     table = torch.zeros(max_len, dim)
@@ -97,8 +129,28 @@ def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:
 
 
 class AttentionClassifier(nn.Module):
-    """Linear embedding + fixed positions → one post-norm self-attention block with a
-    feed-forward layer → masked mean over observed steps → linear head."""
+    """One self-attention encoder block over the packed sequence, then a linear head.
+
+    Linear embedding + fixed positions → one post-norm self-attention block with a
+    feed-forward layer → masked mean over observed steps → linear head.
+
+    Parameters
+    ----------
+    features : int
+        Measurements per step (the input's width without the mask channel).
+    output_dim : int
+        Width of the output (see the task).
+    d_model : int
+        Width of the embedding.
+    heads : int
+        Attention heads (``d_model`` must be divisible by it).
+    dropout : float
+        Dropout on the attention weights and the residual branches.
+    max_len : int
+        The most steps a sequence may have.
+    """
+
+    positions: torch.Tensor  # the sinusoidal table, registered as a buffer
 
     def __init__(
         self,
@@ -126,6 +178,7 @@ class AttentionClassifier(nn.Module):
         self.head = nn.Linear(d_model, output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs for a packed ``(batch, time, features + 1)`` tensor (``time <= max_len``)."""
         _check_width(x, self.features)
         _, mask = split_mask(x)
         steps = x.shape[1]
@@ -163,18 +216,40 @@ def _recurrent(cell: str, spec: ModelSpec) -> nn.Module:
 
 
 def gru(spec: ModelSpec) -> nn.Module:
-    """Options: ``hidden`` (32), ``num_layers`` (1), ``dropout`` (0, between layers),
-    ``pooling`` (``last`` | ``mean``)."""
+    """A GRU :class:`RecurrentClassifier` for a spec.
+
+    Options: ``hidden`` (32), ``num_layers`` (1), ``dropout`` (0, between layers),
+    ``pooling`` (``last`` | ``mean``).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Its ``input_dim`` (measurements per step), ``output_dim`` and options.
+    """
     return _recurrent("gru", spec)
 
 
 def lstm(spec: ModelSpec) -> nn.Module:
-    """Options as ``gru``."""
+    """An LSTM :class:`RecurrentClassifier` for a spec; options as :func:`gru`.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Its ``input_dim`` (measurements per step), ``output_dim`` and options.
+    """
     return _recurrent("lstm", spec)
 
 
 def attention(spec: ModelSpec) -> nn.Module:
-    """Options: ``d_model`` (32), ``heads`` (2), ``dropout`` (0), ``max_len`` (512 steps)."""
+    """An :class:`AttentionClassifier` for a spec.
+
+    Options: ``d_model`` (32), ``heads`` (2), ``dropout`` (0), ``max_len`` (512 steps).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Its ``input_dim`` (measurements per step), ``output_dim`` and options.
+    """
     o = spec.options
     return AttentionClassifier(
         spec.input_dim,

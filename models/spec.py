@@ -43,10 +43,12 @@ class ModelSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a JSON-able dict (the registry manifest's ``model``)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelSpec:
+        """The spec from :meth:`to_dict`'s dict (``options`` may be absent)."""
         return cls(
             kind=str(raw["kind"]),
             task=str(raw["task"]),

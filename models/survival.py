@@ -132,12 +132,15 @@ class SurvivalTask:
         pass
 
     def output_dim(self, num_classes: int) -> int:
+        """One output, the log hazard ratio."""
         return 1
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """:func:`cox_loss` of the batch."""
         return cox_loss(outputs, targets)
 
     def predict(self, outputs: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
+        """Per row ``{"risk_score", "hazard_ratio"}`` (``exp`` of the score clipped to ±50)."""
         scores = np.asarray(outputs, dtype=float).reshape(-1)
         return [
             {"risk_score": float(s), "hazard_ratio": float(np.exp(np.clip(s, -50, 50)))}
@@ -145,6 +148,7 @@ class SurvivalTask:
         ]
 
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+        """C-index, negative log partial likelihood per event, and the event count."""
         targets = np.asarray(targets, dtype=float)
         _check_targets(targets)
         risk = np.asarray(outputs, dtype=float).reshape(-1)
@@ -162,14 +166,27 @@ class SurvivalTask:
 
 
 def cox_linear(spec: ModelSpec) -> nn.Module:
-    """``eta = w·x`` (one ``Linear`` without bias)."""
+    """``eta = w·x`` (one ``Linear`` without bias).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Its ``input_dim``; ``output_dim`` must be 1.
+    """
     _check_single_output(spec)
     return nn.Sequential(nn.Linear(spec.input_dim, 1, bias=False))
 
 
 def cox_mlp(spec: ModelSpec) -> nn.Module:
-    """Options: ``hidden`` (default ``[32]``), ``dropout`` (default 0). The last layer has
-    no bias (it would cancel in the partial likelihood)."""
+    """An MLP with one output; its last layer has no bias (it cancels in the likelihood).
+
+    Options: ``hidden`` (default ``[32]``), ``dropout`` (default 0).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Its ``input_dim`` and options; ``output_dim`` must be 1.
+    """
     _check_single_output(spec)
     layers, width = hidden_layers(spec)
     layers.append(nn.Linear(width, 1, bias=False))

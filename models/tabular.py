@@ -13,8 +13,16 @@ from models.spec import ModelSpec
 
 
 def logistic_regression(spec: ModelSpec) -> nn.Module:
-    """A single linear layer; with a sigmoid/softmax loss this is (multinomial) logistic
-    regression, with MSE it is linear regression."""
+    """A single linear layer.
+
+    With a sigmoid/softmax loss this is (multinomial) logistic regression, with MSE it is
+    linear regression.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Its ``input_dim`` and ``output_dim``.
+    """
     return nn.Sequential(nn.Linear(spec.input_dim, spec.output_dim))
 
 
@@ -22,6 +30,11 @@ def multilayer_perceptron(spec: ModelSpec) -> nn.Module:
     """Linear layers with ReLU between them.
 
     Options: ``hidden`` (list of layer widths, default ``[32]``), ``dropout`` (default 0).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Its ``input_dim``, ``output_dim`` and options.
     """
     layers, width = hidden_layers(spec)
     layers.append(nn.Linear(width, spec.output_dim))

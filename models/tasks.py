@@ -8,15 +8,12 @@ through it, so a prediction means the same thing everywhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from sklearn import metrics as skm
 from torch import nn
-
-if TYPE_CHECKING:
-    pass
 
 
 class Task(Protocol):
@@ -64,18 +61,22 @@ class BinaryClassification:
             self.pos_weight = torch.tensor([class_weights[1] / class_weights[0]])
 
     def output_dim(self, num_classes: int) -> int:
+        """One logit."""
         return 1
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy on the logits, positives weighted by the class weights."""
         return nn.functional.binary_cross_entropy_with_logits(
             outputs.reshape(-1), targets.float().reshape(-1), pos_weight=self.pos_weight
         )
 
     def predict(self, outputs: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
+        """Per row ``{"label", "probability"}``: the positive class's probability, cut at 0.5."""
         probs = _sigmoid(outputs.reshape(-1))
         return [{"label": classes[int(p >= 0.5)], "probability": float(p)} for p in probs]
 
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+        """Accuracy, balanced accuracy, F1; ROC AUC and PR AUC when both classes occur."""
         probs = _sigmoid(outputs.reshape(-1))
         pred = (probs >= 0.5).astype(int)
         y = targets.astype(int)
@@ -91,7 +92,13 @@ class BinaryClassification:
 
 
 class MulticlassClassification:
-    """One logit per class; cross-entropy; predicts the class probabilities."""
+    """One logit per class; cross-entropy; predicts the class probabilities.
+
+    Parameters
+    ----------
+    class_weights : sequence of float, optional
+        Loss weight of each class, in class-index order (class-imbalance option).
+    """
 
     name = "multiclass"
 
@@ -99,13 +106,16 @@ class MulticlassClassification:
         self.weight = None if class_weights is None else torch.tensor(list(class_weights))
 
     def output_dim(self, num_classes: int) -> int:
+        """One logit per class."""
         return num_classes
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on the logits, weighted by the class weights."""
         weight = None if self.weight is None else self.weight.to(outputs.dtype)
         return nn.functional.cross_entropy(outputs, targets.long().reshape(-1), weight=weight)
 
     def predict(self, outputs: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
+        """Per row ``{"label", "probabilities"}``: the likeliest class and every class's."""
         probs = _softmax(outputs)
         return [
             {
@@ -116,6 +126,7 @@ class MulticlassClassification:
         ]
 
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+        """Accuracy, balanced accuracy, macro F1; one-vs-rest ROC AUC when every class occurs."""
         probs = _softmax(outputs)
         pred = probs.argmax(axis=1)
         y = targets.astype(int)
@@ -136,15 +147,19 @@ class Regression:
     name = "regression"
 
     def output_dim(self, num_classes: int) -> int:
+        """One output."""
         return 1
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean squared error."""
         return nn.functional.mse_loss(outputs.reshape(-1), targets.float().reshape(-1))
 
     def predict(self, outputs: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
+        """Per row ``{"value": output}`` (``classes`` is unused)."""
         return [{"value": float(v)} for v in outputs.reshape(-1)]
 
     def metrics(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+        """MSE, MAE and R² (R² is 0 for a single row)."""
         pred = outputs.reshape(-1)
         return {
             "mse": float(skm.mean_squared_error(targets, pred)),

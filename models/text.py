@@ -52,16 +52,33 @@ class TextHasher:
         )
 
     def transform(self, texts: Iterable[str]) -> np.ndarray:
-        """``(n, n_features)`` float32: log(1 + bucket count), rows scaled to unit L2 norm
-        (an empty note is all zeros)."""
+        """The notes as ``(n, n_features)`` float32 rows of log(1 + bucket count).
+
+        Each row is scaled to unit L2 norm (an empty note is all zeros).
+
+        Parameters
+        ----------
+        texts : iterable of str
+            The notes.
+        """
         counts = self._vectorizer().transform(list(texts)).toarray()
         values = np.log1p(counts)
         norms = np.linalg.norm(values, axis=1, keepdims=True)
         return (values / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
     def terms(self, text: str) -> dict[str, int]:
-        """The note's distinct terms (words and n-grams), in order of appearance, with the
-        bucket each falls in."""
+        """The note's distinct terms (words and n-grams) and the bucket each falls in.
+
+        Parameters
+        ----------
+        text : str
+            One note.
+
+        Returns
+        -------
+        dict of str to int
+            Term to bucket, in order of first appearance.
+        """
         analyzer = self._vectorizer().build_analyzer()
         return {term: self.bucket(term) for term in dict.fromkeys(analyzer(text))}
 

@@ -24,6 +24,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from torch import nn
@@ -235,7 +236,8 @@ def _cached_update(state_dir: Path, request: RoundRequest) -> BudgetedUpdate | N
 
 def _remember_update(state_dir: Path, request: RoundRequest, update: BudgetedUpdate) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(state_dir / LAST_RELEASE, **update.weights)
+    # cast: mypy would also match each array against savez's ``allow_pickle: bool``
+    np.savez(state_dir / LAST_RELEASE, **cast(dict[str, Any], update.weights))
     figures = {
         "num_examples": update.num_examples,
         "epsilon": update.epsilon,

@@ -157,7 +157,18 @@ def key_id_for(public: bytes) -> bytes:
 
 
 def request_header(key_id: bytes) -> bytes:
-    """version || key_id || kem_id || kdf_id || aead_id (15 bytes)."""
+    """The request header: version || key_id || kem_id || kdf_id || aead_id (15 bytes).
+
+    Parameters
+    ----------
+    key_id : bytes
+        The 8-byte id of the service key (:func:`key_id_for`).
+
+    Raises
+    ------
+    ValueError
+        ``key_id`` is not 8 bytes long.
+    """
     if len(key_id) != KEY_ID_LEN:
         raise ValueError(f"a key id has {KEY_ID_LEN} bytes")
     return bytes([VERSION]) + key_id + _SUITE_IDS
@@ -215,6 +226,13 @@ def new_response_key() -> bytes:
 
 
 def response_aad(header: bytes) -> bytes:
+    """The AES-GCM associated data of a response: its label, 0x00, then ``header``.
+
+    Parameters
+    ----------
+    header : bytes
+        The response header, version || nonce.
+    """
     return RESPONSE_LABEL + b"\x00" + header
 
 
@@ -302,8 +320,16 @@ def b64encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def b64decode(text: str, length: int | None = None) -> bytes:
-    """Strict standard base64 with padding; ``ValueError`` on anything else."""
+def b64decode(text: object, length: int | None = None) -> bytes:
+    """Strict standard base64 with padding; ``ValueError`` on anything else.
+
+    Parameters
+    ----------
+    text : object
+        The value a peer sent; anything but a canonical base64 string is refused.
+    length : int, optional
+        The number of bytes it must decode to.
+    """
     if not isinstance(text, str):
         raise ValueError("expected a base64 string")
     try:

@@ -129,11 +129,13 @@ class PrivacyLedger:
 
     @property
     def spent(self) -> float:
+        """The site's ε spent so far (0 before any release)."""
         # Each release stores ε after it, at this ledger's fixed δ and accountant.
         return self.releases[-1].epsilon_after if self.releases else 0.0
 
     @property
     def remaining(self) -> float:
+        """The ε left in the budget (never negative)."""
         return max(self.epsilon_budget - self.spent, 0.0)
 
     def check(self, noise_multiplier: float, sample_rate: float, steps: int) -> float:
@@ -217,6 +219,7 @@ class PrivacyLedger:
     # -- persistence ------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """The ledger as its JSON file holds it: budget, δ, accountant, releases, plans."""
         return {
             "format": LEDGER_FORMAT,
             "epsilon_budget": self.epsilon_budget,
@@ -227,6 +230,7 @@ class PrivacyLedger:
         }
 
     def save(self) -> None:
+        """Write the ledger to its file atomically (temporary file, fsync, rename)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
         with os.fdopen(fd, "w") as handle:

@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CURVE = ec.SECP384R1
@@ -83,10 +84,18 @@ def write_public(path: Path, data: bytes) -> None:
 
 
 def generate_ec_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh key on the federation's curve (P-384)."""
     return ec.generate_private_key(CURVE())
 
 
 def ec_key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """An EC private key as unencrypted PKCS#8 PEM.
+
+    Parameters
+    ----------
+    key : EllipticCurvePrivateKey
+        The CA's or the SuperLink's key.
+    """
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -95,6 +104,13 @@ def ec_key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def load_pem_private_key(data: bytes):
+    """Load an unencrypted PEM private key (:class:`PKIError` otherwise).
+
+    Parameters
+    ----------
+    data : bytes
+        The PEM file's contents.
+    """
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as err:
@@ -111,10 +127,6 @@ class NodeAuthKeys:
     private_openssh: bytes
     public_openssh: bytes
 
-    @property
-    def fingerprint(self) -> str:
-        return public_key_fingerprint(self.public_openssh)
-
 
 def generate_node_auth_keys(comment: str = "") -> NodeAuthKeys:
     """A P-384 key pair: OpenSSH private key and one-line OpenSSH public key."""
@@ -123,6 +135,15 @@ def generate_node_auth_keys(comment: str = "") -> NodeAuthKeys:
 
 
 def node_auth_keys_from_private(key: ec.EllipticCurvePrivateKey, comment: str = "") -> NodeAuthKeys:
+    """Serialise a SuperNode's key pair as Flower reads it.
+
+    Parameters
+    ----------
+    key : EllipticCurvePrivateKey
+        The site's authentication key.
+    comment : str
+        Appended to the public key line (``federation/site``), as ``ssh-keygen`` shows it.
+    """
     private = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.OpenSSH,
@@ -158,12 +179,27 @@ def load_node_auth_public_key(data: bytes) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def public_key_fingerprint(public_openssh: bytes) -> str:
-    """SHA-256 of the key blob, as `ssh-keygen -l` prints it (base64, no padding)."""
-    parts = public_openssh.split()
-    if len(parts) < 2:
-        raise PKIError("not an OpenSSH public key line")
-    digest = hashlib.sha256(base64.b64decode(parts[1])).digest()
+def fingerprint(public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey) -> str:
+    """A public key's fingerprint, in the one format fedcare prints and writes.
+
+    ``SHA256:`` and the unpadded base64 of the sha256 of the key's OpenSSH encoding:
+    what ``ssh-keygen -l`` prints for the key, so a site's ``auth.pub`` checks with
+    ``ssh-keygen -lf auth.pub`` (docs/DEPLOYMENT.md shows it for ``signing.pub``).
+
+    Parameters
+    ----------
+    public_key : EllipticCurvePublicKey or Ed25519PublicKey
+        A site's SuperNode authentication key or the coordinator's model-signing key.
+
+    Returns
+    -------
+    str
+        E.g. ``SHA256:GoV/bAx8P1Z42IRK2HMLcCboEWluwi8PkZgYikxeBZA``.
+    """
+    line = public_key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    digest = hashlib.sha256(base64.b64decode(line.split()[1])).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
@@ -172,16 +208,34 @@ def public_key_fingerprint(public_openssh: bytes) -> str:
 
 @dataclass(frozen=True)
 class SigningKeys:
+    """The coordinator's model-signing key pair, serialised.
+
+    Parameters
+    ----------
+    private_pem : bytes
+        The Ed25519 private key, PKCS#8 PEM.
+    public_pem : bytes
+        Its public half, SubjectPublicKeyInfo PEM.
+    """
+
     private_pem: bytes
     public_pem: bytes
 
 
 def generate_signing_keys() -> SigningKeys:
+    """A fresh Ed25519 model-signing key pair."""
     key = ed25519.Ed25519PrivateKey.generate()
     return signing_keys_from_private(key)
 
 
 def signing_keys_from_private(key: ed25519.Ed25519PrivateKey) -> SigningKeys:
+    """Serialise a model-signing key and its public half.
+
+    Parameters
+    ----------
+    key : Ed25519PrivateKey
+        The coordinator's signing key.
+    """
     return SigningKeys(
         private_pem=key.private_bytes(
             serialization.Encoding.PEM,
@@ -195,6 +249,13 @@ def signing_keys_from_private(key: ed25519.Ed25519PrivateKey) -> SigningKeys:
 
 
 def load_signing_private_key(data: bytes) -> ed25519.Ed25519PrivateKey:
+    """Load the model-signing key; :class:`PKIError` unless it is an Ed25519 PEM key.
+
+    Parameters
+    ----------
+    data : bytes
+        The PKCS#8 PEM file's contents.
+    """
     key = load_pem_private_key(data)
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise PKIError("the model-signing key must be an Ed25519 key")
@@ -253,6 +314,13 @@ def make_ca(
 def parse_sans(
     dns_names: Iterable[str] = (), ip_addresses: Iterable[str] = ()
 ) -> list[x509.GeneralName]:
+    """A server certificate's subjectAltNames; :class:`PKIError` on a bad IP or none at all.
+
+    Parameters
+    ----------
+    dns_names, ip_addresses : iterable of str
+        The names and addresses by which clients reach the server (blanks are skipped).
+    """
     sans: list[x509.GeneralName] = []
     for name in dns_names:
         name = name.strip()
@@ -329,10 +397,24 @@ def issue_server_cert(
 
 
 def cert_to_pem(cert: x509.Certificate) -> bytes:
+    """A certificate as PEM.
+
+    Parameters
+    ----------
+    cert : x509.Certificate
+        Any certificate.
+    """
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def load_cert(data: bytes) -> x509.Certificate:
+    """Load a PEM certificate (:class:`PKIError` otherwise).
+
+    Parameters
+    ----------
+    data : bytes
+        The PEM file's contents.
+    """
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError as err:
@@ -351,7 +433,22 @@ def cert_sans(cert: x509.Certificate) -> tuple[set[str], set[str]]:
 
 
 def cert_fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex(":")
+    """A certificate's SHA-256 digest, as ``openssl x509 -noout -fingerprint -sha256`` prints it.
+
+    This names the certificate (it changes when the certificate is reissued for the same
+    key); a key's own fingerprint is :func:`fingerprint`.
+
+    Parameters
+    ----------
+    cert : x509.Certificate
+        The certificate (the SuperLink's, in ``federation.toml``).
+
+    Returns
+    -------
+    str
+        Upper-case hex bytes joined by colons.
+    """
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
 def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
@@ -364,6 +461,15 @@ def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
 
 
-def public_keys_match(private_key, cert: x509.Certificate) -> bool:
+def public_keys_match(private_key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
+    """Whether ``cert`` certifies the public half of ``private_key``.
+
+    Parameters
+    ----------
+    private_key : private key
+        The key the certificate should belong to.
+    cert : x509.Certificate
+        The certificate.
+    """
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     return private_key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)

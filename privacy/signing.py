@@ -1,17 +1,14 @@
-"""Model integrity and confidentiality at rest: Ed25519 manifest signatures, AES-GCM files.
+"""Model-signing keys, Ed25519 signatures over manifests, and storage keys.
 
-The coordinator signs every registered version: ``manifest.sig`` holds the raw 64-byte
-Ed25519 signature of ``manifest.json``'s exact bytes, and the manifest lists the sha256
-of every other file, so one signature covers the whole version. The inference service
-checks both with :func:`verify_version_bytes` before it loads anything.
+The coordinator signs every registered version's manifest with its Ed25519 key
+(:func:`signer_from_file`); the inference service checks the signature with
+:func:`verify_manifest`. Which files a version has and how its manifest lists them is
+the registry's business (``server.registry``); this module only signs and verifies bytes.
 
 Key files are those of :mod:`privacy.pki` (which makes and writes them): the private key
-is PKCS#8 PEM, mode 0600; the public key is SubjectPublicKeyInfo PEM.
-
-Optional encryption at rest: :func:`encrypt_version_at_rest` replaces a version's
-``weights.npz`` by ``weights.npz.enc`` (AES-256-GCM, see :func:`privacy.hpke.seal_at_rest`)
-and re-signs the manifest, which then names the encrypted file under ``at_rest``. The
-storage key is a file holding 32 random bytes in base64.
+is PKCS#8 PEM, mode 0600; the public key is SubjectPublicKeyInfo PEM. A storage key (for
+weights encrypted at rest with :func:`privacy.hpke.seal_at_rest`) is a file holding 32
+random bytes in base64.
 
 :func:`make_local_tls` makes throw-away TLS material for demos and tests from
 :mod:`privacy.pki`'s CA and server certificates, plus client certificates for mTLS.
@@ -21,13 +18,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
-import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -38,11 +31,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from privacy import hpke, pki
 
 SIGNATURE_LEN = 64
-AT_REST_CIPHER = "AES-256-GCM"
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
-WEIGHTS = "weights.npz"
-ENCRYPTED_SUFFIX = ".enc"
+
+
+# The type of a model-verification key, for callers that hold one.
+VerifyKey = ed25519.Ed25519PublicKey
 
 
 class SignatureError(ValueError):
@@ -64,6 +56,13 @@ def generate_signing_key(
         unless ``force``).
     public_path : path, optional
         Where the SubjectPublicKeyInfo PEM public key goes (default: ``.pub`` suffix).
+    force : bool
+        Replace an existing private key.
+
+    Returns
+    -------
+    str
+        The public key's fingerprint (:func:`privacy.pki.fingerprint`).
     """
     private_path = Path(private_path)
     public_path = Path(public_path) if public_path else private_path.with_suffix(".pub")
@@ -73,7 +72,7 @@ def generate_signing_key(
     except pki.KeyExistsError as err:
         raise SignatureError(str(err)) from None
     pki.write_public(public_path, keys.public_pem)
-    return key_fingerprint(load_verify_key(public_path))
+    return pki.fingerprint(load_verify_key(public_path))
 
 
 def load_signing_key(path: str | Path) -> ed25519.Ed25519PrivateKey:
@@ -101,118 +100,37 @@ def load_verify_key(path: str | Path) -> ed25519.Ed25519PublicKey:
     return key
 
 
-def key_fingerprint(public_key: ed25519.Ed25519PublicKey) -> str:
-    """``SHA256:`` and the first 16 bytes (hex) of the raw public key's sha256."""
-    return "SHA256:" + hashlib.sha256(public_key.public_bytes_raw()).hexdigest()[:32]
-
-
 def signer_from_file(path: str | Path) -> Callable[[bytes], bytes]:
     """A ``signer`` for ``ModelRegistry.register(..., signer=...)``."""
     return load_signing_key(path).sign
 
 
-def sign_version(path: str | Path, signer: Callable[[bytes], bytes]) -> Path:
-    """Sign an already registered version folder that has no ``manifest.sig`` yet.
-
-    For registries written without a key (a researcher's simulation); a coordinator
-    signs at registration instead. An existing signature is never replaced.
-    """
-    path = Path(path)
-    if (path / SIGNATURE).exists():
-        raise SignatureError(f"{path}: already signed; refusing to replace {SIGNATURE}")
-    tmp = path / (SIGNATURE + ".tmp")
-    tmp.write_bytes(signer((path / MANIFEST).read_bytes()))
-    os.replace(tmp, path / SIGNATURE)
-    return path / SIGNATURE
-
-
 def verify_manifest(
-    public_key: ed25519.Ed25519PublicKey, manifest_bytes: bytes, signature: bytes | None
+    public_key: VerifyKey, manifest_bytes: bytes, signature: bytes | None, name: str
 ) -> None:
-    """Raise :class:`SignatureError` unless ``signature`` signs ``manifest_bytes``."""
+    """Raise :class:`SignatureError` unless ``signature`` signs ``manifest_bytes``.
+
+    Parameters
+    ----------
+    public_key : VerifyKey
+        The coordinator's model-verification key.
+    manifest_bytes : bytes
+        The exact bytes that were signed.
+    signature : bytes or None
+        The raw 64-byte Ed25519 signature, or None when the file is absent.
+    name : str
+        The signature file's name, for messages.
+    """
     if signature is None:
-        raise SignatureError(f"the version is unsigned (no {SIGNATURE})")
+        raise SignatureError(f"the version is unsigned (no {name})")
     if len(signature) != SIGNATURE_LEN:
-        raise SignatureError(f"{SIGNATURE} has {len(signature)} bytes, expected {SIGNATURE_LEN}")
+        raise SignatureError(f"{name} has {len(signature)} bytes, expected {SIGNATURE_LEN}")
     try:
         public_key.verify(signature, manifest_bytes)
     except InvalidSignature:
         raise SignatureError(
-            f"{SIGNATURE} does not verify with the trusted key (tampered manifest or wrong key)"
+            f"{name} does not verify with the trusted key (tampered manifest or wrong key)"
         ) from None
-
-
-# -------------------------------------------------------- verified version contents
-
-
-@dataclass(frozen=True)
-class VerifiedVersion:
-    """Every byte of a version, read once, checked, and (if needed) decrypted.
-
-    Build the model from these bytes, not by re-reading the folder: a file swapped
-    after the check is then never used.
-    """
-
-    path: Path
-    manifest: dict[str, Any]
-    files: dict[str, bytes]  # plain file name -> plaintext bytes
-
-
-def verify_version_bytes(
-    path: str | Path,
-    public_key: ed25519.Ed25519PublicKey,
-    storage_key: bytes | None = None,
-    required: Sequence[str] = (WEIGHTS, "schema.toml", "preprocessing.json"),
-) -> VerifiedVersion:
-    """Check a registry version folder and return its verified contents.
-
-    Checks, in order: the signature over ``manifest.json``'s bytes; that the manifest
-    lists every ``required`` file (directly or, encrypted, under ``at_rest``); each
-    listed file's sha256; then decrypts encrypted files with ``storage_key``.
-    Raises :class:`SignatureError` with a message naming what failed.
-    """
-    path = Path(path)
-    try:
-        manifest_bytes = (path / MANIFEST).read_bytes()
-    except OSError as err:
-        raise SignatureError(f"{path}: cannot read {MANIFEST} ({err.strerror})") from None
-    signature_path = path / SIGNATURE
-    signature = signature_path.read_bytes() if signature_path.is_file() else None
-    verify_manifest(public_key, manifest_bytes, signature)
-    try:
-        manifest = json.loads(manifest_bytes)
-        listed: dict[str, str] = dict(manifest["files"])
-    except (ValueError, KeyError, TypeError):
-        raise SignatureError(f"{path}: the signed manifest has no 'files' table") from None
-    at_rest = manifest.get("at_rest") or {}
-    encrypted: dict[str, str] = dict(at_rest.get("files", {}))  # stored name -> plain name
-    plain_names = {encrypted.get(name, name) for name in listed}
-    missing = [name for name in required if name not in plain_names]
-    if missing:
-        raise SignatureError(f"{path}: the manifest does not list {missing}")
-    files: dict[str, bytes] = {}
-    for name, expected in listed.items():
-        if "/" in name or name.startswith("."):
-            raise SignatureError(f"{path}: the manifest lists an unsafe file name {name!r}")
-        try:
-            data = (path / name).read_bytes()
-        except OSError:
-            raise SignatureError(f"{path}: {name} is missing") from None
-        if hashlib.sha256(data).hexdigest() != expected:
-            raise SignatureError(f"{path}: {name} does not match its sha256 in the manifest")
-        if name in encrypted:
-            if storage_key is None:
-                raise SignatureError(f"{path}: {name} is encrypted at rest and no key was given")
-            if at_rest.get("key_id") not in (None, hpke.storage_key_id(storage_key)):
-                raise SignatureError(f"{path}: {name} is encrypted with another storage key")
-            try:
-                data = hpke.open_at_rest(storage_key, data, encrypted[name].encode())
-            except hpke.EnvelopeError:
-                raise SignatureError(f"{path}: {name} does not decrypt with the key") from None
-            files[encrypted[name]] = data
-        else:
-            files[name] = data
-    return VerifiedVersion(path=path, manifest=manifest, files=files)
 
 
 # ------------------------------------------------------------------ at-rest storage
@@ -242,42 +160,6 @@ def load_storage_key(path: str | Path) -> bytes:
     if len(key) != hpke.AT_REST_KEY_LEN:
         raise SignatureError(f"{path}: a storage key has {hpke.AT_REST_KEY_LEN} bytes")
     return key
-
-
-def encrypt_version_at_rest(
-    path: str | Path, storage_key: bytes, signer: Callable[[bytes], bytes]
-) -> Path:
-    """Encrypt a version's weights in place and re-sign its manifest.
-
-    Do this before the service can see the folder (e.g. on a copy of the registry that
-    is then moved into place): a reader during the swap sees a manifest that does not
-    match its signature or files, refuses it, and retries when the files settle.
-    """
-    path = Path(path)
-    manifest = json.loads((path / MANIFEST).read_bytes())
-    if manifest.get("at_rest"):
-        raise ValueError(f"{path}: already encrypted at rest")
-    plain = (path / WEIGHTS).read_bytes()
-    if hashlib.sha256(plain).hexdigest() != manifest["files"].get(WEIGHTS):
-        raise ValueError(f"{path}: {WEIGHTS} does not match its sha256; refusing to encrypt")
-    stored = WEIGHTS + ENCRYPTED_SUFFIX
-    blob = hpke.seal_at_rest(storage_key, plain, WEIGHTS.encode())
-    (path / stored).write_bytes(blob)
-    files = {k: v for k, v in manifest["files"].items() if k != WEIGHTS}
-    files[stored] = hashlib.sha256(blob).hexdigest()
-    manifest["files"] = files
-    manifest["at_rest"] = {
-        "cipher": AT_REST_CIPHER,
-        "key_id": hpke.storage_key_id(storage_key),
-        "files": {stored: WEIGHTS},
-    }
-    manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    (path / (SIGNATURE + ".tmp")).write_bytes(signer(manifest_bytes))
-    (path / (MANIFEST + ".tmp")).write_bytes(manifest_bytes)
-    os.replace(path / (SIGNATURE + ".tmp"), path / SIGNATURE)
-    os.replace(path / (MANIFEST + ".tmp"), path / MANIFEST)
-    (path / WEIGHTS).unlink()
-    return path
 
 
 # ---------------------------------------------------------------- TLS for local runs

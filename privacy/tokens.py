@@ -56,6 +56,7 @@ class TokenRecord:
     burst: float | None = None
 
     def allows(self, model: str) -> bool:
+        """Whether the token's scopes include ``model`` (or ``*``)."""
         return "*" in self.scopes or model in self.scopes
 
     def public(self) -> dict[str, Any]:
@@ -66,6 +67,13 @@ class TokenRecord:
 
 
 def hash_token(token: str) -> str:
+    """The hex SHA-256 of the whole token, as the store keeps it.
+
+    Parameters
+    ----------
+    token : str
+        The token as the application sends it.
+    """
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 

@@ -18,7 +18,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -56,6 +56,19 @@ class RefusalCode(IntEnum):
     SCHEMA_MISMATCH = 103
     SITE_MISCONFIGURED = 104
     SECURE_AGGREGATION_FAILED = 110  # set by the coordinator for sites left out of a sum
+
+
+def metric_record(values: Mapping[str, float]) -> MetricRecord:
+    """Figures as a MetricRecord (every value a float)."""
+    record: dict[str, int | float | list[int] | list[float]] = {
+        k: float(v) for k, v in values.items()
+    }
+    return MetricRecord(record)
+
+
+def metrics_of(reply: Message, name: str) -> dict[str, float]:
+    """The figures of a reply's MetricRecord ``name``, as floats."""
+    return {k: float(cast(float, v)) for k, v in reply.content.metric_records[name].items()}
 
 
 def site_name(reply: Message) -> str | None:
@@ -130,7 +143,7 @@ class StatisticsReply:
         flat[NUM_EXAMPLES] = float(self.train_examples)
         return RecordDict(
             {
-                STATISTICS: MetricRecord(flat),
+                STATISTICS: metric_record(flat),
                 SITE_RECORD: site_record(self.site),
                 SCHEMA: ConfigRecord({"sha256": self.schema_sha256}),
             }
@@ -139,12 +152,12 @@ class StatisticsReply:
     @classmethod
     def from_message(cls, reply: Message) -> StatisticsReply:
         """The reply a site's QUERY answer carries."""
-        flat = dict(reply.content[STATISTICS])
+        flat = metrics_of(reply, STATISTICS)
         return cls(
             site=site_name(reply) or f"node-{reply.metadata.src_node_id}",
             statistics=FeatureStatistics.from_flat(flat),
             train_examples=int(flat.get(NUM_EXAMPLES, 0)),
-            schema_sha256=str(reply.content[SCHEMA]["sha256"]),
+            schema_sha256=str(reply.content.config_records[SCHEMA]["sha256"]),
         )
 
 
@@ -253,7 +266,7 @@ class TrainReply:
         return RecordDict(
             {
                 ARRAYS: to_array_record(self.weights),
-                METRICS: MetricRecord(self.metrics()),
+                METRICS: metric_record(self.metrics()),
                 SITE_RECORD: site_record(self.site),
             }
         )
@@ -278,8 +291,8 @@ class TrainReply:
         """The reply a site's TRAIN answer carries."""
         return cls.from_parts(
             site_name(reply) or f"node-{reply.metadata.src_node_id}",
-            from_array_record(reply.content[ARRAYS]),
-            dict(reply.content[METRICS]),
+            from_array_record(reply.content.array_records[ARRAYS]),
+            metrics_of(reply, METRICS),
         )
 
 
@@ -301,7 +314,7 @@ class EvaluateReply:
     def to_record_dict(self) -> RecordDict:
         """The reply as a message's content."""
         return RecordDict(
-            {METRICS: MetricRecord(self.metrics), SITE_RECORD: site_record(self.site)}
+            {METRICS: metric_record(self.metrics), SITE_RECORD: site_record(self.site)}
         )
 
     @classmethod
@@ -309,5 +322,5 @@ class EvaluateReply:
         """The reply a site's EVALUATE answer carries."""
         return cls(
             site=site_name(reply) or f"node-{reply.metadata.src_node_id}",
-            metrics={k: float(v) for k, v in dict(reply.content[METRICS]).items()},
+            metrics=metrics_of(reply, METRICS),
         )

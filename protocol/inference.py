@@ -1,7 +1,12 @@
-"""The JSON inside the envelopes: Open Inference Protocol (KServe v2) requests and responses.
+"""Everything both sides of the inference wire agree on.
 
-Shared by the service (parsing requests, building responses) and the SDK (the reverse),
-so both sides agree by construction. ``docs/PROTOCOL.md`` section 6 is the specification.
+The routes, the key configuration, the error codes, and the Open Inference Protocol
+(KServe v2) JSON inside the envelopes. Shared by the service (publishing keys, parsing
+requests, building responses and refusals) and the SDK (the reverse), so both agree by
+construction. ``docs/PROTOCOL.md`` is the specification: routes in section 2, the key
+configuration in section 3, the JSON in section 6, the error codes in section 8. This
+module needs only the standard library and :mod:`privacy.hpke`, so the SDK installs
+without numpy, torch, Flower or Opacus.
 
 A request carries one tensor per feature, by the feature's name in the model's schema,
 with shape ``[n]`` for ``n`` rows (or ``[n, d1, …]``, flattened row-major, for inputs
@@ -24,13 +29,24 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from privacy import hpke
+
+# ------------------------------------------------------------------------- routes
+
+# ``{model}`` is the model's name in the registry (docs/PROTOCOL.md section 2).
+KEYS_PATH = "/.well-known/fedcare-keys"
+INFER_PATH = "/v2/models/{model}/infer"
+MODEL_PATH = "/v2/models/{model}"
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
+JSON_MEDIA_TYPE = "application/json"
+# The key configuration's Cache-Control max-age, and how long the SDK caches it.
+KEYS_MAX_AGE = 300
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -39,6 +55,11 @@ INT_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UI
 DATATYPES = ("BOOL", "BYTES", *FLOAT_TYPES, *INT_TYPES)
 # Request parameters the service understands; anything else is refused by name.
 REQUEST_PARAMETERS = ("timestamp", "response_key", "explain")
+# The most dimensions of a tensor's shape (numpy's limit, which the data kinds rely on).
+MAX_DIMS = 64
+
+
+# ------------------------------------------------------------------------- errors
 
 
 class ApiError(Exception):
@@ -66,6 +87,219 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         """The error's JSON: OIP's ``{"error": message}`` plus ``code`` and details."""
         return {"error": self.message, "code": self.code, **self.details}
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """One refusal of the protocol: its machine-readable code and its HTTP status.
+
+    Parameters
+    ----------
+    code : str
+        The ``code`` field of the error body.
+    status : int
+        The HTTP status it always comes with.
+    """
+
+    code: str
+    status: int
+
+    def error(self, message: str, **details: Any) -> ApiError:
+        """The exception to raise for this refusal.
+
+        Parameters
+        ----------
+        message : str
+            What was wrong, for a human; never a submitted value.
+        **details
+            Extra fields of the body (``row``, ``feature``, ``retry_after`` …).
+        """
+        return ApiError(self.status, self.code, message, **details)
+
+
+# docs/PROTOCOL.md section 8, in its order (tests/unit/protocol checks the two agree).
+MALFORMED_ENVELOPE = ErrorCode("malformed_envelope", 400)
+UNKNOWN_KEY_ID = ErrorCode("unknown_key_id", 400)
+DECRYPTION_FAILED = ErrorCode("decryption_failed", 400)
+MALFORMED_REQUEST = ErrorCode("malformed_request", 400)
+NOT_EXPLAINABLE = ErrorCode("not_explainable", 400)
+STALE_REQUEST = ErrorCode("stale_request", 400)
+UNAUTHORIZED = ErrorCode("unauthorized", 401)
+FORBIDDEN = ErrorCode("forbidden", 403)
+UNKNOWN_MODEL = ErrorCode("unknown_model", 404)
+NOT_FOUND = ErrorCode("not_found", 404)
+METHOD_NOT_ALLOWED = ErrorCode("method_not_allowed", 405)
+REPLAYED_REQUEST = ErrorCode("replayed_request", 409)
+BODY_TOO_LARGE = ErrorCode("body_too_large", 413)
+UNSUPPORTED_MEDIA_TYPE = ErrorCode("unsupported_media_type", 415)
+TOO_MANY_ROWS = ErrorCode("too_many_rows", 422)
+WRONG_TYPE = ErrorCode("wrong_type", 422)
+NOT_FINITE = ErrorCode("not_finite", 422)
+INVALID_INPUT = ErrorCode("invalid_input", 422)
+OUT_OF_RANGE = ErrorCode("out_of_range", 422)
+RATE_LIMITED = ErrorCode("rate_limited", 429)
+REPLAY_CACHE_FULL = ErrorCode("replay_cache_full", 429)
+INTERNAL_ERROR = ErrorCode("internal_error", 500)  # a bug of the service, never an input
+
+ERRORS: dict[str, ErrorCode] = {
+    error.code: error
+    for error in (
+        MALFORMED_ENVELOPE,
+        UNKNOWN_KEY_ID,
+        DECRYPTION_FAILED,
+        MALFORMED_REQUEST,
+        NOT_EXPLAINABLE,
+        STALE_REQUEST,
+        UNAUTHORIZED,
+        FORBIDDEN,
+        UNKNOWN_MODEL,
+        NOT_FOUND,
+        METHOD_NOT_ALLOWED,
+        REPLAYED_REQUEST,
+        BODY_TOO_LARGE,
+        UNSUPPORTED_MEDIA_TYPE,
+        TOO_MANY_ROWS,
+        WRONG_TYPE,
+        NOT_FINITE,
+        INVALID_INPUT,
+        OUT_OF_RANGE,
+        RATE_LIMITED,
+        REPLAY_CACHE_FULL,
+        INTERNAL_ERROR,
+    )
+}
+
+
+# -------------------------------------------------------------- key configuration
+
+KEY_STATUSES = ("current", "previous")
+KEY_ID_HEX = re.compile(r"^[0-9a-f]{16}$")
+
+
+@dataclass(frozen=True)
+class PublishedKey:
+    """One public key of the key configuration (``docs/PROTOCOL.md`` section 3).
+
+    Parameters
+    ----------
+    key_id : bytes
+        The 8-byte key id, ``hpke.key_id_for(public_key)``.
+    public_key : bytes
+        The raw 32-byte X25519 public key.
+    status : str
+        ``"current"`` (new requests are sealed to it) or ``"previous"`` (still accepted).
+    created : str
+        When the key was made (``YYYY-MM-DDTHH:MM:SSZ``).
+    """
+
+    key_id: bytes
+    public_key: bytes
+    status: str
+    created: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The key's entry in the key configuration's ``keys`` list."""
+        return {
+            "key_id": self.key_id.hex(),
+            "status": self.status,
+            "kem_id": hpke.KEM_ID,
+            "kdf_id": hpke.KDF_ID,
+            "aead_id": hpke.AEAD_ID,
+            "suite": hpke.SUITE_NAME,
+            "public_key": hpke.b64encode(self.public_key),
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, entry: Any) -> PublishedKey:
+        """An entry of ``keys``, checked: the suite, the public key, the id it implies.
+
+        Parameters
+        ----------
+        entry : Any
+            One decoded element of the configuration's ``keys`` list.
+
+        Raises ``ValueError`` naming the key and what does not fit.
+        """
+        if not isinstance(entry, dict):
+            raise ValueError("a key entry is not a JSON object")
+        key_id = entry.get("key_id")
+        if not isinstance(key_id, str) or not KEY_ID_HEX.match(key_id):
+            raise ValueError("a key's key_id is not 16 lowercase hex characters")
+        suite = (entry.get("kem_id"), entry.get("kdf_id"), entry.get("aead_id"))
+        if suite != (hpke.KEM_ID, hpke.KDF_ID, hpke.AEAD_ID):
+            raise ValueError(f"key {key_id} uses an unsupported HPKE suite {suite}")
+        try:
+            public = hpke.b64decode(entry.get("public_key", ""), length=hpke.ENC_LEN)
+        except ValueError as err:
+            raise ValueError(f"key {key_id}: public_key {err}") from None
+        if hpke.key_id_for(public).hex() != key_id:
+            raise ValueError(f"key {key_id}: the id does not match its public key")
+        status, created = entry.get("status"), entry.get("created")
+        if status not in KEY_STATUSES:
+            raise ValueError(f"key {key_id}: status must be one of {list(KEY_STATUSES)}")
+        if not isinstance(created, str):
+            raise ValueError(f"key {key_id}: created must be a string")
+        return cls(key_id=bytes.fromhex(key_id), public_key=public, status=status, created=created)
+
+
+@dataclass(frozen=True)
+class KeyConfiguration:
+    """The service's published HPKE keys (``GET /.well-known/fedcare-keys``).
+
+    The service builds it and sends :meth:`to_json`; the SDK reads it back with
+    :meth:`from_json`, which checks every key.
+
+    Parameters
+    ----------
+    current_key_id : bytes
+        The id of the key new requests are sealed to; one of ``keys``.
+    keys : tuple of PublishedKey
+        The current key first, then the previous ones.
+    """
+
+    current_key_id: bytes
+    keys: tuple[PublishedKey, ...]
+
+    def __post_init__(self) -> None:
+        if not any(key.key_id == self.current_key_id for key in self.keys):
+            raise ValueError("the key configuration lists no current key")
+
+    @property
+    def current(self) -> PublishedKey:
+        """The key new requests are sealed to."""
+        return next(k for k in self.keys if k.key_id == self.current_key_id)
+
+    def to_json(self) -> dict[str, Any]:
+        """The configuration's JSON object."""
+        return {
+            "protocol": hpke.PROTOCOL,
+            "current_key_id": self.current_key_id.hex(),
+            "keys": [key.to_json() for key in self.keys],
+        }
+
+    @classmethod
+    def from_json(cls, config: Any) -> KeyConfiguration:
+        """A decoded configuration, checked; ``ValueError`` naming what does not fit.
+
+        Parameters
+        ----------
+        config : Any
+            The decoded JSON of the key-configuration route.
+        """
+        if not isinstance(config, dict) or config.get("protocol") != hpke.PROTOCOL:
+            raise ValueError(f"the key configuration is not for {hpke.PROTOCOL}")
+        entries = config.get("keys")
+        if not isinstance(entries, list):
+            raise ValueError("the key configuration's keys are not a list")
+        keys = tuple(PublishedKey.from_json(entry) for entry in entries)
+        named = config.get("current_key_id")
+        # An id that names none of the keys is refused by the record itself.
+        current = next((key.key_id for key in keys if key.key_id.hex() == named), b"")
+        return cls(current_key_id=current, keys=keys)
+
+
+# ---------------------------------------------------------------------- JSON
 
 
 @dataclass(frozen=True)
@@ -112,7 +346,7 @@ class InferenceResponse:
 
 
 def _bad(message: str) -> ApiError:
-    return ApiError(400, "malformed_request", message)
+    return MALFORMED_REQUEST.error(message)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -120,7 +354,13 @@ def _refuse_constant(name: str) -> Any:
 
 
 def loads_strict(data: bytes) -> Any:
-    """Parse JSON as RFC 8259 has it: no ``NaN``/``Infinity``; ``ValueError`` otherwise."""
+    """Parse JSON as RFC 8259 has it: no ``NaN``/``Infinity``; ``ValueError`` otherwise.
+
+    Parameters
+    ----------
+    data : bytes
+        UTF-8 JSON text.
+    """
     try:
         return json.loads(data, parse_constant=_refuse_constant)
     except RecursionError:
@@ -130,7 +370,13 @@ def loads_strict(data: bytes) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON as both sides send it (non-finite numbers are refused)."""
+    """Compact JSON as both sides send it (non-finite numbers are refused).
+
+    Parameters
+    ----------
+    value : Any
+        A JSON-able value.
+    """
     return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -138,8 +384,40 @@ def dumps(value: Any) -> bytes:
 
 
 def _plain(value: Any) -> Any:
-    """A numpy scalar (from pandas) as the Python value it holds."""
-    return value.item() if isinstance(value, np.generic) else value
+    """A numpy scalar or array as the Python value or nested lists it holds.
+
+    Rows from pandas hold numpy scalars, images numpy arrays. numpy is not a dependency
+    of the SDK: a numpy value can only exist once its caller imported numpy, so the
+    module is looked up rather than imported.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic | numpy.ndarray):
+        return value.tolist()
+    return value
+
+
+def _flatten(value: Any) -> tuple[tuple[int, ...], list[Any]]:
+    """The shape and row-major elements of nested lists; ``ValueError`` if ragged.
+
+    A scalar has the shape ``()`` and the one element ``value``.
+    """
+    value = _plain(value)
+    if not isinstance(value, list | tuple):
+        return (), [value]
+    parts = [_flatten(v) for v in value]
+    shapes = {shape for shape, _ in parts}
+    if len(shapes) > 1:
+        raise ValueError("a ragged array")
+    inner = shapes.pop() if shapes else ()
+    return (len(value), *inner), [element for _, elements in parts for element in elements]
+
+
+def _nest(flat: Sequence[Any], shape: Sequence[int]) -> list[Any]:
+    """Row-major ``flat`` values as nested lists of ``shape`` (:func:`_flatten` reversed)."""
+    if len(shape) == 1:
+        return list(flat)
+    width = math.prod(shape[1:])
+    return [_nest(flat[i * width : (i + 1) * width], shape[1:]) for i in range(shape[0])]
 
 
 def _column(feature: str, values: list[Any]) -> tuple[str, list[int], list[Any]]:
@@ -148,22 +426,19 @@ def _column(feature: str, values: list[Any]) -> tuple[str, list[int], list[Any]]
     A value that is an array (an image, a series) makes the tensor ``[n, d1, …]``; every
     row's array must then have the same shape.
     """
-    if values and all(isinstance(v, list | tuple | np.ndarray) for v in values):
+    if values and all(isinstance(v, list | tuple) for v in values):
         arrays = []
         for row, value in enumerate(values):
             try:
-                array = np.asarray(value, dtype=object)
+                arrays.append(_flatten(value))
             except ValueError:
                 raise ValueError(f"row {row}, feature '{feature}': a ragged array") from None
-            if array.ndim == 0 or any(isinstance(v, list | tuple) for v in array.flat):
-                raise ValueError(f"row {row}, feature '{feature}': a ragged array")
-            arrays.append(array)
-        shapes = {a.shape for a in arrays}
+        shapes = {shape for shape, _ in arrays}
         if len(shapes) != 1:
             raise ValueError(f"feature '{feature}': the rows' arrays differ in shape")
-        flat = [_plain(v) for a in arrays for v in a.reshape(-1).tolist()]
+        flat = [element for _, elements in arrays for element in elements]
         datatype, _, data = _column(feature, flat)
-        return datatype, [len(values), *arrays[0].shape], data
+        return datatype, [len(values), *shapes.pop()], data
     shape = [len(values)]
     kinds = {type(v) for v in values}
     if kinds <= {bool}:
@@ -190,12 +465,26 @@ def build_request(
     response_key: bytes | None,
     explain: bool = False,
 ) -> dict[str, Any]:
-    """The request JSON for ``rows`` (mappings of feature name to a scalar value, or to an
-    array of the same shape in every row, e.g. an image).
+    """The request JSON for ``rows``.
 
-    ``explain`` asks the service for attributions. Raises ``ValueError`` naming the row
-    and feature of a value that cannot be sent (missing, not finite, mixed types). Whether
-    the features fit the model is the service's to say.
+    Parameters
+    ----------
+    rows : sequence of mapping
+        One mapping of feature name to a scalar value, or to an array of the same shape
+        in every row (an image), per row.
+    request_id : str
+        32 lowercase hex characters, new for every request.
+    timestamp : int
+        Now, in Unix seconds.
+    response_key : bytes or None
+        The 16-byte key the response is to be sealed with (None only in the
+        benchmark-only plaintext mode).
+    explain : bool
+        Ask the service for attributions.
+
+    Raises ``ValueError`` naming the row and feature of a value that cannot be sent
+    (missing, not finite, mixed types). Whether the features fit the model is the
+    service's to say.
     """
     if not rows:
         raise ValueError("no rows to send")
@@ -217,33 +506,32 @@ def build_request(
 # ------------------------------------------------------------- requests (service)
 
 
-def _refused(code: str, name: str, row: int, expected: str) -> ApiError:
-    message = f"row {row}, feature '{name}': expected {expected}"
-    return ApiError(422, code, message, row=row, feature=name)
+def _refused(error: ErrorCode, name: str, row: int, expected: str) -> ApiError:
+    return error.error(f"row {row}, feature '{name}': expected {expected}", row=row, feature=name)
 
 
 def _element(name: str, datatype: str, row: int, value: Any) -> Any:
     """One tensor element checked against its declared datatype."""
     if datatype == "BYTES":
         if not isinstance(value, str):
-            raise _refused("wrong_type", name, row, "a string (datatype BYTES)")
+            raise _refused(WRONG_TYPE, name, row, "a string (datatype BYTES)")
         return value
     if datatype == "BOOL":
         if not isinstance(value, bool):
-            raise _refused("wrong_type", name, row, "true or false (datatype BOOL)")
+            raise _refused(WRONG_TYPE, name, row, "true or false (datatype BOOL)")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _refused("wrong_type", name, row, f"a number (datatype {datatype})")
+        raise _refused(WRONG_TYPE, name, row, f"a number (datatype {datatype})")
     if datatype in INT_TYPES:
         if not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:
-            raise _refused("wrong_type", name, row, f"a 64-bit integer (datatype {datatype})")
+            raise _refused(WRONG_TYPE, name, row, f"a 64-bit integer (datatype {datatype})")
         return value
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise _refused("not_finite", name, row, "a finite number")
+        raise _refused(NOT_FINITE, name, row, "a finite number")
     return number
 
 
@@ -266,22 +554,25 @@ def _rows_of(tensor: Any, index: int, max_rows: int) -> tuple[str, list[Any]]:
         raise _bad(f"input '{name}': data must be a flat list")
     count = shape[0]
     if count > max_rows:
-        raise ApiError(
-            422, "too_many_rows", f"{count} rows in one request; at most {max_rows} are allowed"
-        )
+        raise TOO_MANY_ROWS.error(f"{count} rows in one request; at most {max_rows} are allowed")
+    if len(shape) > MAX_DIMS:
+        raise _bad(f"input '{name}': shape has more than {MAX_DIMS} dimensions")
     width = math.prod(shape[1:])
     if len(data) != count * width:
         raise _bad(f"input '{name}': shape {shape} needs {count * width} values, got {len(data)}")
     values = [_element(name, datatype, i // max(width, 1), v) for i, v in enumerate(data)]
-    if len(shape) == 1:
-        return name, values
     # An array per row (images, series): nest the flat row-major values back.
-    nested = np.asarray(values, dtype=object).reshape(shape).tolist()
-    return name, nested
+    return name, _nest(values, shape)
 
 
 def decode_request(plaintext: bytes) -> dict[str, Any]:
-    """The request's JSON object (:class:`ApiError` ``malformed_request`` otherwise)."""
+    """The request's JSON object (:class:`ApiError` ``malformed_request`` otherwise).
+
+    Parameters
+    ----------
+    plaintext : bytes
+        The opened request envelope (or the benchmark-only plaintext body).
+    """
     try:
         body = loads_strict(plaintext)
     except ValueError as err:
@@ -297,7 +588,12 @@ def decode_request(plaintext: bytes) -> dict[str, Any]:
 def parse_header(body: dict[str, Any], response_key_required: bool = True) -> RequestHeader:
     """The id, timestamp and response key of a decoded request.
 
-    ``response_key_required`` is False only in the benchmark-only plaintext mode.
+    Parameters
+    ----------
+    body : dict
+        The request, as :func:`decode_request` returns it.
+    response_key_required : bool
+        False only in the benchmark-only plaintext mode.
     """
     request_id = body.get("id")
     if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
@@ -330,7 +626,13 @@ def parse_header(body: dict[str, Any], response_key_required: bool = True) -> Re
 def parse_rows(body: dict[str, Any], max_rows: int) -> list[dict[str, Any]]:
     """The rows of a decoded request: one mapping of input name to value per row.
 
-    ``max_rows`` is the most rows one request may carry (``too_many_rows`` beyond).
+    Parameters
+    ----------
+    body : dict
+        The request, as :func:`decode_request` returns it.
+    max_rows : int
+        The most rows one request may carry (``too_many_rows`` beyond).
+
     Whether the names and values fit the model is the model's data kind to check.
     """
     inputs = body.get("inputs")
@@ -357,9 +659,7 @@ def parse_rows(body: dict[str, Any], max_rows: int) -> list[dict[str, Any]]:
 def _finite(value: Any, row: int) -> float:
     number = float(value)
     if not math.isfinite(number):
-        raise ApiError(
-            422,
-            "out_of_range",
+        raise OUT_OF_RANGE.error(
             f"row {row}: the model's output is not a finite number for these values "
             "(inputs far outside the range the model was trained on)",
             row=row,
@@ -376,12 +676,23 @@ def build_response(
     row) in ``parameters.labels``; one whose value is an array (the same shape in every
     row) becomes ``[n, d1, …]``.
 
+    Parameters
+    ----------
+    model_name : str
+        The model's name in the registry.
+    model_version : int
+        The registry version that computed the predictions.
+    request_id : str
+        The id of the request answered.
+    predictions : sequence of mapping
+        One prediction per row, as ``Predictor.predict_rows`` returns them.
+
     Raises :class:`ApiError` ``out_of_range`` if the model produced a non-finite number.
     """
     count = len(predictions)
-    outputs = []
+    outputs: list[dict[str, Any]] = []
     for name in predictions[0]:
-        first = predictions[0][name]
+        first = _plain(predictions[0][name])
         if isinstance(first, str):
             data: list[Any] = [p[name] for p in predictions]
             outputs.append({"name": name, "datatype": "BYTES", "shape": [count], "data": data})
@@ -401,11 +712,11 @@ def build_response(
                     "data": data,
                 }
             )
-        elif isinstance(first, list | np.ndarray):
+        elif isinstance(first, list):
             # An array per row (an image's attribution map): [n, d1, …], row-major.
-            arrays = [np.asarray(p[name], dtype=float) for p in predictions]
-            data = [_finite(v, row) for row, a in enumerate(arrays) for v in a.reshape(-1)]
-            shape = [count, *arrays[0].shape]
+            arrays = [_flatten(p[name]) for p in predictions]
+            data = [_finite(v, row) for row, (_, flat) in enumerate(arrays) for v in flat]
+            shape = [count, *arrays[0][0]]
             outputs.append({"name": name, "datatype": "FP64", "shape": shape, "data": data})
         else:
             data = [_finite(p[name], row) for row, p in enumerate(predictions)]
@@ -419,7 +730,13 @@ def build_response(
 
 
 def parse_response(body: Any) -> InferenceResponse:
-    """The predictions of a response JSON; ``ValueError`` naming what does not fit."""
+    """The predictions of a response JSON; ``ValueError`` naming what does not fit.
+
+    Parameters
+    ----------
+    body : Any
+        The decoded JSON of an opened response.
+    """
     if not isinstance(body, dict):
         raise ValueError("the response is not a JSON object")
     outputs = body.get("outputs")
@@ -430,6 +747,8 @@ def parse_response(body: Any) -> InferenceResponse:
         name, shape, data = tensor.get("name"), tensor.get("shape"), tensor.get("data")
         if not isinstance(shape, list) or not shape or not isinstance(data, list):
             raise ValueError(f"output {name!r} has no shape or data")
+        if len(shape) > MAX_DIMS:
+            raise ValueError(f"output {name!r} has more than {MAX_DIMS} dimensions")
         count = shape[0]
         if predictions is None:
             predictions = [{} for _ in range(count)]
@@ -438,16 +757,13 @@ def parse_response(body: Any) -> InferenceResponse:
         labels = (tensor.get("parameters") or {}).get("labels")
         width = math.prod(shape[1:])
         for row in range(count):
+            values = data[row * width : (row + 1) * width]
             if len(shape) == 1:
                 predictions[row][name] = data[row]
             elif labels is not None:
-                values = data[row * width : (row + 1) * width]
                 predictions[row][name] = dict(zip(labels, values, strict=True))
-            elif len(shape) == 2:
-                predictions[row][name] = data[row * width : (row + 1) * width]
             else:
-                values = data[row * width : (row + 1) * width]
-                predictions[row][name] = np.asarray(values).reshape(shape[1:]).tolist()
+                predictions[row][name] = _nest(values, shape[1:])
     return InferenceResponse(
         id=str(body.get("id")),
         model_name=str(body.get("model_name")),

@@ -1,7 +1,9 @@
 """The coordinator's run settings, read from Flower's run config.
 
-Every field has the default shown in ``pyproject.toml``'s ``[tool.flwr.app.config]``;
-``flwr run . --run-config 'key=value'`` or ``fedcare simulate`` options override them.
+Every field but ``sites`` (which ``flwr run`` takes from the number of SuperNodes) has its
+default written again in ``pyproject.toml``'s ``[tool.flwr.app.config]``, which
+tests/unit/server/test_settings.py keeps equal; ``flwr run . --run-config 'key=value'`` or
+``fedcare simulate`` options override them.
 Values are checked here so a typo fails before any site is contacted.
 """
 
@@ -197,6 +199,7 @@ class RunSettings:
 
     @property
     def hidden_sizes(self) -> list[int]:
+        """``hidden`` as a list of widths (:class:`SettingsError` if it is not one)."""
         try:
             return [int(h) for h in str(self.hidden).split(",") if h.strip()]
         except ValueError as err:
@@ -229,4 +232,5 @@ class RunSettings:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by its (underscore) name (what checkpoints and reports record)."""
         return asdict(self)

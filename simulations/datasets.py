@@ -133,9 +133,19 @@ VITALS = ("heart_rate", "resp_rate", "spo2", "temperature")
 
 
 def vitals(patients: int = 600, seed: int = 7) -> BuiltinDataset:
-    """Synthetic hourly vital signs of ward patients (12–36 hours each); about 30 % of
-    them deteriorate, which shows as a drift of heart and breathing rate up and oxygen
-    saturation down over their last hours, under noise as large as the drift."""
+    """Synthetic hourly vital signs of ward patients (12–36 hours each).
+
+    About 30 % of them deteriorate, which shows as a drift of heart and breathing rate
+    (and temperature) up and oxygen saturation down over their last hours, under noise as
+    large as the drift.
+
+    Parameters
+    ----------
+    patients : int
+        Number of patients.
+    seed : int
+        Seed of the generator.
+    """
     rng = np.random.default_rng(seed)
     rows = []
     outcomes = []
@@ -214,9 +224,18 @@ _NOTE_OTHER = (
 
 
 def notes(count: int = 800, seed: int = 11) -> BuiltinDataset:
-    """Synthetic admission notes, label = pneumonia (about 25 % of notes). A note holds
-    common findings, one to three findings typical of its class and, one time in five,
-    a finding typical of the other class."""
+    """Synthetic admission notes, label = pneumonia (about 25 % of notes).
+
+    A note holds two to four common findings, one to three findings typical of its class
+    and, one time in five, a finding typical of the other class.
+
+    Parameters
+    ----------
+    count : int
+        Number of notes.
+    seed : int
+        Seed of the generator.
+    """
     rng = np.random.default_rng(seed)
     texts, labels = [], []
     for _ in range(count):
@@ -251,14 +270,27 @@ DATASETS: dict[str, Callable[[], BuiltinDataset]] = {
 
 
 def load_dataset(name: str) -> BuiltinDataset:
+    """The built-in data set called ``name``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`DATASETS`' names.
+
+    Raises
+    ------
+    ValueError
+        The name is not a built-in data set; the message lists them.
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; built in: {sorted(DATASETS)}")
     return DATASETS[name]()
 
 
 def write_fed_tcga_brca(source: str | Path, out: str | Path) -> Path:
-    """Turn FLamby's Fed-TCGA-BRCA files into a ``--data-dir`` folder for a survival
-    federation: ``schema.toml``, ``region-<k>.csv`` (the benchmark's training rows of
+    """Turn FLamby's Fed-TCGA-BRCA files into a ``--data-dir`` folder for a survival federation.
+
+    The folder holds ``schema.toml``, ``region-<k>.csv`` (the benchmark's training rows of
     each of its 6 centers), ``test.csv`` (every center's test rows: the global test set)
     and ``center-tests/test-<k>.csv`` (each center's test rows, for the benchmark's
     metric, the mean of the per-center C-indices).
@@ -269,6 +301,11 @@ def write_fed_tcga_brca(source: str | Path, out: str | Path) -> Path:
         The folder with ``brca.csv`` and ``train_test_split.csv`` (see its SOURCES.md).
     out : path
         Where to write; created if needed.
+
+    Returns
+    -------
+    Path
+        ``out``.
     """
     source, out = Path(source), Path(out)
     out.mkdir(parents=True, exist_ok=True)

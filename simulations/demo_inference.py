@@ -23,6 +23,7 @@ from deploy import inference_service as launcher
 from models.predictor import Predictor
 from privacy import signing
 from privacy.tokens import TokenStore
+from server import registry
 from server.inference.keyring import ensure_keyring
 from server.registry import ModelRegistry, ModelVersion
 
@@ -30,12 +31,29 @@ ROWS = 5
 
 
 def _sign_for_demo(version: ModelVersion, work: Path, console: Console) -> Path:
-    """The public key that verifies ``version``: the demo coordinator key's, which signs
-    the version if it is unsigned (a re-run finds it signed by that key already)."""
+    """The public key that verifies ``version``: the demo coordinator key's.
+
+    The demo key signs the version if it is unsigned (a re-run finds it signed by that
+    key already); the key is generated in ``work`` on first use.
+
+    Parameters
+    ----------
+    version : ModelVersion
+        The registered version to serve.
+    work : Path
+        The demo's folder, which holds ``coordinator.key`` and ``coordinator.pub``.
+    console : Console
+        Where to say that the version was signed.
+
+    Raises
+    ------
+    ValueError
+        The version is signed by another key.
+    """
     key, public = work / "coordinator.key", work / "coordinator.pub"
     if version.signature_path.exists():
         try:
-            signing.verify_version_bytes(version.path, signing.load_verify_key(public))
+            registry.verify_version_bytes(version.path, signing.load_verify_key(public))
         except signing.SignatureError:
             raise ValueError(
                 f"{version.path} is signed by another coordinator key; run `fedcare serve "
@@ -44,7 +62,7 @@ def _sign_for_demo(version: ModelVersion, work: Path, console: Console) -> Path:
         return public
     if not key.exists():
         signing.generate_signing_key(key)
-    signing.sign_version(version.path, signing.signer_from_file(key))
+    registry.sign_version(version.path, signing.signer_from_file(key))
     console.print(
         f"signed {version.name} v{version.version} with the demo coordinator key {key} "
         "(a deployment signs at registration: run config signing-key)"

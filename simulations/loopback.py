@@ -1,5 +1,7 @@
-"""A real deployed federation on one machine: provisioned keys, a SuperLink with TLS and
-SuperNode authentication, one SuperNode per hospital, all on loopback.
+"""A real deployed federation on one machine, all on loopback.
+
+Provisioned keys, a SuperLink with TLS and SuperNode authentication, one SuperNode per
+hospital.
 
 Used by tests/e2e/test_deploy_loopback.py and benchmarks/deployed_round.py. Every process is
 started in its own process group and stopped by PID in :meth:`LoopbackFederation.stop`.
@@ -54,7 +56,13 @@ class LoopbackFederation:
     coordinator : Coordinator
         The SuperLink (started by :func:`start_loopback_federation`).
     schema, test_set : Path
-        The federation's schema and the coordinator's held-out test set.
+        The federation's schema and the coordinator's held-out test set (or None).
+    node_ids : dict of str to str
+        Each registered site's SuperLink node id (or ``"already"``).
+    nodes : dict of str to ManagedProcess
+        Each site's running SuperNode.
+    stopped : list of ManagedProcess
+        SuperNodes replaced by a restart (still stopped by :meth:`stop`).
     """
 
     root: Path
@@ -66,6 +74,7 @@ class LoopbackFederation:
     stopped: list[ManagedProcess] = field(default_factory=list)
 
     def site_file(self, site: str) -> Path:
+        """The provisioned ``site.toml`` of ``site``."""
         return self.root / "fed" / "sites" / site / "site.toml"
 
     def start(self, site: str, **kw) -> ManagedProcess:
@@ -111,10 +120,30 @@ def start_loopback_federation(
     extra_sites: tuple[str, ...] = (),
     epsilon_budget: float = 8.0,
 ) -> LoopbackFederation:
-    """Provision ``sites`` (+ ``extra_sites``, not registered or started), split scikit-learn's
-    breast cancer data among ``sites``, start the SuperLink, register ``sites`` and start
-    their SuperNodes, each with ``epsilon_budget``. The caller calls
-    :meth:`LoopbackFederation.stop` (also on failure)."""
+    """Provision a federation, split the data among its sites and start it.
+
+    Provisions ``sites`` (and ``extra_sites``, not registered or started), splits
+    scikit-learn's breast cancer data among ``sites``, starts the SuperLink, registers
+    ``sites`` and starts their SuperNodes, each with ``epsilon_budget``. The caller calls
+    :meth:`LoopbackFederation.stop` when done (also on failure); a failure while starting
+    stops what was started and re-raises.
+
+    Parameters
+    ----------
+    root : Path
+        The folder for ``fed/`` (provisioning) and ``data/`` (the hospitals' files).
+    sites : list of str
+        The sites to provision, register and start.
+    extra_sites : tuple of str
+        Sites provisioned only (to register or start later).
+    epsilon_budget : float
+        Each started site's ε budget over all runs.
+
+    Returns
+    -------
+    LoopbackFederation
+        The running federation.
+    """
     port = free_loopback_port()
     provision("loop", [*sites, *extra_sites], root / "fed", port=port)
     layout = prepare_simulation(RunSettings(sites=len(sites)), root / "data")

@@ -32,7 +32,20 @@ SITES_FILE = "sites.json"
 
 @dataclass(frozen=True)
 class SimulationLayout:
-    """Where a prepared simulation's files are."""
+    """Where a prepared simulation's files are.
+
+    Parameters
+    ----------
+    root : Path
+        The simulation folder.
+    schema_path : Path
+        The federation's schema.
+    test_path : Path, optional
+        The global test set, when there is one.
+    sites : list of dict
+        Per site, the entry of ``sites.json`` (``site-name``, ``data-path``,
+        ``schema-path``, ``state-dir``, ``epsilon-budget``, ``delta``).
+    """
 
     root: Path
     schema_path: Path
@@ -41,7 +54,18 @@ class SimulationLayout:
 
 
 def prepare_simulation(settings: RunSettings, root: str | Path) -> SimulationLayout:
-    """Create (or reopen) the simulation folder for ``settings``."""
+    """Create (or reopen) the simulation folder for ``settings``.
+
+    A folder that already holds ``sites.json`` is reopened as it is, whatever
+    ``settings`` say.
+
+    Parameters
+    ----------
+    settings : RunSettings
+        The run (``dataset`` or ``data-dir``, ``sites``, partitioning, ε budget, δ).
+    root : str or Path
+        The simulation folder; created if needed.
+    """
     root = Path(root).resolve()
     if (root / SITES_FILE).is_file():
         return read_layout(root)
@@ -55,8 +79,10 @@ def prepare_simulation(settings: RunSettings, root: str | Path) -> SimulationLay
 
 
 def prepare_sites(settings: RunSettings, root: Path) -> SiteFiles:
-    """The round loop's site preparer (``RunSettings.site_preparer``): lays out the
-    simulation under ``root`` and says where its schema and test set are.
+    """The round loop's site preparer: the simulation laid out under ``root``.
+
+    Lays out (or reopens) the simulation with :func:`prepare_simulation` and says where
+    its schema and test set are.
 
     Parameters
     ----------
@@ -70,6 +96,13 @@ def prepare_sites(settings: RunSettings, root: Path) -> SiteFiles:
 
 
 def read_layout(root: str | Path) -> SimulationLayout:
+    """The layout of a prepared simulation folder, from its ``sites.json``.
+
+    Parameters
+    ----------
+    root : str or Path
+        The simulation folder.
+    """
     root = Path(root)
     sites = json.loads((root / SITES_FILE).read_text())
     schema_path = Path(sites[0]["schema-path"]) if sites else root / "schema.toml"
@@ -119,8 +152,18 @@ def _from_dataset(settings: RunSettings, root: Path) -> SimulationLayout:
 
 
 def site_files(folder: Path, kind: DataKind) -> list[Path]:
-    """The site sources of a ``--data-dir`` folder: every file or folder the data kind
-    reads (CSV/Parquet for tables), except the test set (named ``test``)."""
+    """The site sources of a ``--data-dir`` folder, sorted.
+
+    Every file or folder the data kind reads (CSV/Parquet for tables), except the test
+    set (named ``test``).
+
+    Parameters
+    ----------
+    folder : Path
+        The ``--data-dir`` folder.
+    kind : DataKind
+        The schema's data kind.
+    """
     return sorted(p for p in folder.iterdir() if kind.is_site_source(p) and p.stem != "test")
 
 
@@ -131,8 +174,10 @@ def find_test_set(folder: Path, kind: DataKind) -> Path | None:
 
 
 def _from_data_dir(settings: RunSettings, root: Path) -> SimulationLayout:
-    """The user's own hospitals: ``schema.toml`` plus one site source per site (``test.*``,
-    if present, is the global test set)."""
+    """The user's own hospitals: ``schema.toml`` plus one site source per site.
+
+    ``test.*``, if present, is the global test set.
+    """
     source = Path(settings.data_dir).resolve()
     schema_path = source / "schema.toml"
     kind = get_kind(load_schema(schema_path))  # fail early, naming the file

@@ -1,7 +1,8 @@
 """The SDK clinical applications use to call the encrypted inference service.
 
-It installs on its own (``packaging/fedcare-sdk``), without torch, Flower or Opacus:
-it needs only :mod:`protocol.inference`, :mod:`privacy.hpke` and ``httpx``.
+It installs on its own (``pip install ./packaging/fedcare-sdk``), without torch, Flower,
+Opacus or numpy: it needs only :mod:`protocol.inference`, :mod:`privacy.hpke`,
+``httpx`` and ``cryptography``.
 """
 
 from client.sdk.inference_client import (
@@ -18,7 +19,6 @@ from client.sdk.inference_client import (
     RequestRejected,
     ServiceError,
     ServiceKey,
-    parse_key_config,
 )
 
 __all__ = [
@@ -35,5 +35,4 @@ __all__ = [
     "RequestRejected",
     "ServiceError",
     "ServiceKey",
-    "parse_key_config",
 ]

@@ -29,12 +29,21 @@ import httpx
 from privacy import hpke
 from protocol import inference as wire
 
-KEYS_PATH = "/.well-known/fedcare-keys"
-JSON_MEDIA_TYPE = "application/json"
-
 
 class InferenceError(Exception):
-    """A prediction could not be made; ``status`` and ``code`` say why (0/"" if local)."""
+    """A prediction could not be made; ``status`` and ``code`` say why (0/"" if local).
+
+    Parameters
+    ----------
+    message : str
+        What went wrong.
+    status : int
+        The HTTP status of the service's refusal (0 if refused before sending).
+    code : str
+        The protocol's error code (``docs/PROTOCOL.md`` section 8; "" if none).
+    **details
+        The refusal's other fields (``row``, ``feature``, ``retry_after`` …).
+    """
 
     def __init__(self, message: str, status: int = 0, code: str = "", **details: Any):
         super().__init__(message)
@@ -61,6 +70,7 @@ class RateLimited(InferenceError):
 
     @property
     def retry_after(self) -> float:
+        """Seconds to wait before the next request."""
         return float(self.details.get("retry_after", 1))
 
 
@@ -69,15 +79,17 @@ class InvalidInput(InferenceError):
 
     @property
     def row(self) -> int | None:
+        """The 0-based index of the row at fault, if one is."""
         return self.details.get("row")
 
     @property
     def feature(self) -> str | None:
+        """The feature at fault, if one is."""
         return self.details.get("feature")
 
 
 class RequestRejected(InferenceError):
-    """Another 4xx: malformed envelope, stale or replayed request, body too large …"""
+    """Another 4xx: malformed envelope, stale or replayed request, body too large, etc."""
 
 
 class ServiceError(InferenceError):
@@ -114,7 +126,17 @@ def _error_for(status: int, body: Any) -> InferenceError:
 
 @dataclass(frozen=True)
 class ServiceKey:
-    """The service's current HPKE public key, as the key configuration published it."""
+    """The service's current HPKE public key, as the key configuration published it.
+
+    Parameters
+    ----------
+    key_id : bytes
+        The key's 8-byte id, checked against ``public_key``.
+    public_key : bytes
+        The raw 32-byte X25519 public key requests are sealed to.
+    fetched_at : float
+        When it was fetched (``time.monotonic()``), for the cache.
+    """
 
     key_id: bytes
     public_key: bytes
@@ -123,33 +145,21 @@ class ServiceKey:
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """The predictions of one request and the model version that made them."""
+    """The predictions of one request and the model version that made them.
+
+    Parameters
+    ----------
+    model_name : str
+        The model that answered.
+    model_version : str
+        The registry version that computed the predictions.
+    predictions : list of dict
+        One prediction per row sent.
+    """
 
     model_name: str
     model_version: str
     predictions: list[dict[str, Any]]
-
-
-def parse_key_config(config: Any) -> ServiceKey:
-    """The current key of a key configuration, checked; :class:`ProtocolViolation` otherwise."""
-    if not isinstance(config, dict) or config.get("protocol") != hpke.PROTOCOL:
-        raise ProtocolViolation(f"the key configuration is not for {hpke.PROTOCOL}")
-    current = config.get("current_key_id")
-    for entry in config.get("keys") or []:
-        if not isinstance(entry, dict) or entry.get("key_id") != current:
-            continue
-        suite = (entry.get("kem_id"), entry.get("kdf_id"), entry.get("aead_id"))
-        if suite != (hpke.KEM_ID, hpke.KDF_ID, hpke.AEAD_ID):
-            raise ProtocolViolation(f"key {current} uses an unsupported HPKE suite {suite}")
-        try:
-            public = hpke.b64decode(entry.get("public_key"), length=hpke.ENC_LEN)
-        except ValueError as err:
-            raise ProtocolViolation(f"key {current}: public_key {err}") from None
-        key_id = hpke.key_id_for(public)
-        if key_id.hex() != current:
-            raise ProtocolViolation(f"key {current}: the id does not match its public key")
-        return ServiceKey(key_id=key_id, public_key=public, fetched_at=time.monotonic())
-    raise ProtocolViolation("the key configuration lists no current key")
 
 
 class InferenceClient:
@@ -170,7 +180,8 @@ class InferenceClient:
     timeout : float
         Seconds to wait for the service.
     key_cache_seconds : float
-        How long a fetched key configuration is used before it is fetched again.
+        How long a fetched key configuration is used before it is fetched again (by
+        default the service's ``Cache-Control`` max-age).
     plaintext_for_benchmark : bool
         BENCHMARK ONLY: send unencrypted JSON (the service must run with
         ``--benchmark-plaintext``) to measure what payload encryption costs.
@@ -186,7 +197,7 @@ class InferenceClient:
         client_cert: str | Path | None = None,
         client_key: str | Path | None = None,
         timeout: float = 30.0,
-        key_cache_seconds: float = 300.0,
+        key_cache_seconds: float = wire.KEYS_MAX_AGE,
         plaintext_for_benchmark: bool = False,
     ):
         self.url = url.rstrip("/")
@@ -210,6 +221,7 @@ class InferenceClient:
         self.close()
 
     def close(self) -> None:
+        """Close the client's connections."""
         self._http.close()
 
     # ------------------------------------------------------------------ HTTP
@@ -227,19 +239,31 @@ class InferenceClient:
             raise ProtocolViolation(f"HTTP {response.status_code}: the body is not JSON") from None
 
     def key(self, refresh: bool = False) -> ServiceKey:
-        """The service's current key, from the cache unless stale or ``refresh``."""
+        """The service's current key, from the cache unless stale or ``refresh``.
+
+        Parameters
+        ----------
+        refresh : bool
+            Fetch the key configuration again even if the cached one is fresh.
+
+        Raises :class:`ProtocolViolation` if the configuration does not check out.
+        """
         key = self._key
         if refresh or key is None or time.monotonic() - key.fetched_at > self.key_cache_seconds:
-            response = self._send("GET", KEYS_PATH)
+            response = self._send("GET", wire.KEYS_PATH)
             if response.status_code != 200:
                 raise _error_for(response.status_code, self._json(response))
-            key = parse_key_config(self._json(response))
+            try:
+                current = wire.KeyConfiguration.from_json(self._json(response)).current
+            except ValueError as err:
+                raise ProtocolViolation(str(err)) from None
+            key = ServiceKey(current.key_id, current.public_key, fetched_at=time.monotonic())
             self._key = key
         return key
 
     def metadata(self) -> dict[str, Any]:
         """The model's metadata: inputs by feature name, task, classes, version."""
-        response = self._send("GET", f"/v2/models/{self.model}")
+        response = self._send("GET", wire.MODEL_PATH.format(model=self.model))
         body = self._json(response)
         if response.status_code != 200:
             raise _error_for(response.status_code, body)
@@ -250,14 +274,27 @@ class InferenceClient:
     def predict(
         self, rows: Sequence[Mapping[str, Any]], explain: bool = False
     ) -> list[dict[str, Any]]:
-        """One prediction per row (mappings of feature name to value, or to an array such
-        as an image). With ``explain`` each prediction also holds ``attributions`` (per
-        feature or term, or a pixel map), ``explained_output`` and ``baseline_output``."""
+        """One prediction per row.
+
+        Parameters
+        ----------
+        rows : sequence of mapping
+            Per row, a mapping of feature name to value (or to an array, e.g. an image).
+        explain : bool
+            Each prediction also holds ``attributions`` (per feature or term, or a pixel
+            map), ``explained_output`` and ``baseline_output``.
+        """
         return self.infer(rows, explain=explain).predictions
 
     def infer(self, rows: Sequence[Mapping[str, Any]], explain: bool = False) -> InferenceResult:
-        """Predictions with the model version that made them (``explain``: see
-        :meth:`predict`).
+        """Predictions with the model version that made them.
+
+        Parameters
+        ----------
+        rows : sequence of mapping
+            As for :meth:`predict`.
+        explain : bool
+            As for :meth:`predict`.
 
         If the service no longer knows the cached key (rotated and retired), the key
         configuration is fetched again and the request, sealed anew, is sent once more.
@@ -265,7 +302,7 @@ class InferenceClient:
         try:
             return self._infer_once(rows, refresh_key=False, explain=explain)
         except RequestRejected as err:
-            if err.code != "unknown_key_id" or self.plaintext_for_benchmark:
+            if err.code != wire.UNKNOWN_KEY_ID.code or self.plaintext_for_benchmark:
                 raise
         return self._infer_once(rows, refresh_key=True, explain=explain)
 
@@ -282,14 +319,14 @@ class InferenceClient:
         except ValueError as err:
             raise InvalidInput(str(err)) from None
         if response_key is None:
-            content_type, payload = JSON_MEDIA_TYPE, body
+            content_type, payload = wire.JSON_MEDIA_TYPE, body
         else:
             key = self.key(refresh=refresh_key)
             content_type = hpke.REQUEST_MEDIA_TYPE
             payload = hpke.seal_request(key.public_key, body)
         response = self._send(
             "POST",
-            f"/v2/models/{self.model}/infer",
+            wire.INFER_PATH.format(model=self.model),
             content=payload,
             headers={"Content-Type": content_type},
         )

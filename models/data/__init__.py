@@ -1,1 +1,1 @@
-"""models/data"""
+"""The site-data contract: schemas, tables, data kinds and the features they share."""

@@ -44,6 +44,16 @@ class FeatureStatistics:
 
     @classmethod
     def of_frame(cls, frame: pd.DataFrame, schema: SiteSchema) -> FeatureStatistics:
+        """Statistics of a checked site table.
+
+        Parameters
+        ----------
+        frame : DataFrame
+            The site's checked table.
+        schema : SiteSchema
+            Names its numeric features, its label and its task (a regression label is
+            summarized too, since it is standardized like a feature).
+        """
         numeric = [s.name for s in schema.features if s.type == "numeric"]
         if schema.task == "regression":
             numeric.append(schema.label)  # the target is standardized too
@@ -81,6 +91,13 @@ class FeatureStatistics:
         return stats
 
     def merge(self, other: FeatureStatistics) -> FeatureStatistics:
+        """The pooled statistics of these and ``other`` (a new object; both stay as they are).
+
+        Parameters
+        ----------
+        other : FeatureStatistics
+            Another site's (or sites') statistics.
+        """
         names = set(self.count) | set(other.count)
         classes = set(self.label_counts) | set(other.label_counts)
         return FeatureStatistics(
@@ -106,6 +123,13 @@ class FeatureStatistics:
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, float]) -> FeatureStatistics:
+        """Read back :meth:`to_flat`'s mapping; unknown keys are ignored.
+
+        Parameters
+        ----------
+        flat : mapping of str to float
+            ``rows`` and ``count/…``, ``sum/…``, ``sumsq/…``, ``label/…`` entries.
+        """
         stats = cls(rows=int(flat.get("rows", 0)))
         for key, value in flat.items():
             kind, _, name = key.partition("/")
@@ -129,6 +153,16 @@ class Standardization:
 
     @classmethod
     def from_statistics(cls, stats: FeatureStatistics) -> Standardization:
+        """Means and standard deviations of pooled statistics.
+
+        A column without values gets mean 0 and std 1; one with (almost) no spread gets
+        std 1, so scaling never divides by zero.
+
+        Parameters
+        ----------
+        stats : FeatureStatistics
+            The federation's pooled statistics.
+        """
         mean, std = {}, {}
         for name, n in stats.count.items():
             if n <= 0:
@@ -141,10 +175,18 @@ class Standardization:
         return cls(mean=mean, std=std)
 
     def to_dict(self) -> dict[str, Any]:
+        """``{"mean": {...}, "std": {...}}``, as the registry stores it."""
         return {"mean": dict(self.mean), "std": dict(self.std)}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Standardization:
+        """Read back :meth:`to_dict`'s mapping.
+
+        Parameters
+        ----------
+        raw : mapping
+            ``mean`` and ``std``, each a mapping of column name to number.
+        """
         return cls(
             mean={k: float(v) for k, v in raw["mean"].items()},
             std={k: float(v) for k, v in raw["std"].items()},
@@ -169,6 +211,7 @@ class FeatureEncoder:
 
     @property
     def column_names(self) -> list[str]:
+        """The input matrix's columns: a feature's name, or ``name=category`` per category."""
         names: list[str] = []
         for spec in self.schema.features:
             if spec.type == "categorical":
@@ -179,6 +222,7 @@ class FeatureEncoder:
 
     @property
     def input_dim(self) -> int:
+        """The number of input columns."""
         return len(self.column_names)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
@@ -204,8 +248,10 @@ class FeatureEncoder:
         return np.hstack(blocks).astype(np.float32)
 
     def labels(self, frame: pd.DataFrame) -> np.ndarray:
-        """The label column as class indices (classification) or standardized float32
-        (regression; :meth:`decode_outputs` maps outputs back to the label's units)."""
+        """The label column as class indices, or standardized float32 for regression.
+
+        :meth:`decode_outputs` maps a regression model's outputs back to the label's units.
+        """
         column = frame[self.schema.label]
         if self.schema.task == "regression":
             mean, std = self._label_scale()
@@ -223,8 +269,3 @@ class FeatureEncoder:
             return outputs
         mean, std = self._label_scale()
         return outputs * std + mean
-
-    def transform_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Encode already-validated request rows (dicts by feature name)."""
-        frame = pd.DataFrame({n: [row[n] for row in rows] for n in self.schema.feature_names})
-        return self.transform(frame)

@@ -47,6 +47,7 @@ class FeatureSpec:
     max: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The feature's ``[features.<name>]`` table (keys left unset are omitted)."""
         out: dict[str, Any] = {"type": self.type}
         if self.categories:
             out["categories"] = list(self.categories)
@@ -95,10 +96,12 @@ class SiteSchema:
 
     @property
     def feature_names(self) -> list[str]:
+        """The features' names, in model order."""
         return [f.name for f in self.features]
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (``len(classes)``); 1 for regression."""
         return len(self.classes) if self.task != "regression" else 1
 
     @property
@@ -107,12 +110,25 @@ class SiteSchema:
         return str(self.extra.get("kind", "table"))
 
     def feature(self, name: str) -> FeatureSpec:
+        """The feature called ``name``.
+
+        Parameters
+        ----------
+        name : str
+            A feature's name.
+
+        Raises
+        ------
+        KeyError
+            No feature has that name.
+        """
         for spec in self.features:
             if spec.name == name:
                 return spec
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
+        """The schema as its parsed TOML: ``{"dataset": {…}, "features": {name: {…}}}``."""
         dataset: dict[str, Any] = {
             "name": self.name,
             "task": self.task,
@@ -142,12 +158,31 @@ class SiteSchema:
         return hashlib.sha256(self.to_toml().encode()).hexdigest()
 
     def save(self, path: str | Path) -> None:
+        """Write :meth:`to_toml` to ``path``.
+
+        Parameters
+        ----------
+        path : str or Path
+            The schema file to write.
+        """
         Path(path).write_text(self.to_toml())
 
 
 def read_schema_file(path: str | Path) -> SiteSchema:
-    """Read a schema TOML file's structure (its kind checks the rest: use
-    ``models.data.kinds.registry.load_schema``)."""
+    """Read a schema TOML file's structure; its kind checks the rest.
+
+    Use ``models.data.kinds.registry.load_schema`` for a completely checked schema.
+
+    Parameters
+    ----------
+    path : str or Path
+        The schema file.
+
+    Raises
+    ------
+    SchemaError
+        The file is missing, is not TOML, or its structure is wrong.
+    """
     path = Path(path)
     if not path.is_file():
         raise SchemaError(f"{path}: schema file not found")
@@ -159,8 +194,22 @@ def read_schema_file(path: str | Path) -> SiteSchema:
 
 
 def read_schema_document(raw: dict[str, Any], source: str = "<schema>") -> SiteSchema:
-    """Check a schema's structure given as a dict (the parsed TOML) and build a
-    :class:`SiteSchema`; its data kind checks the rest (``models.data.kinds.registry``)."""
+    """Check a schema's structure given as a dict and build a :class:`SiteSchema`.
+
+    Its data kind checks the rest (``models.data.kinds.registry``).
+
+    Parameters
+    ----------
+    raw : dict
+        The parsed TOML document.
+    source : str
+        Where it was read from, for error messages.
+
+    Raises
+    ------
+    SchemaError
+        A table or key is missing or has a wrong value; the message names it.
+    """
     dataset = raw.get("dataset")
     if not isinstance(dataset, dict):
         raise SchemaError(f"{source}: missing [dataset] table")

@@ -78,9 +78,11 @@ class SiteTable:
 
     @property
     def num_rows(self) -> int:
+        """Number of kept rows."""
         return len(self.frame)
 
     def label_counts(self) -> dict[str, int]:
+        """Rows per class, every class of the schema included; empty for regression."""
         if self.schema.task == "regression":
             return {}
         counts = self.frame[self.schema.label].value_counts()

@@ -1,1 +1,1 @@
-"""server/federation"""
+"""The coordinator's federated run: round loop, strategies, checkpoints and report."""

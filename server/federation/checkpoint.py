@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -48,6 +48,18 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, out_dir: str | Path) -> Path:
+        """Write the checkpoint into ``out_dir``, replacing the previous one.
+
+        Parameters
+        ----------
+        out_dir : str or Path
+            The run's output folder (created if missing).
+
+        Returns
+        -------
+        Path
+            The checkpoint folder, ``out_dir / CHECKPOINT_DIR``.
+        """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=out_dir))
@@ -88,7 +100,8 @@ class Checkpoint:
 
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    # cast: mypy would also match each array against savez's ``allow_pickle: bool``
+    np.savez(buffer, **cast(dict[str, Any], arrays))
     path.write_bytes(buffer.getvalue())
 
 

@@ -16,6 +16,20 @@ PLOT_FILE = "report.png"
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
+    """Write ``report`` to ``out_dir / report.json`` (indented, keys sorted).
+
+    Parameters
+    ----------
+    out_dir : Path
+        The run's output folder.
+    report : dict
+        The run's report; values JSON cannot encode (e.g. numpy numbers) go through ``float``.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     path = out_dir / REPORT_FILE
     path.write_text(json.dumps(report, indent=2, sort_keys=True, default=float))
     return path

@@ -1,7 +1,7 @@
-"""The coordinator's round loop: open the run, then per round train, aggregate,
-evaluate and checkpoint, then register the model.
+"""The coordinator's round loop: train, aggregate, evaluate and checkpoint each round.
 
-It drives one of Flower's strategies through its ``configure_*``/``aggregate_*`` methods
+The run is opened (or resumed) first and its model registered at the end. The loop
+drives one of Flower's strategies through its ``configure_*``/``aggregate_*`` methods
 instead of ``strategy.start``, because the coordinator must also checkpoint after every
 round (and resume), record each site's ε and refusals by name, and evaluate on a global
 test set when there is one. Each step is a function over a :class:`RunState`.
@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
@@ -283,7 +283,7 @@ def train_step(
 
 def refusals_of(
     replies: list[Message], state: RunState, server_round: int, say: Progress
-) -> dict[str, str]:
+) -> dict[str, str | None]:
     """The round's refusals by site name (each also told through ``say``)."""
     refused = {
         reply_site(reply, state.site_names): reply.error.reason
@@ -308,7 +308,8 @@ def aggregate_step(
     new_arrays, aggregated = state.strategy.aggregate_train(server_round, replies)
     if new_arrays is not None:
         state.weights = from_array_record(new_arrays)
-    return dict(aggregated or {})
+    # the sites' training metrics are numbers, so their weighted means are too
+    return cast(dict[str, float], dict(aggregated or {}))
 
 
 def evaluate_step(

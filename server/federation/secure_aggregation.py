@@ -35,6 +35,7 @@ import copy
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from flwr.app import (
@@ -46,9 +47,10 @@ from flwr.app import (
     Message,
     MessageType,
     MetricRecord,
+    MetricRecordValues,
     RecordDict,
 )
-from flwr.common import FitIns, FitRes, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import FitIns, FitRes, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext
@@ -178,22 +180,28 @@ class SecureAggregationGrid(Grid):
 
     # -- the Grid interface, delegated
     def set_run(self, run) -> None:
+        """Set the run on the real Grid."""
         self._grid.set_run(run)
 
     @property
     def run(self):
+        """The real Grid's run."""
         return self._grid.run
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        """A message created by the real Grid."""
         return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
+        """The node ids of the connected SuperNodes."""
         return self._grid.get_node_ids()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push messages through the real Grid; their message ids."""
         return self._grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """The replies the real Grid has for ``message_ids``."""
         return self._grid.pull_messages(message_ids)
 
     def send_and_receive(
@@ -211,10 +219,12 @@ class SecureAggregationGrid(Grid):
 
     # -- one round
     def _secure_round(self, requests: list[Message]) -> list[Message]:
-        arrays: ArrayRecord = requests[0].content[ARRAYS]
+        # _is_training_request checked that ARRAYS holds an ArrayRecord; CONFIG holds a
+        # RoundConfig's values, all scalars
+        arrays = cast(ArrayRecord, requests[0].content[ARRAYS])
         names = list(arrays.keys())
         dtypes = {n: arrays[n].numpy().dtype for n in names}
-        config = dict(requests[0].content[CONFIG])
+        config = cast(dict[str, Scalar], dict(requests[0].content[CONFIG]))
         config[SECAGG_ARRAY_NAMES] = json.dumps(names)
         config[SECAGG_CLIPPING_RANGE] = float(self._settings.secagg_clipping_range)
         parameters = ndarrays_to_parameters([arrays[n].numpy() for n in names])
@@ -223,7 +233,8 @@ class SecureAggregationGrid(Grid):
 
         scratch = copy.copy(self._context)  # the workflow's records stay out of the run's
         scratch.state = RecordDict()
-        legacy = LegacyContext(scratch, strategy=strategy)
+        # the workflow calls only configure_fit and aggregate_fit, not a whole legacy Strategy
+        legacy = LegacyContext(scratch, strategy=strategy)  # type: ignore[arg-type]
         legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
             parameters, keep_input=True
         )
@@ -242,6 +253,7 @@ class SecureAggregationGrid(Grid):
         for request in requests:
             node = request.metadata.dst_node_id
             if node in summed:
+                assert strategy.aggregate is not None  # summed is empty without an aggregate
                 aggregate = ArrayRecord(
                     {
                         n: Array(np.ascontiguousarray(a.astype(dtypes[n])))
@@ -281,7 +293,9 @@ def _reply_content(aggregate: ArrayRecord, fitres: FitRes) -> RecordDict:
     """What the round loop reads of a site's reply: the aggregate and the site's metrics."""
     metrics = dict(fitres.metrics)
     site = str(metrics.pop(SECAGG_SITE_NAME))
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    numeric: dict[str, MetricRecordValues] = {
+        k: v for k, v in metrics.items() if isinstance(v, int | float)
+    }
     return RecordDict(
         {
             ARRAYS: aggregate,

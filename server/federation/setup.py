@@ -41,7 +41,7 @@ def collect_statistics(
     query: StatisticsQuery,
     names: dict[int, str],
     timeout: float,
-) -> tuple[FeatureStatistics, dict[str, str], set[str]]:
+) -> tuple[FeatureStatistics, dict[str, str | None], set[str]]:
     """Ask every site for its feature statistics and add them up.
 
     Parameters
@@ -60,14 +60,15 @@ def collect_statistics(
     Returns
     -------
     tuple
-        The pooled statistics, the refusals by site name, and the schema hashes seen.
+        The pooled statistics, the refusals (error reasons) by site name, and the schema
+        hashes seen.
     """
     messages = [
         Message(query.to_record_dict(), dst_node_id=node, message_type=MessageType.QUERY)
         for node in nodes
     ]
     pooled = FeatureStatistics()
-    refusals: dict[str, str] = {}
+    refusals: dict[str, str | None] = {}
     schema_hashes: set[str] = set()
     for reply in grid.send_and_receive(messages, timeout=timeout):
         name = reply_site(reply, names)

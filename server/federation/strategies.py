@@ -9,6 +9,8 @@ be combined with secure aggregation.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 from flwr.serverapp.strategy import (
     FedAdam,
@@ -23,9 +25,38 @@ from flwr.serverapp.strategy import (
 from server.settings import RunSettings
 
 
+class _Sampling(TypedDict):
+    """The sampling arguments every strategy takes."""
+
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+
+
 def make_strategy(settings: RunSettings, num_sites: int) -> Strategy:
-    """The strategy named by ``settings.strategy``, sampling every available site."""
-    common = {
+    """The strategy named by ``settings.strategy``, sampling every available site.
+
+    Parameters
+    ----------
+    settings : RunSettings
+        ``strategy``, ``min_sites`` and the strategy's own settings (``proximal_mu`` for
+        FedProx; ``server_learning_rate`` and ``learning_rate`` for FedAdam).
+    num_sites : int
+        The sites in the run; Krum assumes at most ``(num_sites - 3) // 2`` are malicious.
+
+    Returns
+    -------
+    Strategy
+        A Flower Message API strategy.
+
+    Raises
+    ------
+    ValueError
+        The strategy's name is unknown.
+    """
+    common: _Sampling = {
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
         "min_train_nodes": settings.min_sites,
@@ -52,7 +83,18 @@ _STATE_FIELDS = ("current_arrays", "m_t", "v_t")
 
 
 def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
-    """The arrays a stateful strategy (FedOpt family) keeps between rounds."""
+    """The arrays a stateful strategy (FedOpt family) keeps between rounds.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The run's strategy; one without such state gives an empty dict.
+
+    Returns
+    -------
+    dict of str to ndarray
+        Each array of ``current_arrays``, ``m_t`` and ``v_t`` under ``"<field>/<name>"``.
+    """
     state: dict[str, np.ndarray] = {}
     for field in _STATE_FIELDS:
         value = getattr(strategy, field, None)
@@ -62,6 +104,15 @@ def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
 
 
 def restore_strategy_state(strategy: Strategy, state: dict[str, np.ndarray]) -> None:
+    """Put the arrays saved by :func:`strategy_state` back on the strategy.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The resumed run's strategy; only the fields it has are set.
+    state : dict of str to ndarray
+        What :func:`strategy_state` returned (from the checkpoint).
+    """
     for field in _STATE_FIELDS:
         values = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(field + "/")}
         if values and hasattr(strategy, field):

@@ -1,10 +1,10 @@
 """The HTTP face of the inference service (FastAPI); ``docs/PROTOCOL.md`` specifies it.
 
-Routes:
+Routes (their paths are :mod:`protocol.inference`'s, shared with the SDK):
 
 - ``GET  /.well-known/fedcare-keys``  the HPKE key configuration (public, cacheable)
-- ``POST /v2/models/{name}/infer``    a sealed request in, a sealed response out
-- ``GET  /v2/models/{name}``          the model's metadata: inputs, outputs, version
+- ``POST /v2/models/{model}/infer``   a sealed request in, a sealed response out
+- ``GET  /v2/models/{model}``         the model's metadata: inputs, outputs, version
 - ``GET  /v2/health/live``, ``/v2/health/ready``   liveness and readiness
 - ``GET  /docs``, ``/openapi.json``   the OpenAPI description
 
@@ -24,17 +24,24 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from privacy import hpke
+from protocol import inference as wire
 from protocol.inference import ApiError
 from server.inference.config import ServiceConfig
 from server.inference.model_store import ServedModel
 from server.inference.service import InferenceService
 
 log = logging.getLogger("fedcare.inference")
-KEYS_PATH = "/.well-known/fedcare-keys"
 _DATATYPES = {"numeric": "FP64", "categorical": "BYTES", "binary": "BOOL"}
 
 
 def error_response(err: ApiError) -> JSONResponse:
+    """The HTTP response of a refusal: its JSON body, status and headers.
+
+    Parameters
+    ----------
+    err : ApiError
+        The refusal.
+    """
     headers = {}
     if err.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="fedcare"'
@@ -44,12 +51,20 @@ def error_response(err: ApiError) -> JSONResponse:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
-    too_large = ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes.
+
+    Parameters
+    ----------
+    request : Request
+        The incoming request.
+    limit : int
+        The most bytes a body may have.
+    """
+    too_large = wire.BODY_TOO_LARGE.error(f"the body is larger than {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise ApiError(400, "malformed_request", "Content-Length is not a number")
+            raise wire.MALFORMED_REQUEST.error("Content-Length is not a number")
         if int(declared) > limit:
             raise too_large
     chunks, size = [], 0
@@ -86,7 +101,13 @@ def _metadata(model: ServedModel, max_rows: int) -> dict[str, Any]:
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
-    """The FastAPI application of one service (models load when it starts)."""
+    """The FastAPI application of one service (models load when it starts).
+
+    Parameters
+    ----------
+    config : ServiceConfig
+        The service's paths and limits.
+    """
     service = InferenceService(config)
 
     @asynccontextmanager
@@ -108,35 +129,37 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        routing = {e.status: e.code for e in (wire.NOT_FOUND, wire.METHOD_NOT_ALLOWED)}
+        code = routing.get(exc.status_code, "bad_request")
         return error_response(ApiError(exc.status_code, code, str(exc.detail)))
 
-    @app.get(KEYS_PATH, summary="The service's HPKE key configuration")
+    @app.get(wire.KEYS_PATH, summary="The service's HPKE key configuration")
     def keys() -> JSONResponse:
         return JSONResponse(
-            service.keyring.keys().config(), headers={"Cache-Control": "max-age=300"}
+            service.keyring.keys().config().to_json(),
+            headers={"Cache-Control": f"max-age={wire.KEYS_MAX_AGE}"},
         )
 
-    @app.get("/v2/health/live", summary="Liveness")
+    @app.get(wire.LIVE_PATH, summary="Liveness")
     def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready", summary="Readiness: at least one verified model is served")
+    @app.get(wire.READY_PATH, summary="Readiness: at least one verified model is served")
     def ready() -> JSONResponse:
         served = service.models.served()
         body = {"ready": bool(served), "models": {k: str(v) for k, v in served.items()}}
         return JSONResponse(body, status_code=200 if served else 503)
 
-    @app.get("/v2/models/{name}", summary="Model metadata (inputs by feature name)")
-    def metadata(name: str, request: Request) -> JSONResponse:
+    @app.get(wire.MODEL_PATH, summary="Model metadata (inputs by feature name)")
+    def metadata(model: str, request: Request) -> JSONResponse:
         try:
-            caller = service.authorize(request.headers.get("authorization"), name)
+            caller = service.authorize(request.headers.get("authorization"), model)
         except ApiError as err:
             return error_response(err)
         return JSONResponse(_metadata(caller.model, config.max_rows))
 
     @app.post(
-        "/v2/models/{name}/infer",
+        wire.INFER_PATH,
         summary="Encrypted inference",
         openapi_extra={
             "requestBody": {
@@ -155,11 +178,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
             },
         },
     )
-    async def infer(name: str, request: Request) -> Response:
+    async def infer(model: str, request: Request) -> Response:
         started = time.perf_counter()
         token_id, version = None, None
         try:
-            caller = service.authorize(request.headers.get("authorization"), name)
+            caller = service.authorize(request.headers.get("authorization"), model)
             token_id, version = caller.token.id, caller.model.version
             sealed = service.check_content_type(request.headers.get("content-type"))
             body = await read_body(request, config.max_body_bytes)
@@ -171,11 +194,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
         except ApiError as err:
             response, status, code, rows = error_response(err), err.status, err.code, 0
         except Exception as err:  # a bug: say nothing of the request, not even in the log
-            log.error("internal error answering %s (%s)", name, type(err).__name__)
-            internal = ApiError(500, "internal_error", "internal error")
-            response, status, code, rows = error_response(internal), 500, "internal_error", 0
+            log.error("internal error answering %s (%s)", model, type(err).__name__)
+            bug = wire.INTERNAL_ERROR.error("internal error")
+            response, status, code, rows = error_response(bug), bug.status, bug.code, 0
         latency = (time.perf_counter() - started) * 1000
-        service.audit.record(token_id, name, version, rows, status, code, latency)
+        service.audit.record(token_id, model, version, rows, status, code, latency)
         return response
 
     return app

@@ -63,6 +63,7 @@ class AuditLog:
             self._file.flush()
 
     def close(self) -> None:
+        """Close the log file; later records are dropped."""
         with self._lock:
             if self._file is not None:
                 self._file.close()

@@ -1,4 +1,7 @@
-"""The inference service's settings, in one record (the `fedcare serve` options map onto it)."""
+"""The inference service's settings, in one record.
+
+`fedcare serve`'s options map onto it and take their defaults from it (cli/inference.py).
+"""
 
 from __future__ import annotations
 

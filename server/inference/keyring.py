@@ -25,9 +25,9 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from privacy import hpke, pki
+from protocol.inference import KeyConfiguration, PublishedKey
 
 FORMAT = "fedcare-hpke-keyring/1"
 INDEX = "keyring.json"
@@ -118,25 +118,19 @@ class LoadedKeys:
     by_id: dict[bytes, hpke.HpkeKeyPair]
     created: dict[bytes, str]
 
-    def config(self) -> dict[str, Any]:
-        """The published key configuration (``docs/PROTOCOL.md`` section 3)."""
-        keys = []
-        for key_id, keypair in self.by_id.items():
-            keys.append(
-                {
-                    "key_id": key_id.hex(),
-                    "status": "current" if keypair is self.current else "previous",
-                    "kem_id": hpke.KEM_ID,
-                    "kdf_id": hpke.KDF_ID,
-                    "aead_id": hpke.AEAD_ID,
-                    "suite": hpke.SUITE_NAME,
-                    "public_key": hpke.b64encode(keypair.public),
-                    "created": self.created[key_id],
-                }
+    def config(self) -> KeyConfiguration:
+        """The published key configuration: the current key first, then the previous ones."""
+        keys = [
+            PublishedKey(
+                key_id=key_id,
+                public_key=keypair.public,
+                status="current" if keypair is self.current else "previous",
+                created=self.created[key_id],
             )
-        keys.sort(key=lambda k: k["status"] != "current")
-        current = self.current.key_id.hex()
-        return {"protocol": hpke.PROTOCOL, "current_key_id": current, "keys": keys}
+            for key_id, keypair in self.by_id.items()
+        ]
+        keys.sort(key=lambda k: k.status != "current")
+        return KeyConfiguration(current_key_id=self.current.key_id, keys=tuple(keys))
 
 
 def _load(folder: Path) -> LoadedKeys:

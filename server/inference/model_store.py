@@ -6,7 +6,7 @@ every few seconds; a newly registered version is verified and loaded *beside* th
 use and then swapped in with one reference assignment, so requests in flight finish on
 the model they started with and none fails.
 
-Verification (:func:`privacy.signing.verify_version_bytes`): the Ed25519 signature over
+Verification (:func:`server.registry.verify_version_bytes`): the Ed25519 signature over
 ``manifest.json`` with the coordinator's public key, then every listed file's sha256, then
 decryption of files encrypted at rest. The model is built from those verified bytes, never
 by reading the folder again. A version that fails is refused with one log line naming the
@@ -26,13 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from models.data.features import Standardization
 from models.data.kinds.registry import parse_schema
 from models.predictor import Predictor
 from models.spec import ModelSpec
-from privacy.signing import SignatureError, verify_version_bytes
+from privacy.signing import SignatureError, VerifyKey
 from server.registry import (
     PREPROCESSING,
     SCHEMA,
@@ -40,6 +38,7 @@ from server.registry import (
     ModelRegistry,
     ModelVersion,
     RegistryError,
+    verify_version_bytes,
 )
 
 log = logging.getLogger("fedcare.inference")
@@ -84,7 +83,7 @@ def _folder_stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 def load_verified(
-    version: ModelVersion, verify_key: Ed25519PublicKey, storage_key: bytes | None
+    version: ModelVersion, verify_key: VerifyKey, storage_key: bytes | None
 ) -> ServedModel:
     """Verify a registry version and build its model from the verified bytes.
 
@@ -120,7 +119,7 @@ class ModelStore:
     ----------
     registry : path
         The model registry's root folder (what ``fedcare simulate`` writes).
-    verify_key : Ed25519PublicKey
+    verify_key : VerifyKey
         The coordinator's model-signing public key.
     storage_key : bytes, optional
         The key of model files encrypted at rest.
@@ -133,7 +132,7 @@ class ModelStore:
     def __init__(
         self,
         registry: str | Path,
-        verify_key: Ed25519PublicKey,
+        verify_key: VerifyKey,
         storage_key: bytes | None = None,
         pins: Mapping[str, int] | None = None,
         poll_interval: float = 2.0,
@@ -215,6 +214,7 @@ class ModelStore:
                 log.error("registry scan failed (%s); retrying", err)
 
     def stop(self) -> None:
+        """Stop the watcher thread (waiting up to 5 s for it)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from models.data.kinds.base import DataKind, RowError
+from models.data.kinds.base import RowError
 from privacy import hpke
 from privacy.signing import load_storage_key, load_verify_key
 from privacy.tokens import RateLimiter, TokenRecord, TokenStore
@@ -32,12 +32,19 @@ from server.inference.model_store import ModelStore, ServedModel
 from server.inference.replay import ReplayGuard
 
 log = logging.getLogger("fedcare.inference")
-JSON_MEDIA_TYPE = "application/json"
 
 
 @dataclass(frozen=True)
 class Caller:
-    """An authorized request's token and the model it may use."""
+    """An authorized request's token and the model it may use.
+
+    Parameters
+    ----------
+    token : TokenRecord
+        The bearer token's record.
+    model : ServedModel
+        The model the request names, which the token's scope includes.
+    """
 
     token: TokenRecord
     model: ServedModel
@@ -45,7 +52,21 @@ class Caller:
 
 @dataclass(frozen=True)
 class Reply:
-    """What goes back: HTTP status, media type, body, and the row count for the audit."""
+    """What goes back: HTTP status, media type, body, and the row count for the audit.
+
+    Parameters
+    ----------
+    status : int
+        The HTTP status.
+    media_type : str
+        The body's ``Content-Type``.
+    body : bytes
+        A sealed response envelope, or plain JSON.
+    rows : int
+        How many rows the request carried (0 if it was refused before they were read).
+    code : str
+        ``ok`` or the protocol's error code.
+    """
 
     status: int
     media_type: str
@@ -80,53 +101,73 @@ class InferenceService:
         self.audit = AuditLog(config.audit_log)
 
     def start(self) -> None:
+        """Load the served models and start watching the registry."""
         self.models.start()
 
     def stop(self) -> None:
+        """Stop watching the registry and close the audit log."""
         self.models.stop()
         self.audit.close()
 
     # ------------------------------------------------------------------ access
 
     def authenticate(self, authorization: str | None) -> TokenRecord:
-        """The token of an ``Authorization: Bearer …`` header, or 401."""
+        """The token of an ``Authorization: Bearer …`` header, or 401.
+
+        Parameters
+        ----------
+        authorization : str or None
+            The request's ``Authorization`` header.
+        """
         if not authorization:
-            raise ApiError(401, "unauthorized", "missing Authorization: Bearer <token> header")
+            raise wire.UNAUTHORIZED.error("missing Authorization: Bearer <token> header")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "unauthorized", "the Authorization header must be 'Bearer <token>'")
+            raise wire.UNAUTHORIZED.error("the Authorization header must be 'Bearer <token>'")
         record = self.tokens.authenticate(token.strip())
         if record is None:
-            raise ApiError(401, "unauthorized", "unknown, malformed or revoked bearer token")
+            raise wire.UNAUTHORIZED.error("unknown, malformed or revoked bearer token")
         return record
 
     def authorize(self, authorization: str | None, model_name: str) -> Caller:
-        """Token (401), its scope (403), the model (404) and the token's rate (429)."""
+        """Token (401), its scope (403), the model (404) and the token's rate (429).
+
+        Parameters
+        ----------
+        authorization : str or None
+            The request's ``Authorization`` header.
+        model_name : str
+            The model the request's path names.
+        """
         token = self.authenticate(authorization)
         if not token.allows(model_name):
-            raise ApiError(403, "forbidden", f"this token's scope does not include '{model_name}'")
+            raise wire.FORBIDDEN.error(f"this token's scope does not include '{model_name}'")
         model = self.models.get(model_name)
         if model is None:
-            raise ApiError(404, "unknown_model", f"no model named '{model_name}' is served")
+            raise wire.UNKNOWN_MODEL.error(f"no model named '{model_name}' is served")
         wait = self.rate_limiter.acquire(token.id, token.rate_per_second, token.burst)
         if wait is not None:
             retry = max(1, math.ceil(wait))
-            raise ApiError(
-                429, "rate_limited", f"rate limit reached; retry in {retry} s", retry_after=retry
+            raise wire.RATE_LIMITED.error(
+                f"rate limit reached; retry in {retry} s", retry_after=retry
             )
         return Caller(token=token, model=model)
 
     def check_content_type(self, content_type: str | None) -> bool:
-        """Whether the body is sealed (True) or benchmark plaintext (False); else 415."""
+        """Whether the body is sealed (True) or benchmark plaintext (False); else 415.
+
+        Parameters
+        ----------
+        content_type : str or None
+            The request's ``Content-Type`` header.
+        """
         media = (content_type or "").split(";")[0].strip().lower()
         if media == hpke.REQUEST_MEDIA_TYPE:
             return True
-        if media == JSON_MEDIA_TYPE and self.config.plaintext_payloads:
+        if media == wire.JSON_MEDIA_TYPE and self.config.plaintext_payloads:
             return False
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"Content-Type must be {hpke.REQUEST_MEDIA_TYPE}, got '{media or 'none'}'",
+        raise wire.UNSUPPORTED_MEDIA_TYPE.error(
+            f"Content-Type must be {hpke.REQUEST_MEDIA_TYPE}, got '{media or 'none'}'"
         )
 
     # ------------------------------------------------------------------ answer
@@ -135,22 +176,30 @@ class InferenceService:
         try:
             key_id = hpke.request_key_id(envelope)
         except hpke.MalformedEnvelope as err:
-            raise ApiError(400, "malformed_envelope", str(err)) from None
+            raise wire.MALFORMED_ENVELOPE.error(str(err)) from None
         keypair = self.keyring.find(key_id)
         if keypair is None:
-            raise ApiError(
-                400,
-                "unknown_key_id",
+            raise wire.UNKNOWN_KEY_ID.error(
                 f"key id {key_id.hex()} is not a key of this service (retired or never "
-                "published); fetch the key configuration again",
+                "published); fetch the key configuration again"
             )
         try:
             return hpke.open_request(envelope, keypair)
         except hpke.EnvelopeError as err:
-            raise ApiError(400, err.code, str(err)) from None
+            raise wire.ERRORS[err.code].error(str(err)) from None
 
     def answer(self, model: ServedModel, body: bytes, sealed: bool) -> Reply:
         """Open, check, predict and seal one request.
+
+        Parameters
+        ----------
+        model : ServedModel
+            The model the caller may use.
+        body : bytes
+            The request body: an envelope, or JSON if not ``sealed``.
+        sealed : bool
+            Whether the body is a sealed envelope (False only in the benchmark-only
+            plaintext mode).
 
         Errors found before the response key is known come back as plain JSON (they
         concern only the envelope); every later reply, errors included, is sealed.
@@ -160,7 +209,7 @@ class InferenceService:
             decoded = wire.decode_request(plaintext)
             header = wire.parse_header(decoded, response_key_required=sealed)
         except ApiError as err:
-            return Reply(err.status, JSON_MEDIA_TYPE, wire.dumps(err.body()), 0, err.code)
+            return Reply(err.status, wire.JSON_MEDIA_TYPE, wire.dumps(err.body()), 0, err.code)
         rows = 0
         try:
             self.replay.check(header.id, header.timestamp)
@@ -174,16 +223,16 @@ class InferenceService:
         except ApiError as err:
             status, code, payload = err.status, err.code, err.body()
         except RowError as err:
-            status, code = 422, "invalid_input"
-            payload = {"error": str(err), "code": code, "row": err.row, "feature": err.feature}
+            refused = wire.INVALID_INPUT.error(str(err), row=err.row, feature=err.feature)
+            status, code, payload = refused.status, refused.code, refused.body()
         except (ValueError, TypeError, IndexError) as err:
             # Another data kind's encoder refusing a shape; its message may quote values.
-            status, code = 422, "invalid_input"
-            payload = {"error": f"the inputs do not fit the model ({type(err).__name__})"}
-            payload["code"] = code
+            message = f"the inputs do not fit the model ({type(err).__name__})"
+            refused = wire.INVALID_INPUT.error(message)
+            status, code, payload = refused.status, refused.code, refused.body()
         data = wire.dumps(payload)
         if header.response_key is None:
-            return Reply(status, JSON_MEDIA_TYPE, data, rows, code)
+            return Reply(status, wire.JSON_MEDIA_TYPE, data, rows, code)
         sealed_reply = hpke.seal_response(header.response_key, data)
         return Reply(status, hpke.RESPONSE_MEDIA_TYPE, sealed_reply, rows, code)
 
@@ -193,17 +242,17 @@ class InferenceService:
 
 def _not_explainable(model: ServedModel, why: str) -> ApiError:
     predictor = model.predictor
-    return ApiError(
-        400,
-        "not_explainable",
+    return wire.NOT_EXPLAINABLE.error(
         f"model '{model.name}' (data kind '{predictor.kind.name}', family "
         f"'{predictor.spec.kind}') cannot be explained: {why}",
     )
 
 
 def _summary(model: ServedModel, shown: dict[str, Any]) -> Any:
-    """One row's attributions as an output value: a mapping per feature or term (an
-    ``[n, k]`` tensor), or a pixel map (``[n, h, w]``)."""
+    """One row's attributions as an output value.
+
+    A mapping per feature or term (an ``[n, k]`` tensor), or a pixel map (``[n, h, w]``).
+    """
     if "features" in shown:
         return dict(shown["features"])
     if "steps" in shown:  # a series: each feature's attributions summed over its steps
@@ -222,13 +271,14 @@ def _summary(model: ServedModel, shown: dict[str, Any]) -> Any:
 def _with_attributions(
     model: ServedModel, instances: list[dict[str, Any]], predictions: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The predictions with ``attributions``, ``explained_output`` and ``baseline_output``
-    (integrated gradients, ``models.explain``) added to each row."""
+    """The predictions with attributions added to each row.
+
+    Each row gets ``attributions``, ``explained_output`` and ``baseline_output``
+    (integrated gradients, ``models.explain``).
+    """
     predictor = model.predictor
     if not isinstance(predictor.model, torch.nn.Module):
         raise _not_explainable(model, "it is not a differentiable network")
-    if type(predictor.kind).present_attributions is DataKind.present_attributions:
-        raise _not_explainable(model, "its data kind does not present attributions")
     from models.explain import explain_rows  # Captum: only for the requests that ask
 
     explained = explain_rows(predictor, instances)

@@ -22,8 +22,9 @@ from deploy.process import free_loopback_port
 from deploy.provision import provision
 from deploy.superlink import CoordinatorError
 from deploy.supernode import check_site, load_site_config, site_ledger, start_site
-from privacy.signing import load_verify_key, verify_version_bytes
+from privacy.signing import load_verify_key
 from server.federation.checkpoint import Checkpoint
+from server.registry import verify_version_bytes
 from simulations.loopback import (
     LoopbackFederation,
     fill_site_file,

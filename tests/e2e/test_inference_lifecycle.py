@@ -14,6 +14,7 @@ import pytest
 
 from client.sdk import ConnectionFailed
 from privacy import signing
+from server import registry
 from server.inference.keyring import retire, rotate
 from server.registry import ModelRegistry
 from tests.e2e.test_inference import (
@@ -150,7 +151,7 @@ def test_encrypted_at_rest_model_behind_mtls(tmp_path):
     signing.generate_storage_key(storage_key)
     version = ModelRegistry(fed.registry).get("ward", 1)
     key, signer = signing.load_storage_key(storage_key), signing.signer_from_file(fed.signing_key)
-    signing.encrypt_version_at_rest(version.path, key, signer)
+    registry.encrypt_version_at_rest(version.path, key, signer)
     assert not (version.path / "weights.npz").exists()
     service = start_service(
         fed,

@@ -57,19 +57,41 @@ class ImageShape:
 
     @classmethod
     def of(cls, schema: SiteSchema) -> ImageShape:
+        """The shape a schema declares (``channels`` default 1, ``image_size`` default 28).
+
+        Parameters
+        ----------
+        schema : SiteSchema
+            An image schema.
+
+        Raises
+        ------
+        SchemaError
+            ``channels`` is not 1 or 3, or ``image_size`` is not an integer >= 4.
+        """
         channels = integer_option(schema, "channels", 1, 1)
         if channels not in (1, 3):
             raise SchemaError(f"{schema.source}: [dataset].channels is {channels}, expected 1 or 3")
         return cls(channels, integer_option(schema, "image_size", 28, 4))
 
     def describe(self) -> str:
+        """The shape in words, for error messages."""
         return f"{self.size}×{self.size}, {self.channels} channel(s)"
 
 
 @dataclass
 class ImageExamples:
-    """A site's checked images: ``images`` (n, channels, size, size) in [0, 1], ``labels``
-    class indices."""
+    """A site's checked images.
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        The federation's schema (its classes).
+    images : ndarray
+        float32 ``(n, channels, size, size)``, values in [0, 1].
+    labels : ndarray
+        int64 class indices into ``schema.classes``.
+    """
 
     schema: SiteSchema
     images: np.ndarray
@@ -77,24 +99,41 @@ class ImageExamples:
 
     @property
     def num_examples(self) -> int:
+        """Number of images."""
         return len(self.labels)
 
     def strata(self) -> np.ndarray | None:
+        """The class indices: splits are stratified by class."""
         return self.labels
 
     def statistics(self, index: np.ndarray) -> FeatureStatistics:
+        """The class counts of the images at ``index`` (no pixel statistics)."""
         classes = self.schema.classes
         return FeatureStatistics.of_values(
             {}, labels=[classes[i] for i in self.labels[index]], rows=len(index)
         )
 
     def encode(self, index: np.ndarray, standardization: Standardization) -> EncodedExamples:
+        """The images at ``index`` and their class indices (``standardization`` is unused)."""
         return EncodedExamples(self.images[index], self.labels[index])
 
 
 def to_model_pixels(pixels: np.ndarray, shape: ImageShape) -> tuple[np.ndarray | None, str]:
-    """One image's 0–255 pixels, ``(size, size)`` or ``(size, size, channels)``, as
-    float32 ``(channels, size, size)`` in [0, 1]; or ``None`` and what is wrong."""
+    """One image's 0–255 pixels as the model takes them, or what is wrong with them.
+
+    Parameters
+    ----------
+    pixels : ndarray
+        ``(size, size)`` (one channel only) or ``(size, size, channels)``, values 0–255.
+    shape : ImageShape
+        The images the schema declares.
+
+    Returns
+    -------
+    tuple
+        float32 ``(channels, size, size)`` in [0, 1] and ``""``; or ``None`` and the
+        problem (shape, channels, non-finite or out-of-range values).
+    """
     if pixels.ndim == 2 and shape.channels == 1:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3:
@@ -198,7 +237,7 @@ def _listing(folder: Path, schema: SiteSchema) -> tuple[list[tuple[Path, str, in
             (folder / str(f).strip(), str(lab).strip(), i + 2)
             for i, (f, lab) in enumerate(zip(table["file"], table["label"], strict=True))
         ], str(labels_path)
-    entries = []
+    entries: list[tuple[Path, str, int | None]] = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         entries += [(png, sub.name, None) for png in sorted(sub.glob("*.png"))]
     return entries, str(folder)
@@ -275,17 +314,20 @@ class ImageKind:
     """2D images; see the module docstring."""
 
     name = "image"
-    tasks = ("binary", "multiclass")
+    tasks: tuple[str, ...] = ("binary", "multiclass")
 
     def check_schema(self, schema: SiteSchema) -> None:
+        """Check ``channels`` and ``image_size``, and that there are no ``[features]``."""
         ImageShape.of(schema)
         if schema.features:
             raise SchemaError(f"{schema.source}: image data takes no [features] tables")
 
     def is_site_source(self, path: Path) -> bool:
+        """Whether ``path`` is a folder (of PNG files) or a ``.npz`` file."""
         return path.is_dir() or path.suffix.lower() == ".npz"
 
     def load(self, path: Path, schema: SiteSchema) -> ImageExamples:
+        """Read a ``.npz`` file or a folder of PNG files; raises ``SiteDataError``."""
         path = Path(path)
         shape = ImageShape.of(schema)
         if path.is_dir():
@@ -295,9 +337,11 @@ class ImageKind:
         return _load_npz(path, schema, shape)
 
     def families(self, schema: SiteSchema) -> tuple[str, ...]:
+        """The small CNN only."""
         return ("cnn",)
 
     def model_input(self, schema: SiteSchema) -> ModelInput:
+        """Input width ``channels × size × size``; ``channels`` and ``image_size`` options."""
         shape = ImageShape.of(schema)
         return ModelInput(
             shape.channels * shape.size * shape.size,
@@ -310,6 +354,10 @@ class ImageKind:
         standardization: Standardization,
         instances: Sequence[Mapping[str, Any]],
     ) -> np.ndarray:
+        """Instances ``{"image": pixels}`` or ``{"png": base64}`` as ``(n, c, size, size)``.
+
+        Raises :class:`RowError` naming the instance and field that do not fit.
+        """
         shape = ImageShape.of(schema)
         images = []
         for i, instance in enumerate(instances):

@@ -50,6 +50,19 @@ class SequenceLayout:
 
     @classmethod
     def of(cls, schema: SiteSchema) -> SequenceLayout:
+        """The layout a schema declares (``max_steps`` default 48).
+
+        Parameters
+        ----------
+        schema : SiteSchema
+            A sequence schema.
+
+        Raises
+        ------
+        SchemaError
+            ``patient`` or ``time`` is missing or names the label or a feature, or
+            ``max_steps`` is not a positive integer.
+        """
         return cls(
             patient=column_option(schema, "patient"),
             time=column_option(schema, "time"),
@@ -88,15 +101,23 @@ class SequenceExamples:
 
     @property
     def num_examples(self) -> int:
+        """Number of patients."""
         return len(self.rows)
 
     def strata(self) -> np.ndarray | None:
+        """Each patient's label for classification; None for regression."""
         if self.schema.task == "regression":
             return None
         return self.labels[self.schema.label].to_numpy()
 
     def statistics(self, index: np.ndarray) -> FeatureStatistics:
-        positions = np.concatenate([self.rows[i] for i in index]) if len(index) else []
+        """Numeric features over every kept step of the patients at ``index``, and labels.
+
+        The labels count per class, or for regression enter as one value per patient.
+        """
+        positions: np.ndarray | list[int] = (
+            np.concatenate([self.rows[i] for i in index]) if len(index) else []
+        )
         steps = self.steps.iloc[positions]
         columns = {
             s.name: steps[s.name].to_numpy(dtype=float)
@@ -110,6 +131,7 @@ class SequenceExamples:
         return FeatureStatistics.of_values(columns, labels=labels.tolist(), rows=len(index))
 
     def encode(self, index: np.ndarray, standardization: Standardization) -> EncodedExamples:
+        """The patients at ``index`` as ``(n, max_steps, width + 1)`` arrays and labels."""
         encoder = FeatureEncoder(self.schema, standardization)
         max_steps = SequenceLayout.of(self.schema).max_steps
         values = encoder.transform(self.steps)
@@ -134,8 +156,8 @@ def _group_patients(
         if not patient.strip():
             problems.append(DataProblem(path, file_rows[position], layout.patient, "empty id"))
     times = frame[layout.time].to_numpy(dtype=float)
-    for position in np.flatnonzero(np.isnan(times)):
-        problems.append(DataProblem(path, file_rows[position], layout.time, "empty time"))
+    for blank in np.flatnonzero(np.isnan(times)):
+        problems.append(DataProblem(path, file_rows[blank], layout.time, "empty time"))
     if problems:
         raise SiteDataError(problems)
     rows: list[np.ndarray] = []
@@ -177,9 +199,10 @@ class SequenceKind:
     """Long-format time series; see the module docstring."""
 
     name = "sequence"
-    tasks = ("binary", "multiclass", "regression")
+    tasks: tuple[str, ...] = ("binary", "multiclass", "regression")
 
     def check_schema(self, schema: SiteSchema) -> None:
+        """Check ``patient``, ``time``, ``max_steps`` and that features are declared."""
         layout = SequenceLayout.of(schema)
         if not schema.features:
             raise SchemaError(f"{schema.source}: missing [features.<name>] tables")
@@ -187,9 +210,15 @@ class SequenceKind:
             raise SchemaError(f"{schema.source}: [dataset].patient and .time are one column")
 
     def is_site_source(self, path: Path) -> bool:
+        """Whether ``path`` is a table file (CSV or Parquet)."""
         return path.is_file() and path.suffix.lower() in TABLE_SUFFIXES
 
     def load(self, path: Path, schema: SiteSchema) -> SequenceExamples:
+        """Read and check a long-format table and group it by patient.
+
+        Raises ``SiteDataError`` for bad rows, repeated times, a patient with two labels
+        and a site whose patients all share one class.
+        """
         layout = SequenceLayout.of(schema)
         table = load_site_table(path, step_schema(schema), passthrough=[layout.patient])
         rows, labels = _group_patients(str(path), schema, table.frame, table.source_rows)
@@ -210,9 +239,11 @@ class SequenceKind:
         return examples
 
     def families(self, schema: SiteSchema) -> tuple[str, ...]:
+        """GRU (the default), LSTM and attention."""
         return ("gru", "lstm", "attention")
 
     def model_input(self, schema: SiteSchema) -> ModelInput:
+        """The encoded features' width per step, and the ``max_len`` option."""
         width = FeatureEncoder(schema, Standardization({}, {})).input_dim
         return ModelInput(width, {"max_len": SequenceLayout.of(schema).max_steps})
 
@@ -222,6 +253,7 @@ class SequenceKind:
         standardization: Standardization,
         instances: Sequence[Mapping[str, Any]],
     ) -> np.ndarray:
+        """Request series (see :func:`checked_steps`) as ``(n, max_steps, width + 1)``."""
         layout = SequenceLayout.of(schema)
         encoder = FeatureEncoder(schema, standardization)
         inputs = np.zeros((len(instances), layout.max_steps, encoder.input_dim + 1), np.float32)
@@ -233,8 +265,10 @@ class SequenceKind:
     def present_attributions(
         self, schema: SiteSchema, attributions: np.ndarray, instance: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """``{"steps": [{"time": t, "features": {name: attribution}}, …]}`` for the steps
-        the model saw, in time order."""
+        """Attributions per step the model saw, in time order.
+
+        ``{"steps": [{"time": t, "features": {name: attribution}}, …]}``.
+        """
         time = SequenceLayout.of(schema).time
         steps = checked_steps(schema, 0, instance)
         return {
@@ -249,7 +283,22 @@ class SequenceKind:
 
 
 def checked_steps(schema: SiteSchema, row: int, instance: Mapping[str, Any]) -> pd.DataFrame:
-    """One request instance's steps, checked, in time order, the latest ``max_steps``."""
+    """One request instance's steps, checked, in time order, the latest ``max_steps``.
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        A sequence schema.
+    row : int
+        The instance's index in the request, for errors.
+    instance : mapping
+        ``{"steps": [{...}, …]}``, or one list per column, all of one length.
+
+    Raises
+    ------
+    RowError
+        The instance is malformed, a step's value does not fit, or two steps share a time.
+    """
     layout = SequenceLayout.of(schema)
     if not isinstance(instance, Mapping) or not instance:
         raise RowError(row, None, f'expected {{"{STEPS_FIELD}": [{{...}}, ...]}}')

@@ -34,6 +34,23 @@ def check_rows(schema: SiteSchema, rows: Sequence[Mapping[str, Any]]) -> pd.Data
     Every declared feature must be present with a value of its type; numbers must be
     finite and within the declared range; extra keys are refused (a misspelt feature
     name would otherwise be silently ignored).
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        The schema whose features the rows hold.
+    rows : sequence of mapping
+        The request's rows, feature name to value.
+
+    Returns
+    -------
+    DataFrame
+        One column per feature: numbers and 0/1 as float, categories as str.
+
+    Raises
+    ------
+    RowError
+        The first row and feature that do not fit.
     """
     names = schema.feature_names
     columns: dict[str, list[Any]] = {n: [] for n in names}
@@ -76,28 +93,47 @@ def _checked_value(row: int, spec: FeatureSpec, value: Any) -> Any:
 
 
 def survival_row_schema(schema: SiteSchema) -> SiteSchema:
-    """How a survival table's rows are checked: the time as a regression label, the event
-    as a binary column beside the features."""
+    """How a survival table's rows are checked.
+
+    The follow-up time is checked as a regression label, the event column as a binary
+    feature beside the others.
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        A survival table schema (``[dataset].event`` set).
+    """
     event = FeatureSpec(name=str(schema.extra["event"]), type="binary")
     return replace(schema, task="regression", features=(*schema.features, event), extra={})
 
 
 @dataclass
 class TableExamples:
-    """A checked site table; one example per row."""
+    """A checked site table; one example per row.
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        The federation's schema.
+    table : SiteTable
+        The site's checked rows.
+    """
 
     schema: SiteSchema
     table: SiteTable
 
     @property
     def frame(self) -> pd.DataFrame:
+        """The table's typed rows."""
         return self.table.frame
 
     @property
     def num_examples(self) -> int:
+        """Number of rows."""
         return self.table.num_rows
 
     def strata(self) -> np.ndarray | None:
+        """The label (classification) or event column (survival); None for regression."""
         if self.schema.task == "survival":
             return self.frame[self.schema.extra["event"]].to_numpy()
         if self.schema.task == "regression":
@@ -105,9 +141,11 @@ class TableExamples:
         return self.frame[self.schema.label].to_numpy()
 
     def statistics(self, index: np.ndarray) -> FeatureStatistics:
+        """Statistics of the rows at ``index``: numeric features (and regression label)."""
         return FeatureStatistics.of_frame(self.frame.iloc[index], self.schema)
 
     def encode(self, index: np.ndarray, standardization: Standardization) -> EncodedExamples:
+        """The rows at ``index`` encoded; survival targets are ``[time, event]`` rows."""
         frame = self.frame.iloc[index]
         encoder = FeatureEncoder(self.schema, standardization)
         if self.schema.task == "survival":
@@ -123,18 +161,21 @@ class TableKind:
     """Site tables (the default kind)."""
 
     name = "table"
-    tasks = ("binary", "multiclass", "regression", "survival")
+    tasks: tuple[str, ...] = ("binary", "multiclass", "regression", "survival")
 
     def check_schema(self, schema: SiteSchema) -> None:
+        """Check that features are declared, and ``event`` for survival."""
         if not schema.features:
             raise SchemaError(f"{schema.source}: missing [features.<name>] tables")
         if schema.task == "survival":
             column_option(schema, "event")
 
     def is_site_source(self, path: Path) -> bool:
+        """Whether ``path`` is a table file (CSV or Parquet)."""
         return path.is_file() and path.suffix.lower() in TABLE_SUFFIXES
 
     def load(self, path: Path, schema: SiteSchema) -> TableExamples:
+        """Read and check a table; survival also refuses negative follow-up times."""
         if schema.task != "survival":
             return TableExamples(schema, load_site_table(path, schema))
         table = load_site_table(path, survival_row_schema(schema))
@@ -149,9 +190,11 @@ class TableKind:
         return TableExamples(schema, table)
 
     def families(self, schema: SiteSchema) -> tuple[str, ...]:
+        """Cox linear and Cox MLP for survival; else logistic regression and MLP."""
         return ("cox_linear", "cox_mlp") if schema.task == "survival" else ("logreg", "mlp")
 
     def model_input(self, schema: SiteSchema) -> ModelInput:
+        """The encoded row's width (one-hot categories included); no options."""
         return ModelInput(FeatureEncoder(schema, Standardization({}, {})).input_dim)
 
     def encode_request(
@@ -160,6 +203,7 @@ class TableKind:
         standardization: Standardization,
         instances: Sequence[Mapping[str, Any]],
     ) -> np.ndarray:
+        """Request rows checked with :func:`check_rows` and encoded."""
         return FeatureEncoder(schema, standardization).transform(check_rows(schema, instances))
 
     def present_attributions(
@@ -170,8 +214,17 @@ class TableKind:
 
 
 def attributions_by_feature(schema: SiteSchema, values: np.ndarray) -> dict[str, float]:
-    """Per-column attributions of an encoded row, per schema feature: a categorical
-    feature's one-hot columns add up to one number."""
+    """An encoded row's per-column attributions summed per schema feature.
+
+    A categorical feature's one-hot columns add up to one number.
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        The schema the row was encoded with.
+    values : ndarray
+        One attribution per encoded column, in encoding order.
+    """
     owners = [
         spec.name
         for spec in schema.features

@@ -52,16 +52,20 @@ class NoteExamples:
 
     @property
     def num_examples(self) -> int:
+        """Number of notes."""
         return self.table.num_rows
 
     def strata(self) -> np.ndarray | None:
+        """Each note's label: splits are stratified by class."""
         return self.table.frame[self.schema.label].to_numpy()
 
     def statistics(self, index: np.ndarray) -> FeatureStatistics:
+        """The class counts of the notes at ``index``; nothing of the text."""
         labels = self.table.frame[self.schema.label].iloc[index].tolist()
         return FeatureStatistics.of_values({}, labels=labels, rows=len(index))
 
     def encode(self, index: np.ndarray, standardization: Standardization) -> EncodedExamples:
+        """The notes at ``index`` hashed into ``n_features`` buckets, and class indices."""
         frame = self.table.frame.iloc[index]
         notes = frame[column_option(self.schema, "text")].tolist()
         targets = FeatureEncoder(self.schema, standardization).labels(frame)
@@ -72,18 +76,21 @@ class TextKind:
     """Clinical notes; see the module docstring."""
 
     name = "text"
-    tasks = ("binary", "multiclass")
+    tasks: tuple[str, ...] = ("binary", "multiclass")
 
     def check_schema(self, schema: SiteSchema) -> None:
+        """Check ``text``, ``n_features``, ``ngram_max``, and that there are no features."""
         column_option(schema, "text")
         hasher_of(schema)
         if schema.features:
             raise SchemaError(f"{schema.source}: text data takes no [features] tables")
 
     def is_site_source(self, path: Path) -> bool:
+        """Whether ``path`` is a table file (CSV or Parquet)."""
         return path.is_file() and path.suffix.lower() in TABLE_SUFFIXES
 
     def load(self, path: Path, schema: SiteSchema) -> NoteExamples:
+        """Read and check the notes table; an empty note is a ``SiteDataError``."""
         column = column_option(schema, "text")
         table = load_site_table(path, replace(schema, extra={}), passthrough=[column])
         problems = [
@@ -96,9 +103,11 @@ class TextKind:
         return NoteExamples(schema, table)
 
     def families(self, schema: SiteSchema) -> tuple[str, ...]:
+        """Logistic regression (the default) and MLP over the hashed terms."""
         return ("logreg", "mlp")
 
     def model_input(self, schema: SiteSchema) -> ModelInput:
+        """``n_features`` inputs (the hash buckets); no options."""
         return ModelInput(hasher_of(schema).n_features)
 
     def encode_request(
@@ -107,6 +116,7 @@ class TextKind:
         standardization: Standardization,
         instances: Sequence[Mapping[str, Any]],
     ) -> np.ndarray:
+        """Instances ``{"<text column>": note}`` hashed (``MAX_NOTE_CHARS`` at most each)."""
         column = column_option(schema, "text")
         notes = []
         for i, instance in enumerate(instances):
@@ -123,9 +133,11 @@ class TextKind:
     def present_attributions(
         self, schema: SiteSchema, attributions: np.ndarray, instance: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """``{"terms": {term: attribution}}``, largest effect first. A bucket's attribution is
-        shared equally by the note's terms that hash into it, so the terms add up to the
-        total."""
+        """``{"terms": {term: attribution}}``, largest effect first.
+
+        A bucket's attribution is shared equally by the note's terms that hash into it, so
+        the terms add up to the total.
+        """
         terms = hasher_of(schema).terms(instance[column_option(schema, "text")])
         sharing: dict[int, int] = {}
         for bucket in terms.values():

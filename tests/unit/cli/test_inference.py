@@ -4,12 +4,14 @@ commands in this process (the same code `fedcare` runs, without a process start-
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 
 import typer
 from typer.testing import CliRunner, Result
 
-from cli.inference import keys_app, serve, tokens_app
+from cli.inference import _parse_pins, keys_app, serve, tokens_app
 from privacy.tokens import TokenStore
+from server.inference.config import ServiceConfig
 from server.inference.keyring import list_keys
 from tests.e2e.test_inference import make_federation
 
@@ -88,3 +90,17 @@ def test_tokens_commands(tmp_path):
     assert TokenStore(store).authenticate(token) is None
     bad = fedcare("tokens", "create", "--store", store, "--name", "x", "--scope", "../x")
     assert bad.exit_code == 2 and "is not a model name" in bad.stderr
+
+
+def test_serve_has_an_option_for_every_setting_with_its_default():
+    params = {p.name: p for p in typer.main.get_command(app).commands["serve"].params}
+    # The ServiceConfig fields whose `fedcare serve` option has another name.
+    option = {"pins": "pin", "rate_per_second": "rate", "plaintext_payloads": "benchmark_plaintext"}
+    for field in fields(ServiceConfig):
+        param = params[option.get(field.name, field.name)]
+        if field.default_factory is not MISSING:  # pins: NAME=VERSION options, parsed
+            assert _parse_pins(param.default) == field.default_factory(), field.name
+        elif field.default is MISSING:
+            assert param.required, field.name
+        else:
+            assert param.default == field.default, field.name

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 import typer
 from typer.testing import CliRunner
 
+from cli import main
 from cli.main import app
+from server.settings import CLASS_WEIGHTS, PARTITIONS, STRATEGIES, RunSettings
 from tests.conftest import SCHEMA_TOML
 
 runner = CliRunner()
@@ -54,3 +58,23 @@ def test_out_of_range_options_are_refused_with_the_option_named():
     result = runner.invoke(app, ["simulate", "--rounds", "0"])
     assert result.exit_code == 2
     assert "--rounds" in result.output
+
+
+def test_simulate_without_options_runs_the_run_settings_defaults(monkeypatch, tmp_path):
+    seen: list[RunSettings] = []
+    monkeypatch.setattr(main, "_run_simulation", lambda settings, verbose: seen.append(settings))
+    result = runner.invoke(app, ["simulate", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen == [replace(RunSettings(), out_dir=str(tmp_path.resolve()))]
+
+
+def test_simulate_offers_the_run_settings_choices():
+    simulate = typer.main.get_command(app).commands["simulate"]
+    choices = {
+        p.name: tuple(p.type.choices) for p in simulate.params if isinstance(p.type, click.Choice)
+    }
+    assert choices == {
+        "partition": PARTITIONS,
+        "strategy": STRATEGIES,
+        "class_weights": CLASS_WEIGHTS,
+    }

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
+import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -10,10 +13,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from client.site import resolve_settings
 from deploy.provision import ProvisionError, load_federation, provision
 from deploy.superlink import write_connection
 from deploy.supernode import load_site_config, supernode_command, write_node_config
-from privacy import pki
+from models.data.site_config import SiteConfigError
+from privacy import pki, signing
+from tests.unit.privacy.test_signing import ssh_keygen_fingerprint
 
 SITES = ["a", "b", "c"]
 
@@ -97,8 +103,33 @@ def test_node_auth_keys_in_the_format_flower_reads(prov):
         assert (out / "coordinator" / "sites" / f"{site}.pub").read_bytes() == (
             d / "auth.pub"
         ).read_bytes()
-    fps = {pki.public_key_fingerprint((out / "sites" / s / "auth.pub").read_bytes()) for s in SITES}
-    assert len(fps) == len(SITES)
+
+
+def test_federation_toml_has_the_fingerprints_the_participants_can_check(prov):
+    out, _ = prov
+    fed = load_federation(out / "coordinator")
+    for site in SITES:
+        assert fed.fingerprints[site] == ssh_keygen_fingerprint(out / "sites" / site / "auth.pub")
+    assert len(set(fed.fingerprints.values())) == len(SITES)
+    toml = tomllib.loads((out / "coordinator" / "federation.toml").read_text())
+    verify_key = signing.load_verify_key(out / "sites" / "a" / "signing.pub")
+    assert toml["signing-public-key-fingerprint"] == pki.fingerprint(verify_key)
+
+
+def test_the_superlink_certificate_digest_is_what_openssl_prints(prov):
+    out, _ = prov
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert = out / "coordinator" / "superlink.crt"
+    run = subprocess.run(
+        [openssl, "x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    toml = tomllib.loads((out / "coordinator" / "federation.toml").read_text())
+    assert toml["superlink-certificate-sha256"] == run.stdout.strip().split("=", 1)[1]
 
 
 def test_server_certificate_chains_to_ca_with_sans(prov):
@@ -241,6 +272,13 @@ def test_site_toml_drives_the_supernode_command(prov):
     assert parsed["site-name"] == "a" and parsed["value"] == 1.5
     assert parsed["epsilon-budget"] == 8.0
     assert parsed["state-dir"] == str(cfg.state_dir)
+
+
+def test_site_toml_and_node_config_refuse_with_the_one_site_config_error(tmp_path):
+    with pytest.raises(SiteConfigError, match="not found"):
+        load_site_config(tmp_path / "site.toml")
+    with pytest.raises(SiteConfigError, match="no site data"):
+        resolve_settings({})
 
 
 def test_connection_is_read_back_by_flwr(prov, tmp_path, monkeypatch):

@@ -1,17 +1,24 @@
-"""The JSON inside the envelopes and the replay guard, without a server."""
+"""The JSON inside the envelopes, the key configuration, the error codes and the replay
+guard, without a server."""
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import secrets
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from privacy import hpke
 from protocol import inference as wire
 from protocol.inference import ApiError
 from server.inference.replay import ReplayGuard
 
 KEY = bytes(range(16))
+PROTOCOL_MD = Path(__file__).resolve().parents[3] / "docs" / "PROTOCOL.md"
 
 
 def request(rows, **changes) -> bytes:
@@ -141,3 +148,120 @@ def test_arrays_per_row_travel_as_one_tensor_and_attribution_outputs_round_trip(
     for sent in (predictions, maps):
         answer = wire.parse_response(wire.build_response("m", 1, "ab" * 16, sent))
         assert answer.predictions == sent
+
+
+def test_numpy_values_and_arrays_are_sent_as_the_python_values_they_hold():
+    rows = [
+        {"img": np.arange(4, dtype=np.float32).reshape(2, 2), "age": np.float64(61.5)},
+        {"img": [[4, 5], [6, 7]], "age": np.int64(47)},
+    ]
+    body = wire.build_request(rows, "ab" * 16, 0, None)
+    assert body["inputs"] == [
+        {
+            "name": "img",
+            "datatype": "FP64",
+            "shape": [2, 2, 2],
+            "data": [0.0, 1.0, 2.0, 3.0, 4, 5, 6, 7],
+        },
+        {"name": "age", "datatype": "FP64", "shape": [2], "data": [61.5, 47]},
+    ]
+    for ragged in ([[1, 2], [3]], [1, [2]]):
+        with pytest.raises(ValueError, match="row 0, feature 'img': a ragged array"):
+            wire.build_request([{"img": ragged}], "ab" * 16, 0, None)
+
+
+def test_shapes_beyond_max_dims_are_refused_on_both_sides():
+    deep = [1] * (wire.MAX_DIMS + 1)
+    body = json.loads(request([{"x": 1}]))
+    body["inputs"] = [{"name": "x", "datatype": "FP64", "shape": deep, "data": [1.0]}]
+    with pytest.raises(ApiError) as raised:
+        parse(json.dumps(body).encode())
+    assert raised.value.code == "malformed_request" and "dimensions" in raised.value.message
+    response = {"id": "ab" * 16, "outputs": [{"name": "v", "shape": deep, "data": [1.0]}]}
+    with pytest.raises(ValueError, match="dimensions"):
+        wire.parse_response(response)
+
+
+# ------------------------------------------------------------- key configuration
+
+
+def published_key_configuration() -> dict:
+    """The JSON example of PROTOCOL.md section 3, its elided previous key left out."""
+    section = PROTOCOL_MD.read_text().split("## 3. The key configuration")[1]
+    block = re.search(r"```json\n(.*?)```", section, re.S)
+    assert block, "docs/PROTOCOL.md section 3 has no JSON example"
+    config = json.loads(block.group(1))
+    config["keys"] = [k for k in config["keys"] if "…" not in k]
+    return config
+
+
+def test_the_key_configuration_is_the_documented_json_both_ways():
+    documented = published_key_configuration()
+    public = hpke.b64decode(documented["keys"][0]["public_key"])
+    key = wire.PublishedKey(
+        key_id=hpke.key_id_for(public),
+        public_key=public,
+        status="current",
+        created="2026-01-01T00:00:00Z",
+    )
+    config = wire.KeyConfiguration(current_key_id=key.key_id, keys=(key,))
+    assert wire.dumps(config.to_json()) == wire.dumps(documented)  # the same bytes
+    assert wire.KeyConfiguration.from_json(documented) == config
+    assert config.current == key
+
+
+def test_a_previous_key_travels_after_the_current_one():
+    keys = [hpke.generate_keypair() for _ in range(2)]
+    published = tuple(
+        wire.PublishedKey(k.key_id, k.public, status, "2026-01-01T00:00:00Z")
+        for k, status in zip(keys, ("current", "previous"), strict=True)
+    )
+    config = wire.KeyConfiguration(current_key_id=keys[0].key_id, keys=published)
+    parsed = wire.KeyConfiguration.from_json(json.loads(wire.dumps(config.to_json())))
+    assert parsed == config and parsed.current.public_key == keys[0].public
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c.update(protocol="fedcare-inference/2"), "not for fedcare-inference/1"),
+        (lambda c: c.update(keys={}), "keys are not a list"),
+        (lambda c: c.update(current_key_id="00" * 8), "lists no current key"),
+        (lambda c: c["keys"][0].update(kem_id=0x21), "unsupported HPKE suite"),
+        (lambda c: c["keys"][0].update(public_key="AAAA"), "public_key expected 32 bytes"),
+        (lambda c: c["keys"][0].update(public_key=hpke.b64encode(bytes(32))), "does not match"),
+        (lambda c: c["keys"][0].update(key_id="18AD7C35977B86AB"), "lowercase hex"),
+        (lambda c: c["keys"][0].update(status="retired"), "status must be one of"),
+        (lambda c: c["keys"][0].pop("created"), "created must be a string"),
+        (lambda c: c["keys"].append("a key"), "not a JSON object"),
+    ],
+)
+def test_a_key_configuration_that_does_not_check_out_is_refused(mutate, message):
+    config = copy.deepcopy(published_key_configuration())
+    mutate(config)
+    with pytest.raises(ValueError, match=message):
+        wire.KeyConfiguration.from_json(config)
+
+
+# ------------------------------------------------------------------- error codes
+
+
+def test_the_error_codes_are_the_documented_table():
+    section = PROTOCOL_MD.read_text().split("## 8. Errors")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", section, re.M)
+    documented = {code: int(status) for status, code in rows}
+    assert documented, "docs/PROTOCOL.md section 8 has no error table"
+    assert {e.code: e.status for e in wire.ERRORS.values()} == {
+        **documented,
+        "internal_error": 500,
+    }
+    for envelope_error in (hpke.MalformedEnvelope, hpke.DecryptionFailed):
+        assert wire.ERRORS[envelope_error.code].status == 400
+    refused = wire.INVALID_INPUT.error("row 0: missing", row=0, feature="age")
+    assert (refused.status, refused.code) == (422, "invalid_input")
+    assert refused.body() == {
+        "error": "row 0: missing",
+        "code": "invalid_input",
+        "row": 0,
+        "feature": "age",
+    }

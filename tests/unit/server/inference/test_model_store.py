@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from privacy import signing
+from server import registry
 from server.inference.model_store import ModelStore
 from tests.e2e.test_inference import make_federation
 
@@ -47,6 +48,6 @@ def test_a_refused_newest_version_falls_back_and_is_logged_once(fed, caplog):
         "REFUSED model ward v3: the version is unsigned (no manifest.sig); "
         "looking at older versions"
     ]
-    signing.sign_version(unsigned, signing.signer_from_file(fed.signing_key))
+    registry.sign_version(unsigned, signing.signer_from_file(fed.signing_key))
     models.refresh()  # changed files are looked at again
     assert models.served() == {"ward": 3}
