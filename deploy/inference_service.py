@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 
 from deploy.process import ManagedProcess, free_loopback_port, spawn
-
-READY_PATH = "/v2/health/ready"
+from protocol import inference as wire
 
 
 @dataclass
@@ -98,7 +97,8 @@ def start_service(
             code = process.returncode
             raise RuntimeError(f"fedcare serve exited ({code}):\n{service.log_text()}")
         try:
-            if httpx.get(service.url + READY_PATH, verify=verify, timeout=2).status_code == 200:
+            ready = httpx.get(service.url + wire.READY_PATH, verify=verify, timeout=2)
+            if ready.status_code == 200:
                 return service
         except httpx.HTTPError:
             pass  # not listening yet

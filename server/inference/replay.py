@@ -13,7 +13,7 @@ import heapq
 import threading
 import time
 
-from protocol.inference import ApiError
+from protocol import inference as wire
 
 
 class ReplayGuard:
@@ -36,23 +36,21 @@ class ReplayGuard:
         self._lock = threading.Lock()
 
     def check(self, request_id: str, timestamp: int, now: float | None = None) -> None:
-        """Accept the request once, or raise :class:`ApiError` saying why not."""
+        """Accept the request once, or raise :class:`protocol.inference.ApiError` saying why not."""
         now = time.time() if now is None else now
         if abs(now - timestamp) > self.window:
-            raise ApiError(
-                400,
-                "stale_request",
+            raise wire.STALE_REQUEST.error(
                 f"the request's timestamp is {now - timestamp:+.0f} s from the service's "
-                f"clock; at most {self.window:.0f} s is accepted",
+                f"clock; at most {self.window:.0f} s is accepted"
             )
         with self._lock:
             while self._expiry and self._expiry[0][0] < now:
                 self._seen.discard(heapq.heappop(self._expiry)[1])
             if request_id in self._seen:
-                raise ApiError(409, "replayed_request", "this request id was already used")
+                raise wire.REPLAYED_REQUEST.error("this request id was already used")
             if len(self._seen) >= self.max_entries:
-                raise ApiError(
-                    429, "replay_cache_full", "too many requests in the replay window; retry later"
+                raise wire.REPLAY_CACHE_FULL.error(
+                    "too many requests in the replay window; retry later"
                 )
             self._seen.add(request_id)
             heapq.heappush(self._expiry, (timestamp + self.window, request_id))
