@@ -1,7 +1,8 @@
 """One hospital as the ClientApp sees it: its settings, its checked data, its ledger.
 
 Settings come from the SuperNode's ``--node-config`` in deployment (``data-path``,
-``schema-path``, ``state-dir``, ``epsilon-budget``, ``delta``, ``site-name``) or, in a
+``schema-path``, ``state-dir``, ``epsilon-budget``, optional ``epsilon-per-run`` and
+``epsilon-per-federation``, ``delta``, ``site-name``) or, in a
 simulation, from the simulation folder's ``sites.json`` entry for the node's
 ``partition-id``. Either way the same keys mean the same thing.
 """
@@ -42,6 +43,9 @@ class SiteSettings:
         Where the privacy ledger lives; must survive restarts.
     epsilon_budget : float
         The most ε this site will spend on its data, over all runs.
+    epsilon_per_run, epsilon_per_federation : float or None
+        The most ε one run's, or one federation's, releases may compose to (no cap when
+        None); each run's noise plan fits the least of what is left of the three.
     delta : float
         δ of the site's accounting (below 1/n).
     validation_fraction : float
@@ -55,6 +59,8 @@ class SiteSettings:
     epsilon_budget: float
     delta: float = 1e-5
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    epsilon_per_run: float | None = None
+    epsilon_per_federation: float | None = None
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], source: str) -> SiteSettings:
@@ -88,13 +94,26 @@ class SiteSettings:
                 validation_fraction=float(
                     raw.get("validation-fraction", DEFAULT_VALIDATION_FRACTION)
                 ),
+                epsilon_per_run=_optional_cap(raw, "epsilon-per-run"),
+                epsilon_per_federation=_optional_cap(raw, "epsilon-per-federation"),
             )
         except (TypeError, ValueError) as err:
             raise SiteConfigError(f"{source}: {err}") from err
 
     def ledger(self) -> PrivacyLedger:
         """The site's privacy ledger, in its state folder."""
-        return PrivacyLedger(self.state_dir, self.epsilon_budget, self.delta)
+        return PrivacyLedger(
+            self.state_dir,
+            self.epsilon_budget,
+            self.delta,
+            epsilon_per_run=self.epsilon_per_run,
+            epsilon_per_federation=self.epsilon_per_federation,
+        )
+
+
+def _optional_cap(raw: Mapping[str, Any], key: str) -> float | None:
+    """The ε cap under ``key``, or None when the site sets none."""
+    return float(raw[key]) if key in raw else None
 
 
 def resolve_settings(node_config: Mapping[str, Any], simulation_dir: str = "") -> SiteSettings:

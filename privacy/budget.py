@@ -6,10 +6,13 @@ for every update it releases:
 1. δ must be below 1/n for the site's n training examples;
 2. the Poisson sampling rate is computed once, and the same rate is planned, checked,
    used by Opacus and recorded;
-3. σ is planned so that the rest of the run fits in what is left of the budget;
-4. the ledger checks that this round's release stays within the budget;
+3. σ is planned so that the rest of the run fits in the least of what is left: of the
+   site's lifetime budget, of its per-federation cap and of its per-run cap;
+4. the ledger checks that this round's release stays within all three;
 5. DP-SGD trains (:func:`privacy.dp_sgd.train_locally`);
 6. the release is recorded in the ledger (saved atomically) before the update leaves;
+   the ledger's lock is held from step 3 to here, so that two runs training at the site
+   at once take turns and each plans and checks against the other's releases;
 7. the update is kept, so that a coordinator asking again for the same round gets the
    same update, which reveals nothing new and costs no ε (training again would).
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ from torch import nn
 
 from models.tasks import Task
 from privacy.dp_sgd import DPSettings, batches_per_epoch, dp_sample_rate, train_locally
-from privacy.ledger import BudgetExceeded, PrivacyLedger
+from privacy.ledger import BudgetExceeded, PrivacyLedger, Release
 
 __all__ = [
     "BudgetExceeded",
@@ -164,61 +168,58 @@ def train_within_budget(
     BudgetExceeded
         The round would take the site past its budget (nothing is trained or recorded).
     """
-    cached = _cached_update(ledger.state_dir, request)
-    if cached is not None:
-        return cached
-    n = len(inputs)
-    dp = _plan(ledger, request, n) if request.dp else None
-    result = train_locally(
-        model,
-        inputs,
-        targets,
-        task,
-        epochs=request.local_epochs,
-        batch_size=request.batch_size,
-        learning_rate=request.learning_rate,
-        dp=dp,
-        proximal_mu=request.proximal_mu,
-        global_weights=global_weights,
-        seed=request.seed,
-    )
-    if dp is not None:
-        if result.sample_rate != dp_sample_rate(n, request.batch_size):
-            raise RuntimeError("Opacus sampled at another rate than the one planned")
-        release = ledger.step(
-            dp.noise_multiplier,
-            result.sample_rate,
-            result.steps,
-            federation=request.federation,
-            run=request.run,
-            round=request.round,
+    # Held from the re-send check to the saved release: another run training at this site
+    # at once waits, then plans and checks against a ledger holding this release.
+    with ledger.locked():
+        cached = _cached_update(ledger.state_dir, request)
+        if cached is not None:
+            return cached
+        n = len(inputs)
+        planned = _plan(ledger, request, n) if request.dp else None
+        result = train_locally(
+            model,
+            inputs,
+            targets,
+            task,
+            epochs=request.local_epochs,
+            batch_size=request.batch_size,
+            learning_rate=request.learning_rate,
+            dp=planned[0] if planned is not None else None,
+            proximal_mu=request.proximal_mu,
+            global_weights=global_weights,
+            seed=request.seed,
         )
-        epsilon = release.epsilon_after
-    else:
-        epsilon = ledger.spent
-    update = BudgetedUpdate(
-        weights=result.weights,
-        num_examples=n,
-        epsilon=epsilon,
-        noise_multiplier=dp.noise_multiplier if dp is not None else 0.0,
-        train_loss=result.mean_loss,
-        train_seconds=result.seconds,
-    )
-    _remember_update(ledger.state_dir, request, update)
+        if planned is not None:
+            checked = planned[1]
+            if (result.sample_rate, result.steps) != (checked.sample_rate, checked.steps):
+                raise RuntimeError("Opacus sampled at another rate or step count than checked")
+            epsilon = ledger.record(checked).epsilon_after
+        else:
+            epsilon = ledger.spent
+        update = BudgetedUpdate(
+            weights=result.weights,
+            num_examples=n,
+            epsilon=epsilon,
+            noise_multiplier=planned[0].noise_multiplier if planned is not None else 0.0,
+            train_loss=result.mean_loss,
+            train_seconds=result.seconds,
+        )
+        _remember_update(ledger.state_dir, request, update)
     return update
 
 
-def _plan(ledger: PrivacyLedger, request: RoundRequest, n: int) -> DPSettings:
-    """Steps 1-4: δ, the sampling rate, σ for the rest of the run, and the budget check."""
+def _plan(ledger: PrivacyLedger, request: RoundRequest, n: int) -> tuple[DPSettings, Release]:
+    """Steps 1-4: δ, the sampling rate, σ for the rest of the run, and the checked release."""
     if ledger.delta >= 1.0 / n:
         raise DeltaTooLarge(f"δ={ledger.delta:g} must be below 1/n = {1.0 / n:.2e}")
     sample_rate = dp_sample_rate(n, request.batch_size)
     steps = request.local_epochs * batches_per_epoch(n, request.batch_size)
     rounds_left = request.num_rounds - request.round + 1
-    plan_key = f"{request.federation}/{request.run}"
-    sigma = ledger.plan_noise(plan_key, sample_rate, steps, rounds_left)
-    ledger.check(sigma, sample_rate, steps)
-    return DPSettings(noise_multiplier=sigma, max_grad_norm=request.max_grad_norm)
+    sigma = ledger.plan_noise(request.federation, request.run, sample_rate, steps, rounds_left)
+    checked = ledger.check(
+        sigma, sample_rate, steps, request.federation, request.run, request.round
+    )
+    return DPSettings(noise_multiplier=sigma, max_grad_norm=request.max_grad_norm), checked
 
 
 def _cached_update(state_dir: Path, request: RoundRequest) -> BudgetedUpdate | None:
@@ -231,13 +232,20 @@ def _cached_update(state_dir: Path, request: RoundRequest) -> BudgetedUpdate | N
         return None
     with np.load(state_dir / LAST_RELEASE, allow_pickle=False) as saved:
         weights = {k: saved[k] for k in saved.files}
+    if arrays_digest(weights) != meta.get("weights_sha256"):
+        return None
     return BudgetedUpdate(weights=weights, resent=True, **meta["update"])
 
 
 def _remember_update(state_dir: Path, request: RoundRequest, update: BudgetedUpdate) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     # cast: mypy would also match each array against savez's ``allow_pickle: bool``
-    np.savez(state_dir / LAST_RELEASE, **cast(dict[str, Any], update.weights))
+    # Each file replaced whole, and the meta names the weights' digest: a crash between
+    # the two never pairs a request with another round's weights.
+    partial = state_dir / f".{LAST_RELEASE}"
+    with open(partial, "wb") as handle:
+        np.savez(handle, **cast(dict[str, Any], update.weights))
+    os.replace(partial, state_dir / LAST_RELEASE)
     figures = {
         "num_examples": update.num_examples,
         "epsilon": update.epsilon,
@@ -245,5 +253,11 @@ def _remember_update(state_dir: Path, request: RoundRequest, update: BudgetedUpd
         "train_loss": update.train_loss,
         "train_seconds": update.train_seconds,
     }
-    meta = {"request": request.key, "input_sha256": request.input_digest, "update": figures}
-    (state_dir / LAST_RELEASE_META).write_text(json.dumps(meta))
+    meta = {
+        "request": request.key,
+        "input_sha256": request.input_digest,
+        "weights_sha256": arrays_digest(update.weights),
+        "update": figures,
+    }
+    (state_dir / f".{LAST_RELEASE_META}").write_text(json.dumps(meta))
+    os.replace(state_dir / f".{LAST_RELEASE_META}", state_dir / LAST_RELEASE_META)

@@ -4,30 +4,53 @@ A new Opacus ``PrivacyEngine`` per round only knows that round. The site must co
 over every round it ever trained, across process restarts and runs, and refuse a round
 that would take it over its own budget. The ledger keeps the accountant's history (noise
 multiplier, sample rate, steps per release) in a JSON file in the site's state folder and
-rebuilds an Opacus accountant from it whenever ε is asked for, so the figure is exactly
-Opacus's.
+composes it as Opacus's RDP accountant does, so every figure is exactly Opacus's.
 
-Saving is atomic (write then rename), so a crash mid-write never loses the count.
+Three budgets bound a site: its lifetime ε over every release (the guarantee it gives),
+and optionally a cap per run and a cap per federation, each composed over that run's or
+federation's releases alone.
+
+The accountant is cheap because RDP is linear in the number of steps: the per-step RDP
+curve of each (σ, sampling rate) is computed once with Opacus, kept in the ledger file,
+and every ε is a weighted sum of cached curves turned into ε by Opacus's conversion.
+
+Saving is atomic (write then rename), so a crash mid-write never loses the count; a lock
+file (``flock``) lets processes training at one site at once take turns (:meth:`locked`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 LEDGER_FILE = "privacy_ledger.json"
+LOCK_FILE = "privacy_ledger.lock"
 LEDGER_FORMAT = "fedcare-privacy-ledger/1"
-# The most noise (relative to the clipping norm) a plan may use before the site refuses.
+# The least and the most noise (relative to the clipping norm) a plan may use; past the
+# most, every update would be mostly noise and harm the global model, so the site refuses.
+MIN_NOISE_MULTIPLIER = 0.3
 MAX_NOISE_MULTIPLIER = 64.0
+# A plan's σ is found to this relative precision.
+PLAN_PRECISION = 1e-4
+# A plan first searches σ at the integer orders (cheap), then at the orders within
+# ORDER_WINDOW places of each best one, below the first σ by at most FINE_BRACKET.
+ORDER_WINDOW = 5
+FINE_BRACKET = 0.05
 
 
 class BudgetExceeded(RuntimeError):
-    """Training the requested round would take the site over its ε budget."""
+    """Training the requested round would take the site over one of its ε budgets."""
 
 
 @dataclass(frozen=True)
@@ -42,13 +65,21 @@ class Release:
         Poisson sampling probability of each record per step.
     steps : int
         Optimizer steps taken.
-    federation, run, round : str, str, int
-        Which federation, run and round this was for (for reports; the budget counts
-        every release whatever its federation).
+    federation : str
+        The federation this was for.
+    run : str
+        The run (within its federation) this was for.
+    round : int
+        The run's round.
     epsilon_after : float
-        ε spent after this release, at the ledger's δ.
+        The site's lifetime ε after this release (every release composed), at the
+        ledger's δ.
     time : float
         Unix time of the release.
+    run_epsilon_after : float
+        ε of this run's releases alone, after this one.
+    federation_epsilon_after : float
+        ε of this federation's releases alone, after this one.
     """
 
     noise_multiplier: float
@@ -59,36 +90,93 @@ class Release:
     round: int
     epsilon_after: float
     time: float
+    run_epsilon_after: float
+    federation_epsilon_after: float
 
 
-def _merge_equal_settings(
-    history: list[tuple[float, float, int]],
-) -> list[tuple[float, float, int]]:
-    """One entry per (σ, q) with the steps added up.
+@dataclass(frozen=True)
+class _Scope:
+    """The releases one budget covers: the site's lifetime, a federation's or a run's.
 
-    RDP composes linearly in the number of steps, so this gives Opacus's RDP accountant
-    exactly the same ε, while computing each (σ, q) curve once instead of once per round
-    (each curve takes a few hundred milliseconds).
+    Parameters
+    ----------
+    name : str
+        How refusals name its cap.
+    cap : float or None
+        The most ε it allows (None: not capped; its ε is still recorded).
+    rdp : ndarray
+        RDP at the accountant's orders of the releases it covers.
     """
-    steps: dict[tuple[float, float], int] = {}
-    for sigma, rate, count in history:
-        steps[(sigma, rate)] = steps.get((sigma, rate), 0) + count
-    return [(sigma, rate, count) for (sigma, rate), count in steps.items()]
+
+    name: str
+    cap: float | None
+    rdp: np.ndarray
+
+
+def _orders() -> list[float]:
+    """The RDP orders of Opacus's RDP accountant (the ones every figure uses)."""
+    # Imported here: Opacus pulls in torch, which a `fedcare site budget` does not need.
+    from opacus.accountants import RDPAccountant
+
+    return list(RDPAccountant.DEFAULT_ALPHAS)
+
+
+def _step_rdp(sample_rate: float, sigma: float, orders: Sequence[float]) -> np.ndarray:
+    """Opacus's RDP of one step of the sampled Gaussian mechanism at ``orders``."""
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    return np.asarray(compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=1, orders=orders))
+
+
+def _privacy_spent(rdp: np.ndarray, orders: Sequence[float], delta: float) -> tuple[float, float]:
+    """Opacus's RDP-to-(ε, δ) conversion: ε at the best of ``orders``, and that order."""
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    with warnings.catch_warnings():
+        # Opacus warns when the best order is the first or last given: a plan's search
+        # passes a few orders on purpose.
+        warnings.simplefilter("ignore")
+        epsilon, order = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
+    return float(epsilon), float(order)
+
+
+def _smallest_fitting(fits: Callable[[float], bool], low: float, high: float) -> float:
+    """The least σ in [``low``, ``high``], to :data:`PLAN_PRECISION`, for which ``fits``.
+
+    Parameters
+    ----------
+    fits : callable
+        Whether σ fits; must hold at ``high`` and be monotone (more noise never costs
+        more ε).
+    low, high : float
+        The bracket.
+    """
+    if fits(low):
+        return low
+    while high - low > PLAN_PRECISION * high:
+        mid = (low + high) / 2
+        if fits(mid):
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 class PrivacyLedger:
-    """ε accounting that survives restarts, against one site's budget.
+    """ε accounting that survives restarts, against one site's budgets.
 
     Parameters
     ----------
     state_dir : path
         The site's state folder; the ledger is ``<state_dir>/privacy_ledger.json``.
     epsilon_budget : float
-        The most ε the site will ever spend on this data.
+        The most ε the site will ever spend on this data (every release composed).
     delta : float
         The δ at which ε is reported; must be below 1/n for the site's n records.
-    accountant : str
-        Opacus accountant: ``rdp`` (default), ``prv`` or ``gdp``.
+    epsilon_per_run : float, optional
+        The most ε one run's releases may compose to (no cap when None).
+    epsilon_per_federation : float, optional
+        The most ε one federation's releases may compose to (no cap when None).
     """
 
     def __init__(
@@ -96,57 +184,168 @@ class PrivacyLedger:
         state_dir: str | Path,
         epsilon_budget: float,
         delta: float = 1e-5,
-        accountant: str = "rdp",
+        epsilon_per_run: float | None = None,
+        epsilon_per_federation: float | None = None,
     ):
-        if epsilon_budget <= 0:
-            raise ValueError(f"the ε budget must be positive, got {epsilon_budget}")
+        for name, value in (
+            ("ε budget", epsilon_budget),
+            ("per-run ε cap", epsilon_per_run),
+            ("per-federation ε cap", epsilon_per_federation),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"the {name} must be positive, got {value}")
         if not 0 < delta < 1:
             raise ValueError(f"δ must be in (0, 1), got {delta}")
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / LEDGER_FILE
         self.epsilon_budget = float(epsilon_budget)
+        self.epsilon_per_run = _optional_float(epsilon_per_run)
+        self.epsilon_per_federation = _optional_float(epsilon_per_federation)
         self.delta = float(delta)
-        self.accountant = accountant
         self.releases: list[Release] = []
         self.plans: dict[str, float] = {}
+        # (σ, sampling rate) → RDP of one step at the accountant's orders
+        self.curves: dict[tuple[float, float], np.ndarray] = {}
         if self.path.is_file():
             self._load()
 
-    # -- the accountant interface -------------------------------------------------
+    # -- the accountant -----------------------------------------------------------------
 
-    def get_epsilon(self, extra: list[tuple[float, float, int]] | None = None) -> float:
-        """ε spent so far (plus ``extra`` hypothetical releases) at the ledger's δ."""
-        history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in self.releases]
-        history += extra or []
-        if not history:
-            return 0.0
-        # Imported here: Opacus pulls in torch, which a `fedcare site budget` does not need.
-        from opacus.accountants import create_accountant
+    def _curve(self, sigma: float, sample_rate: float) -> np.ndarray:
+        key = (float(sigma), float(sample_rate))
+        if key not in self.curves:
+            self.curves[key] = _step_rdp(sample_rate, sigma, _orders())
+        return self.curves[key]
 
-        accountant = create_accountant(self.accountant)
-        accountant.history = _merge_equal_settings(history) if self.accountant == "rdp" else history
-        return float(accountant.get_epsilon(delta=self.delta))
+    def _rdp(self, releases: Iterable[Release]) -> np.ndarray:
+        """RDP of ``releases``: the steps added up per (σ, rate), times that curve."""
+        steps: dict[tuple[float, float], int] = {}
+        for r in releases:
+            key = (r.noise_multiplier, r.sample_rate)
+            steps[key] = steps.get(key, 0) + r.steps
+        total = np.zeros(len(_orders()))
+        for (sigma, rate), count in steps.items():
+            total = total + self._curve(sigma, rate) * count
+        return total
+
+    def _scopes(self, federation: str, run: str) -> list[_Scope]:
+        """The site's lifetime, ``federation``'s and ``run``'s RDP, with their caps."""
+        of_federation = [r for r in self.releases if r.federation == federation]
+        of_run = [r for r in of_federation if r.run == run]
+        return [
+            _Scope("the site's budget", self.epsilon_budget, self._rdp(self.releases)),
+            _Scope(
+                "the site's per-federation cap",
+                self.epsilon_per_federation,
+                self._rdp(of_federation),
+            ),
+            _Scope("the site's per-run cap", self.epsilon_per_run, self._rdp(of_run)),
+        ]
 
     @property
     def spent(self) -> float:
-        """The site's ε spent so far (0 before any release)."""
-        # Each release stores ε after it, at this ledger's fixed δ and accountant.
+        """The site's lifetime ε spent so far (0 before any release)."""
+        # Each release stores ε after it, at this ledger's fixed δ.
         return self.releases[-1].epsilon_after if self.releases else 0.0
 
     @property
     def remaining(self) -> float:
-        """The ε left in the budget (never negative)."""
+        """The ε left in the lifetime budget (never negative)."""
         return max(self.epsilon_budget - self.spent, 0.0)
 
-    def check(self, noise_multiplier: float, sample_rate: float, steps: int) -> float:
-        """ε after a release with these settings; raises :class:`BudgetExceeded` if over."""
-        after = self.get_epsilon([(noise_multiplier, sample_rate, steps)])
-        if after > self.epsilon_budget + 1e-9:
+    def release(
+        self,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        federation: str = "",
+        run: str = "",
+        round: int = 0,
+    ) -> Release:
+        """The release these settings would make, with its ε; nothing is recorded.
+
+        Parameters
+        ----------
+        noise_multiplier, sample_rate : float
+            σ and the Poisson sampling rate.
+        steps : int
+            Optimizer steps.
+        federation, run : str
+            Which federation and run it is for (their caps and spends).
+        round : int
+            The run's round.
+        """
+        extra = self._curve(noise_multiplier, sample_rate) * int(steps)
+        lifetime, of_federation, of_run = (
+            _privacy_spent(scope.rdp + extra, _orders(), self.delta)[0]
+            for scope in self._scopes(federation, run)
+        )
+        return Release(
+            noise_multiplier=float(noise_multiplier),
+            sample_rate=float(sample_rate),
+            steps=int(steps),
+            federation=federation,
+            run=run,
+            round=int(round),
+            epsilon_after=lifetime,
+            time=time.time(),
+            run_epsilon_after=of_run,
+            federation_epsilon_after=of_federation,
+        )
+
+    def check(
+        self,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        federation: str = "",
+        run: str = "",
+        round: int = 0,
+    ) -> Release:
+        """:meth:`release`, refused if it would exceed any of the site's budgets.
+
+        Parameters
+        ----------
+        noise_multiplier, sample_rate : float
+            σ and the Poisson sampling rate.
+        steps : int
+            Optimizer steps.
+        federation, run : str
+            Which federation and run it is for (their caps and spends).
+        round : int
+            The run's round.
+
+        Raises
+        ------
+        BudgetExceeded
+            The lifetime budget, the federation's or the run's cap would be exceeded.
+        """
+        release = self.release(noise_multiplier, sample_rate, steps, federation, run, round)
+        after = (release.epsilon_after, release.federation_epsilon_after, release.run_epsilon_after)
+        over = [
+            f"ε to {epsilon:.3f}, over {scope.name} of {scope.cap:g}"
+            for scope, epsilon in zip(self._scopes(federation, run), after, strict=True)
+            if scope.cap is not None and epsilon > scope.cap + 1e-9
+        ]
+        if over:
             raise BudgetExceeded(
-                f"training this round would bring ε to {after:.3f}, over the site's budget "
-                f"of {self.epsilon_budget:g} (δ={self.delta:g}; spent so far {self.spent:.3f})"
+                f"training this round would bring {'; '.join(over)} (δ={self.delta:g}; site's "
+                f"lifetime ε spent so far {self.spent:.3f} of {self.epsilon_budget:g})"
             )
-        return after
+        return release
+
+    def record(self, release: Release) -> Release:
+        """Append ``release`` (from :meth:`check`, made now) and save the ledger.
+
+        Parameters
+        ----------
+        release : Release
+            What :meth:`check` returned for this release, with no release in between.
+        """
+        release = replace(release, time=time.time())
+        self.releases.append(release)
+        self.save()
+        return release
 
     def step(
         self,
@@ -157,76 +356,129 @@ class PrivacyLedger:
         run: str = "",
         round: int = 0,
     ) -> Release:
-        """Record a release (after :meth:`check`) and save the ledger."""
-        after = self.get_epsilon([(noise_multiplier, sample_rate, steps)])
-        release = Release(
-            noise_multiplier=float(noise_multiplier),
-            sample_rate=float(sample_rate),
-            steps=int(steps),
-            federation=federation,
-            run=run,
-            round=int(round),
-            epsilon_after=after,
-            time=time.time(),
-        )
-        self.releases.append(release)
-        self.save()
-        return release
+        """Record a release without checking it against the budgets, and save the ledger.
 
-    # -- planning -------------------------------------------------------------------
+        Parameters
+        ----------
+        noise_multiplier, sample_rate : float
+            σ and the Poisson sampling rate.
+        steps : int
+            Optimizer steps.
+        federation, run : str
+            Which federation and run it was for.
+        round : int
+            The run's round.
+        """
+        return self.record(
+            self.release(noise_multiplier, sample_rate, steps, federation, run, round)
+        )
+
+    # -- planning ---------------------------------------------------------------------
 
     def plan_noise(
-        self, plan_key: str, sample_rate: float, steps_per_round: int, rounds: int
+        self, federation: str, run: str, sample_rate: float, steps_per_round: int, rounds: int
     ) -> float:
-        """The noise multiplier that lets ``rounds`` more rounds fit the remaining budget.
+        """The σ that lets ``rounds`` more rounds of a run fit every budget left to it.
 
-        Computed once per ``plan_key`` (federation + run) and kept in the ledger, so a
-        restarted site keeps training the run with the same σ.
+        The least of what is left: the lifetime budget, the federation's cap and the run's
+        cap, each composed over its own releases plus the planned ones. Computed once per
+        run and kept in the ledger, so a restarted site keeps training the run with the
+        same σ.
+
+        Parameters
+        ----------
+        federation, run : str
+            The run the plan is for.
+        sample_rate : float
+            The Poisson sampling rate of every round.
+        steps_per_round : int
+            Optimizer steps of each round.
+        rounds : int
+            Rounds of the run still to train, this one included.
+
+        Raises
+        ------
+        BudgetExceeded
+            No σ up to :data:`MAX_NOISE_MULTIPLIER` fits.
         """
-        if plan_key in self.plans:
-            return self.plans[plan_key]
+        key = f"{federation}/{run}"
+        if key in self.plans:
+            return self.plans[key]
         if rounds <= 0 or steps_per_round <= 0:
             raise ValueError("a plan needs at least one round of at least one step")
+        capped = [(s.cap, s.rdp) for s in self._scopes(federation, run) if s.cap is not None]
+        orders = _orders()
+        planned_steps = steps_per_round * rounds
 
-        def fits(sigma: float) -> bool:
-            extra = [(sigma, sample_rate, steps_per_round)] * rounds
-            return self.get_epsilon(extra) <= self.epsilon_budget
+        def fits(sigma: float, indexes: list[int]) -> bool:
+            # ε at some of the orders is never below ε at all of them, so a σ that fits
+            # there fits; integer orders are cheap to compute, fractional ones are not.
+            subset = [orders[i] for i in indexes]
+            step = _step_rdp(sample_rate, sigma, subset) * planned_steps
+            return all(
+                _privacy_spent(rdp[indexes] + step, subset, self.delta)[0] <= cap
+                for cap, rdp in capped
+            )
 
-        low, high = 0.3, 2.0
-        while not fits(high):
-            low, high = high, high * 2
+        integers = [i for i, a in enumerate(orders) if float(a).is_integer()]
+        high = 2.0
+        while not fits(high, integers):
+            high *= 2
             if high > MAX_NOISE_MULTIPLIER:
-                # Past this, every update would be mostly noise and harm the global model.
                 raise BudgetExceeded(
                     f"no noise level up to σ={MAX_NOISE_MULTIPLIER:g} fits {rounds} more "
-                    f"round(s) in the site's remaining budget (spent {self.spent:.3f} of "
-                    f"{self.epsilon_budget:g})"
+                    f"round(s) of run {key} in what is left of the site's budgets (lifetime "
+                    f"ε spent {self.spent:.3f} of {self.epsilon_budget:g})"
                 )
-        if fits(low):
-            high = low
-        for _ in range(40):  # bisection to ~1e-4 relative precision
-            mid = (low + high) / 2
-            if fits(mid):
-                high = mid
-            else:
-                low = mid
-            if high - low < 1e-4 * high:
-                break
-        self.plans[plan_key] = high
+        coarse = _smallest_fitting(lambda sigma: fits(sigma, integers), MIN_NOISE_MULTIPLIER, high)
+        # The final σ is a little below the coarse one, and its best orders lie next to
+        # the coarse σ's best integer orders: search again on those neighbourhoods only.
+        whole = [orders[i] for i in integers]
+        step = _step_rdp(sample_rate, coarse, whole) * planned_steps
+        window: set[int] = set()
+        for _, rdp in capped:
+            best = orders.index(_privacy_spent(rdp[integers] + step, whole, self.delta)[1])
+            window.update(range(max(best - ORDER_WINDOW, 0), best + ORDER_WINDOW + 1))
+        near = sorted(i for i in window if i < len(orders))
+        low = max(MIN_NOISE_MULTIPLIER, coarse * (1 - FINE_BRACKET))
+        sigma = _smallest_fitting(lambda sigma: fits(sigma, near), low, coarse)
+        self.plans[key] = sigma
         self.save()
-        return high
+        return sigma
 
-    # -- persistence ------------------------------------------------------------------
+    # -- concurrency and persistence --------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[PrivacyLedger]:
+        """Hold the site's ledger lock, with the ledger as saved by whoever held it last.
+
+        Two processes training at one site take turns: hold it from the plan and check
+        to the recorded release, so that neither checks against a ledger the other is
+        about to change.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if self.path.is_file():
+                self._load()
+            yield self
 
     def state_dict(self) -> dict[str, Any]:
-        """The ledger as its JSON file holds it: budget, δ, accountant, releases, plans."""
+        """The ledger as its JSON file holds it: budgets, δ, releases, plans, RDP curves."""
         return {
             "format": LEDGER_FORMAT,
             "epsilon_budget": self.epsilon_budget,
+            "epsilon_per_run": self.epsilon_per_run,
+            "epsilon_per_federation": self.epsilon_per_federation,
             "delta": self.delta,
-            "accountant": self.accountant,
+            "accountant": "rdp",
             "releases": [asdict(r) for r in self.releases],
             "plans": dict(self.plans),
+            "rdp_orders": _orders(),
+            "rdp_curves": [
+                {"noise_multiplier": sigma, "sample_rate": rate, "rdp": curve.tolist()}
+                for (sigma, rate), curve in self.curves.items()
+            ],
         }
 
     def save(self) -> None:
@@ -246,36 +498,52 @@ class PrivacyLedger:
             raise ValueError(f"{self.path}: the privacy ledger is corrupt ({err})") from err
         if raw.get("format") != LEDGER_FORMAT:
             raise ValueError(f"{self.path}: not a fedcare privacy ledger")
-        if raw.get("accountant", "rdp") != self.accountant:
-            raise ValueError(
-                f"{self.path}: the ledger uses the '{raw['accountant']}' accountant, "
-                f"not '{self.accountant}'"
-            )
+        if raw.get("accountant", "rdp") != "rdp":
+            raise ValueError(f"{self.path}: the ledger uses the '{raw['accountant']}' accountant")
         if float(raw["delta"]) != self.delta:
             raise ValueError(
                 f"{self.path}: the ledger accounts at δ={raw['delta']}, the site asks "
                 f"δ={self.delta}; keep δ fixed for a site's data"
             )
-        # A site may lower its budget but the history always counts.
+        # A site may lower its budgets but the history always counts.
         self.releases = [Release(**r) for r in raw.get("releases", [])]
         self.plans = {k: float(v) for k, v in raw.get("plans", {}).items()}
+        # Curves computed at other orders (another Opacus) are computed again.
+        if raw.get("rdp_orders") == _orders():
+            for entry in raw.get("rdp_curves", []):
+                key = (float(entry["noise_multiplier"]), float(entry["sample_rate"]))
+                self.curves.setdefault(key, np.asarray(entry["rdp"], dtype=float))
 
     def summary(self) -> dict[str, Any]:
-        """Spent and left, overall and per federation/run, for `fedcare site budget`."""
-        by_run: dict[str, dict[str, Any]] = {}
+        """Lifetime, per-federation and per-run spend and caps, for `fedcare site budget`."""
+        runs: dict[tuple[str, str], dict[str, Any]] = {}
+        federations: dict[str, dict[str, Any]] = {}
         for r in self.releases:
-            key = f"{r.federation}/{r.run}"
-            entry = by_run.setdefault(
-                key, {"federation": r.federation, "run": r.run, "rounds": 0, "steps": 0}
+            entry = runs.setdefault(
+                (r.federation, r.run),
+                {"federation": r.federation, "run": r.run, "rounds": 0, "steps": 0},
             )
             entry["rounds"] += 1
             entry["steps"] += r.steps
+            entry["epsilon"] = r.run_epsilon_after
             entry["epsilon_after"] = r.epsilon_after
+            federations[r.federation] = {
+                "federation": r.federation,
+                "runs": len({run for fed, run in runs if fed == r.federation}),
+                "epsilon": r.federation_epsilon_after,
+            }
         return {
             "epsilon_budget": self.epsilon_budget,
+            "epsilon_per_run": self.epsilon_per_run,
+            "epsilon_per_federation": self.epsilon_per_federation,
             "delta": self.delta,
             "epsilon_spent": self.spent,
             "epsilon_remaining": self.remaining,
             "releases": len(self.releases),
-            "runs": list(by_run.values()),
+            "federations": list(federations.values()),
+            "runs": list(runs.values()),
         }
+
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)

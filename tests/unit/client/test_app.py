@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from opacus.accountants import RDPAccountant
 
 from client.app import app
 from client.site import SiteSettings, load_site
@@ -156,3 +157,34 @@ def test_a_node_without_site_settings_says_how_to_configure_it(site_config):
     reply = _send({}, MessageType.TRAIN, config, arrays)
     assert reply.error.code == RefusalCode.SITE_MISCONFIGURED
     assert "--node-config" in reply.error.reason
+
+
+def test_a_lifetime_budget_is_shared_by_many_runs_each_under_its_cap(site_config):
+    """Lifetime ε = 3, at most 1 per run: each run plans to its cap, the lifetime composes
+    every release (so more than three runs fit: RDP composition is below the sum), and the
+    run that finds the lifetime spent is refused."""
+    node_config = {**site_config, "epsilon-budget": 3.0, "epsilon-per-run": 1.0}
+    ledger = SiteSettings.from_mapping(node_config, "test").ledger()
+    assert ledger.epsilon_per_run == 1.0
+    run = 0
+    while True:
+        run += 1
+        config, arrays = _round(node_config, num_rounds=1, run_key=f"run-{run}")
+        reply = _send(node_config, MessageType.TRAIN, config, arrays)
+        if reply.has_error():
+            break
+        assert run < 20
+    assert reply.error.code == RefusalCode.BUDGET_EXCEEDED
+    summary = PrivacyLedger(site_config["state-dir"], 3.0, epsilon_per_run=1.0).summary()
+    runs = summary["runs"]
+    assert [r["run"] for r in runs] == [f"run-{i}" for i in range(1, run)]
+    assert run - 1 > 3  # three runs at ε = 1 compose to well under 3
+    assert all(r["epsilon"] <= 1.0 + 1e-9 for r in runs)
+    assert runs[0]["epsilon"] > 0.99  # a run's plan uses its cap, it does not waste it
+    assert summary["epsilon_per_run"] == 1.0
+    assert 2.99 < summary["epsilon_spent"] <= 3.0
+    releases = PrivacyLedger(site_config["state-dir"], 3.0).releases
+    accountant = RDPAccountant()
+    accountant.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in releases]
+    assert summary["epsilon_spent"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
+    assert runs[2]["epsilon_after"] < 3.0 * 0.6  # after three runs, the lifetime is far from 3

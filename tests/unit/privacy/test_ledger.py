@@ -88,38 +88,45 @@ def test_ledger_survives_a_restart_and_keeps_counting(tmp_path):
     assert again.spent == pytest.approx(expected.get_epsilon(1e-5), rel=1e-12)
     summary = again.summary()
     assert summary["runs"] == [
-        {"federation": "f", "run": "r1", "rounds": 2, "steps": 20, "epsilon_after": again.spent}
+        {
+            "federation": "f",
+            "run": "r1",
+            "rounds": 2,
+            "steps": 20,
+            "epsilon": again.spent,
+            "epsilon_after": again.spent,
+        }
     ]
+    assert summary["federations"] == [{"federation": "f", "runs": 1, "epsilon": again.spent}]
 
 
 def test_a_release_past_the_budget_is_refused_and_not_recorded(tmp_path):
     ledger = PrivacyLedger(tmp_path, epsilon_budget=1.0)
-    sigma = ledger.plan_noise("f/run", RATE, steps_per_round=8, rounds=3)
+    sigma = ledger.plan_noise("f", "run", RATE, steps_per_round=8, rounds=3)
     for _ in range(3):
-        ledger.check(sigma, RATE, 8)
-        ledger.step(sigma, RATE, 8)
+        ledger.record(ledger.check(sigma, RATE, 8, "f", "run"))
     assert ledger.spent <= 1.0
     assert ledger.spent > 0.98  # the plan uses the budget, it does not waste it
     with pytest.raises(BudgetExceeded, match="over the site's budget of 1"):
-        ledger.check(sigma, RATE, 8)
+        ledger.check(sigma, RATE, 8, "f", "run")
     assert len(PrivacyLedger(tmp_path, epsilon_budget=1.0).releases) == 3
 
 
 def test_the_plan_is_kept_for_the_run_across_restarts(tmp_path):
     ledger = PrivacyLedger(tmp_path, epsilon_budget=2.0)
-    sigma = ledger.plan_noise("f/run", RATE, 4, 5)
+    sigma = ledger.plan_noise("f", "run", RATE, 4, 5)
     ledger.step(sigma, RATE, 4)
     restarted = PrivacyLedger(tmp_path, epsilon_budget=2.0)
-    assert restarted.plan_noise("f/run", RATE, 4, 4) == sigma
+    assert restarted.plan_noise("f", "run", RATE, 4, 4) == sigma
     # A new run plans with what is left: more noise for the same number of rounds.
-    assert restarted.plan_noise("f/next", RATE, 4, 5) > sigma
+    assert restarted.plan_noise("f", "next", RATE, 4, 5) > sigma
 
 
 def test_a_spent_budget_leaves_no_plan(tmp_path):
     ledger = PrivacyLedger(tmp_path, epsilon_budget=0.5)
     ledger.step(0.8, 1.0, 50)  # far past the budget already (e.g. an earlier, larger budget)
     with pytest.raises(BudgetExceeded, match="no noise level up to"):
-        ledger.plan_noise("f/run", RATE, 4, 5)
+        ledger.plan_noise("f", "run", RATE, 4, 5)
 
 
 def test_delta_cannot_change_under_an_existing_ledger(tmp_path):
@@ -135,3 +142,51 @@ def test_a_corrupt_ledger_is_an_error_not_a_fresh_start(tmp_path):
     (tmp_path / LEDGER_FILE).write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="not a fedcare privacy ledger"):
         PrivacyLedger(tmp_path, 1.0)
+
+
+def test_cached_curves_give_the_epsilon_of_a_fresh_opacus_accountant(tmp_path):
+    history = [(SIGMA, RATE, 12), (0.9, 0.1, 30), (SIGMA, RATE, 7), (2.5, 0.5, 4)]
+    ledger = PrivacyLedger(tmp_path, epsilon_budget=100.0)
+    for sigma, rate, steps in history:
+        ledger.step(sigma, rate, steps, federation="f", run="r")
+    fresh = RDPAccountant()
+    fresh.history = list(history)
+    assert ledger.spent == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-9)
+    # the curves are saved with the ledger: a restarted site computes none of them again
+    saved = json.loads((tmp_path / LEDGER_FILE).read_text())
+    assert len(saved["rdp_curves"]) == 3
+    restarted = PrivacyLedger(tmp_path, epsilon_budget=100.0)
+    assert set(restarted.curves) == set(ledger.curves)
+    again = restarted.release(1.3, 0.2, 5, federation="f", run="r")
+    fresh.history.append((1.3, 0.2, 5))
+    assert again.epsilon_after == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-9)
+
+
+def test_the_plan_fits_the_least_of_what_is_left_and_each_cap_is_enforced(tmp_path):
+    ledger = PrivacyLedger(tmp_path, 4.0, epsilon_per_run=1.0, epsilon_per_federation=1.2)
+    sigma = ledger.plan_noise("f", "a", RATE, 8, 2)
+    for round_number in (1, 2):
+        ledger.record(ledger.check(sigma, RATE, 8, "f", "a", round_number))
+    assert 0.99 < ledger.releases[-1].run_epsilon_after <= 1.0  # the run's cap binds
+    with pytest.raises(BudgetExceeded, match="over the site's per-run cap of 1"):
+        ledger.check(sigma, RATE, 8, "f", "a", 3)
+    # the next run of f gets what is left of f's cap (less than its own), over f's releases
+    second = ledger.plan_noise("f", "b", RATE, 8, 2)
+    assert second > sigma
+    for round_number in (1, 2):
+        ledger.record(ledger.check(second, RATE, 8, "f", "b", round_number))
+    assert 1.19 < ledger.releases[-1].federation_epsilon_after <= 1.2
+    with pytest.raises(BudgetExceeded, match="over the site's per-federation cap of 1.2"):
+        ledger.check(second, RATE, 8, "f", "c")
+    # another federation starts from its own spend; the lifetime composes everything
+    other = ledger.plan_noise("g", "a", RATE, 8, 2)
+    assert other == pytest.approx(sigma, rel=1e-3)
+    release = ledger.check(other, RATE, 8, "g", "a")
+    assert release.federation_epsilon_after == release.run_epsilon_after < 1.0
+    fresh = RDPAccountant()
+    fresh.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in ledger.releases]
+    fresh.history.append((other, RATE, 8))
+    assert release.epsilon_after == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-9)
+    summary = ledger.summary()
+    assert [(f["federation"], f["runs"]) for f in summary["federations"]] == [("f", 2)]
+    assert summary["epsilon_per_federation"] == 1.2
