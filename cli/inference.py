@@ -95,6 +95,32 @@ def serve(
         SERVE_DEFAULTS["plaintext_payloads"],
         help="BENCHMARK ONLY: also accept unencrypted application/json payloads.",
     ),
+    workers: int = typer.Option(
+        SERVE_DEFAULTS["workers"], min=1, help="Threads answering requests off the event loop."
+    ),
+    explain_rate_per_second: float = typer.Option(
+        SERVE_DEFAULTS["explain_rate_per_second"],
+        min=0.001,
+        help="Requests with attributions per second per token.",
+    ),
+    explain_burst: float = typer.Option(
+        SERVE_DEFAULTS["explain_burst"], min=1.0, help="Burst of requests with attributions."
+    ),
+    he_max_body_bytes: int = typer.Option(
+        SERVE_DEFAULTS["he_max_body_bytes"], min=1024, help="Largest homomorphic body (413)."
+    ),
+    he_context_ttl: float = typer.Option(
+        SERVE_DEFAULTS["he_context_ttl"], min=1.0, help="Seconds a CKKS context stays cached."
+    ),
+    he_max_contexts: int = typer.Option(
+        SERVE_DEFAULTS["he_max_contexts"], min=1, help="Most CKKS contexts cached."
+    ),
+    max_header_bytes: int = typer.Option(
+        SERVE_DEFAULTS["max_header_bytes"], min=1024, help="Most bytes of headers (431)."
+    ),
+    max_headers: int = typer.Option(
+        SERVE_DEFAULTS["max_headers"], min=8, help="Most header fields (431)."
+    ),
     torch_threads: int = typer.Option(1, min=1, help="Threads torch may use per request."),
     log_level: str = typer.Option("info", help="Log level of the service's own log."),
 ) -> None:
@@ -140,6 +166,14 @@ def serve(
         burst=burst,
         poll_interval=poll_interval,
         plaintext_payloads=benchmark_plaintext,
+        workers=workers,
+        explain_rate_per_second=explain_rate_per_second,
+        explain_burst=explain_burst,
+        he_max_body_bytes=he_max_body_bytes,
+        he_context_ttl=he_context_ttl,
+        he_max_contexts=he_max_contexts,
+        max_header_bytes=max_header_bytes,
+        max_headers=max_headers,
     )
     try:
         app = create_app(config)
@@ -157,6 +191,8 @@ def serve(
         log_level=log_level.lower(),
         access_log=False,  # the audit log is the record of requests
         server_header=False,
+        http="h11",  # the parser whose header-size limit uvicorn exposes
+        h11_max_incomplete_event_size=config.max_header_bytes,
     )
 
 

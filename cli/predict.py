@@ -52,18 +52,31 @@ def predict(
     client_cert: Path | None = typer.Option(None, help="Client certificate (mTLS)."),
     client_key: Path | None = typer.Option(None, help="Client key (mTLS)."),
     out: Path | None = typer.Option(None, help="Write predictions to this CSV instead."),
+    he: bool = typer.Option(
+        False,
+        "--he",
+        help="Homomorphic mode (linear models): send CKKS ciphertexts the host cannot read.",
+    ),
 ) -> None:
     """Predict every row of a CSV through the encrypted service; extra columns are ignored."""
     from client.sdk import InferenceClient, InferenceError
 
     try:
         with InferenceClient(
-            url, token, model, ca_cert=ca_cert, client_cert=client_cert, client_key=client_key
+            url,
+            token,
+            model,
+            ca_cert=ca_cert,
+            client_cert=client_cert,
+            client_key=client_key,
+            mode="he" if he else "plain",
         ) as client:
             metadata = client.metadata()
             features = [item["name"] for item in metadata["inputs"]]
             rows = read_rows(input, features)
-            batch = int(metadata["parameters"]["max_rows"])
+            parameters = metadata["parameters"]
+            # HE requests carry up to the ciphertext's slots; the client batches them itself.
+            batch = max(len(rows), 1) if he else int(parameters["max_rows"])
             predictions: list[dict[str, Any]] = []
             version = ""
             for start in range(0, len(rows), batch):

@@ -41,6 +41,8 @@ from privacy import hpke
 # ``{model}`` is the model's name in the registry (docs/PROTOCOL.md section 2).
 KEYS_PATH = "/.well-known/fedcare-keys"
 INFER_PATH = "/v2/models/{model}/infer"
+# Homomorphic-encryption inference of linear models (docs/PROTOCOL.md section 11).
+HE_INFER_PATH = "/v2/models/{model}/he-infer"
 MODEL_PATH = "/v2/models/{model}"
 LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
@@ -49,9 +51,18 @@ JSON_MEDIA_TYPE = "application/json"
 KEYS_MAX_AGE = 300
 
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT_TYPES = ("FP16", "FP32", "FP64")
 INT_TYPES = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
+# What each number type can hold: a value outside its declared type is refused, not cast.
+INT_RANGES = {
+    f"{sign}INT{bits}": (0 if sign else -(2 ** (bits - 1)), 2 ** (bits - (0 if sign else 1)) - 1)
+    for sign in ("", "U")
+    for bits in (8, 16, 32, 64)
+}
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT_MAX = {"FP16": 65504.0, "FP32": FLOAT32_MAX, "FP64": sys.float_info.max}
+# Every model computes in float32: a number beyond float32 is refused whatever its type.
+MODEL_DTYPE, MODEL_DTYPE_MAX = "float32", FLOAT32_MAX
 DATATYPES = ("BOOL", "BYTES", *FLOAT_TYPES, *INT_TYPES)
 # Request parameters the service understands; anything else is refused by name.
 REQUEST_PARAMETERS = ("timestamp", "response_key", "explain")
@@ -124,6 +135,10 @@ DECRYPTION_FAILED = ErrorCode("decryption_failed", 400)
 MALFORMED_REQUEST = ErrorCode("malformed_request", 400)
 NOT_EXPLAINABLE = ErrorCode("not_explainable", 400)
 STALE_REQUEST = ErrorCode("stale_request", 400)
+HE_NOT_SUPPORTED = ErrorCode("he_not_supported", 400)
+UNKNOWN_HE_CONTEXT = ErrorCode("unknown_he_context", 400)
+INVALID_CIPHERTEXT = ErrorCode("invalid_ciphertext", 400)
+MISSING_HOST = ErrorCode("missing_host", 400)
 UNAUTHORIZED = ErrorCode("unauthorized", 401)
 FORBIDDEN = ErrorCode("forbidden", 403)
 UNKNOWN_MODEL = ErrorCode("unknown_model", 404)
@@ -132,6 +147,7 @@ METHOD_NOT_ALLOWED = ErrorCode("method_not_allowed", 405)
 REPLAYED_REQUEST = ErrorCode("replayed_request", 409)
 BODY_TOO_LARGE = ErrorCode("body_too_large", 413)
 UNSUPPORTED_MEDIA_TYPE = ErrorCode("unsupported_media_type", 415)
+HEADERS_TOO_LARGE = ErrorCode("headers_too_large", 431)
 TOO_MANY_ROWS = ErrorCode("too_many_rows", 422)
 WRONG_TYPE = ErrorCode("wrong_type", 422)
 NOT_FINITE = ErrorCode("not_finite", 422)
@@ -150,6 +166,10 @@ ERRORS: dict[str, ErrorCode] = {
         MALFORMED_REQUEST,
         NOT_EXPLAINABLE,
         STALE_REQUEST,
+        HE_NOT_SUPPORTED,
+        UNKNOWN_HE_CONTEXT,
+        INVALID_CIPHERTEXT,
+        MISSING_HOST,
         UNAUTHORIZED,
         FORBIDDEN,
         UNKNOWN_MODEL,
@@ -158,6 +178,7 @@ ERRORS: dict[str, ErrorCode] = {
         REPLAYED_REQUEST,
         BODY_TOO_LARGE,
         UNSUPPORTED_MEDIA_TYPE,
+        HEADERS_TOO_LARGE,
         TOO_MANY_ROWS,
         WRONG_TYPE,
         NOT_FINITE,
@@ -522,9 +543,12 @@ def _element(name: str, datatype: str, row: int, value: Any) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _refused(WRONG_TYPE, name, row, f"a number (datatype {datatype})")
+    if datatype in INT_TYPES and not isinstance(value, int):
+        raise _refused(WRONG_TYPE, name, row, f"an integer (datatype {datatype})")
     if datatype in INT_TYPES:
-        if not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:
-            raise _refused(WRONG_TYPE, name, row, f"a 64-bit integer (datatype {datatype})")
+        low, high = INT_RANGES[datatype]
+        if not isinstance(value, int) or not low <= value <= high:
+            raise _refused(OUT_OF_RANGE, name, row, f"an integer that fits {datatype}")
         return value
     try:
         number = float(value)
@@ -532,6 +556,10 @@ def _element(name: str, datatype: str, row: int, value: Any) -> Any:
         number = math.inf
     if not math.isfinite(number):
         raise _refused(NOT_FINITE, name, row, "a finite number")
+    if abs(number) > FLOAT_MAX[datatype]:
+        raise _refused(OUT_OF_RANGE, name, row, f"a number that fits {datatype}")
+    if abs(number) > MODEL_DTYPE_MAX:
+        raise _refused(OUT_OF_RANGE, name, row, f"a number that fits {MODEL_DTYPE}")
     return number
 
 
@@ -565,13 +593,15 @@ def _rows_of(tensor: Any, index: int, max_rows: int) -> tuple[str, list[Any]]:
     return name, _nest(values, shape)
 
 
-def decode_request(plaintext: bytes) -> dict[str, Any]:
+def decode_request(plaintext: bytes, he: bool = False) -> dict[str, Any]:
     """The request's JSON object (:class:`ApiError` ``malformed_request`` otherwise).
 
     Parameters
     ----------
     plaintext : bytes
         The opened request envelope (or the benchmark-only plaintext body).
+    he : bool
+        The body is a homomorphic-encryption request (``he`` instead of ``inputs``).
     """
     try:
         body = loads_strict(plaintext)
@@ -579,7 +609,7 @@ def decode_request(plaintext: bytes) -> dict[str, Any]:
         raise _bad(f"the request is not valid JSON ({err})") from None
     if not isinstance(body, dict):
         raise _bad("the request must be a JSON object")
-    unknown = sorted(set(body) - {"id", "parameters", "inputs"})
+    unknown = sorted(set(body) - {"id", "parameters", "he" if he else "inputs"})
     if unknown:
         raise _bad(f"unknown request field '{unknown[0]}'")
     return body
@@ -770,3 +800,387 @@ def parse_response(body: Any) -> InferenceResponse:
         model_version=str(body.get("model_version")),
         predictions=predictions or [],
     )
+
+
+# ------------------------------------------------ homomorphic encryption (section 11)
+
+HE_CONTEXT_ID = re.compile(r"^[0-9a-f]{32}$")
+# The link the client applies to a decrypted score, by the model's task.
+HE_LINKS = {"binary": "sigmoid", "multiclass": "softmax", "regression": "identity"}
+HE_SURVIVAL_LINK = "exp"
+# A Cox hazard ratio is exp of the score clipped to this, as the plaintext path computes it.
+HAZARD_CLIP = 50.0
+_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
+
+
+@dataclass(frozen=True)
+class HeRequest:
+    """The homomorphic part of a request (``he``), parsed; its ciphertexts still opaque.
+
+    Parameters
+    ----------
+    context_id : str
+        The id of the client's public context (32 hex: SHA-256 prefix of its bytes).
+    context : bytes or None
+        The serialized public context, when the client sends it (first request, or after
+        ``unknown_he_context``).
+    rows : int
+        How many patients each ciphertext holds.
+    columns : tuple of str
+        The encoded column names the ciphertexts are in order of (the metadata's).
+    data : tuple of bytes
+        One serialized CKKS ciphertext per column.
+    """
+
+    context_id: str
+    context: bytes | None = field(repr=False)
+    rows: int
+    columns: tuple[str, ...]
+    data: tuple[bytes, ...] = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The request's ``he`` object."""
+        body: dict[str, Any] = {
+            "context_id": self.context_id,
+            "rows": self.rows,
+            "columns": list(self.columns),
+            "data": [hpke.b64encode(c) for c in self.data],
+        }
+        if self.context is not None:
+            body["context"] = hpke.b64encode(self.context)
+        return body
+
+
+@dataclass(frozen=True)
+class HeScores:
+    """The homomorphic part of a response: encrypted scores and how to read them.
+
+    Parameters
+    ----------
+    context_id : str
+        The context the scores are encrypted under.
+    rows : int
+        How many patients each score ciphertext holds.
+    link : str
+        ``sigmoid``, ``softmax``, ``identity`` or ``exp`` (see :func:`he_predictions`).
+    labels : tuple of str
+        The classes (classification; empty otherwise).
+    scores : tuple of bytes
+        One ciphertext per model output.
+    """
+
+    context_id: str
+    rows: int
+    link: str
+    labels: tuple[str, ...]
+    scores: tuple[bytes, ...] = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The response's ``he`` object."""
+        return {
+            "context_id": self.context_id,
+            "rows": self.rows,
+            "link": self.link,
+            "labels": list(self.labels),
+            "scores": [hpke.b64encode(c) for c in self.scores],
+        }
+
+
+def _b64(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise _bad(f"{where} must be a base64 string")
+    try:
+        return hpke.b64decode(value)
+    except ValueError as err:
+        raise _bad(f"{where}: {err}") from None
+
+
+def build_he_request(
+    he: HeRequest, request_id: str, timestamp: int, response_key: bytes
+) -> dict[str, Any]:
+    """The JSON of a homomorphic request (the plaintext of its HPKE envelope).
+
+    Parameters
+    ----------
+    he : HeRequest
+        The context and ciphertexts.
+    request_id : str
+        32 lowercase hex characters, new for every request.
+    timestamp : int
+        Now, in Unix seconds.
+    response_key : bytes
+        The 16-byte key the response is to be sealed with.
+    """
+    parameters = {"timestamp": timestamp, "response_key": hpke.b64encode(response_key)}
+    return {"id": request_id, "parameters": parameters, "he": he.to_json()}
+
+
+def parse_he_request(body: dict[str, Any], max_rows: int) -> HeRequest:
+    """The ``he`` object of a decoded request (``decode_request(…, he=True)``).
+
+    Parameters
+    ----------
+    body : dict
+        The decoded request.
+    max_rows : int
+        The most patients one request may carry (``too_many_rows`` beyond).
+    """
+    he = body.get("he")
+    if not isinstance(he, dict):
+        raise _bad("he must be an object with context_id, rows, columns and data")
+    unknown = sorted(set(he) - {"context_id", "context", "rows", "columns", "data"})
+    if unknown:
+        raise _bad(f"unknown he field '{unknown[0]}'")
+    context_id = he.get("context_id")
+    if not isinstance(context_id, str) or not HE_CONTEXT_ID.match(context_id):
+        raise _bad("he.context_id must be 32 lowercase hex characters")
+    rows = he.get("rows")
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+        raise _bad("he.rows must be a positive integer")
+    if rows > max_rows:
+        raise TOO_MANY_ROWS.error(f"{rows} rows in one request; at most {max_rows} are allowed")
+    columns, data = he.get("columns"), he.get("data")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise _bad("he.columns must be a list of column names")
+    if not isinstance(data, list) or len(data) != len(columns) or not data:
+        raise _bad("he.data must hold one ciphertext per column")
+    context = _b64(he["context"], "he.context") if "context" in he else None
+    return HeRequest(
+        context_id=context_id,
+        context=context,
+        rows=rows,
+        columns=tuple(columns),
+        data=tuple(_b64(c, f"he.data[{i}]") for i, c in enumerate(data)),
+    )
+
+
+def build_he_response(
+    model_name: str, model_version: int, request_id: str, scores: HeScores
+) -> dict[str, Any]:
+    """The response JSON of a homomorphic request.
+
+    Parameters
+    ----------
+    model_name : str
+        The model's name in the registry.
+    model_version : int
+        The registry version whose weights computed the scores.
+    request_id : str
+        The id of the request answered.
+    scores : HeScores
+        The encrypted scores.
+    """
+    return {
+        "model_name": model_name,
+        "model_version": str(model_version),
+        "id": request_id,
+        "he": scores.to_json(),
+    }
+
+
+def parse_he_response(body: Any) -> tuple[InferenceResponse, HeScores]:
+    """The header and encrypted scores of a homomorphic response; ``ValueError`` otherwise.
+
+    Parameters
+    ----------
+    body : Any
+        The decoded JSON of an opened response.
+    """
+    he = body.get("he") if isinstance(body, dict) else None
+    if not isinstance(he, dict):
+        raise ValueError("the response has no he object")
+    scores, labels, rows = he.get("scores"), he.get("labels"), he.get("rows")
+    if not isinstance(scores, list) or not scores or not all(isinstance(c, str) for c in scores):
+        raise ValueError("he.scores is not a list of ciphertexts")
+    if not isinstance(labels, list) or not isinstance(rows, int):
+        raise ValueError("he.labels or he.rows is missing")
+    link = he.get("link")
+    if link not in (*HE_LINKS.values(), HE_SURVIVAL_LINK):
+        raise ValueError(f"unknown link {link!r}")
+    header = InferenceResponse(
+        id=str(body.get("id")),
+        model_name=str(body.get("model_name")),
+        model_version=str(body.get("model_version")),
+        predictions=[],
+    )
+    return header, HeScores(
+        context_id=str(he.get("context_id")),
+        rows=rows,
+        link=link,
+        labels=tuple(str(label) for label in labels),
+        scores=tuple(hpke.b64decode(c) for c in scores),
+    )
+
+
+def he_predictions(
+    link: str, scores: Sequence[Sequence[float]], labels: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The predictions of decrypted scores, as the plaintext route returns them.
+
+    Parameters
+    ----------
+    link : str
+        ``sigmoid`` (binary: ``label``, ``probability``), ``softmax`` (multiclass:
+        ``label``, ``probabilities``), ``identity`` (regression: ``value``) or ``exp``
+        (survival: ``risk_score``, ``hazard_ratio``).
+    scores : sequence of sequence of float
+        ``[k][n]``: per model output, one score per patient.
+    labels : sequence of str
+        The classes (classification).
+    """
+    rows = list(zip(*scores, strict=True))
+    if link == "sigmoid":
+        probabilities = [_sigmoid(row[0]) for row in rows]
+        return [{"label": labels[int(p >= 0.5)], "probability": p} for p in probabilities]
+    if link == "softmax":
+        out = []
+        for row in rows:
+            top = max(row)
+            weights = [math.exp(v - top) for v in row]
+            total = sum(weights)
+            probs = {label: w / total for label, w in zip(labels, weights, strict=True)}
+            out.append({"label": labels[row.index(top)], "probabilities": probs})
+        return out
+    if link == "identity":
+        return [{"value": row[0]} for row in rows]
+    return [
+        {
+            "risk_score": row[0],
+            "hazard_ratio": math.exp(min(max(row[0], -HAZARD_CLIP), HAZARD_CLIP)),
+        }
+        for row in rows
+    ]
+
+
+def _sigmoid(x: float) -> float:
+    # Either branch keeps exp's argument non-positive, so it never overflows.
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@dataclass(frozen=True)
+class HeOffer:
+    """What the model metadata says of homomorphic inference (``parameters.he``).
+
+    Parameters
+    ----------
+    offered : bool
+        Whether the model is linear and the route answers for it.
+    reason : str
+        Why not, if not offered ("" otherwise).
+    columns : tuple of str
+        The encoded columns, in order: a numeric or binary feature's name, or
+        ``name=category`` per category of a categorical feature (one-hot, raw values:
+        the service folds standardization into the weights).
+    link : str
+        The link the client applies ("" if not offered).
+    max_rows : int
+        The most patients one request may carry.
+    parameters : dict
+        The CKKS parameters (``scheme``, ``poly_modulus_degree``, ``coeff_mod_bit_sizes``,
+        ``scale_bits``, ``security_bits``) and the context cache's ``context_ttl`` and
+        ``max_context_bytes``.
+    """
+
+    offered: bool
+    reason: str
+    columns: tuple[str, ...]
+    link: str
+    max_rows: int
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``parameters.he`` object of the metadata."""
+        return {
+            "offered": self.offered,
+            "reason": self.reason,
+            "columns": list(self.columns),
+            "link": self.link,
+            "max_rows": self.max_rows,
+            **self.parameters,
+        }
+
+
+def he_columns(features: Mapping[str, Any]) -> list[str]:
+    """The encoded column names of a schema's features (``parameters.schema``), in order.
+
+    Parameters
+    ----------
+    features : mapping
+        Feature name to its schema entry (``type``, ``categories``, ``min``, ``max``).
+    """
+    names: list[str] = []
+    for name, spec in features.items():
+        if spec.get("type") == "categorical":
+            names.extend(f"{name}={c}" for c in spec.get("categories", ()))
+        else:
+            names.append(name)
+    return names
+
+
+def _he_value(row: int, name: str, spec: Mapping[str, Any], value: Any) -> list[float]:
+    """One feature's encoded values for one row (one-hot for categories), checked."""
+    value = _plain(value)
+    kind = spec.get("type")
+    if kind == "categorical":
+        categories = list(spec.get("categories", ()))
+        if not isinstance(value, str) or value not in categories:
+            raise _refused(INVALID_INPUT, name, row, f"one of {categories}")
+        return [1.0 if value == c else 0.0 for c in categories]
+    if kind == "binary":
+        if isinstance(value, bool):
+            return [float(value)]
+        if isinstance(value, int | float) and value in (0, 1):
+            return [float(value)]
+        word = value.strip().lower() if isinstance(value, str) else None
+        if word in _TRUE_WORDS or word in _FALSE_WORDS:
+            return [1.0 if word in _TRUE_WORDS else 0.0]
+        raise _refused(INVALID_INPUT, name, row, "0/1 or true/false")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _refused(INVALID_INPUT, name, row, "a number")
+    number = _element(name, "FP64", row, value)
+    low, high = spec.get("min"), spec.get("max")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise _refused(OUT_OF_RANGE, name, row, f"a number within [{low}, {high}]")
+    return [number]
+
+
+def encode_he_columns(
+    features: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
+) -> list[list[float]]:
+    """The rows as encoded columns (:func:`he_columns` order), checked against the schema.
+
+    The client's side of homomorphic inference: the service sees only ciphertexts and
+    cannot check a value, so every check of the plaintext route that needs no private
+    statistic happens here (types, categories, declared ranges, float32).
+
+    Parameters
+    ----------
+    features : mapping
+        The metadata's ``parameters.schema``: feature name to its entry.
+    rows : sequence of mapping
+        One mapping of feature name to value per patient.
+
+    Raises :class:`ApiError` (``invalid_input`` or ``out_of_range``) naming row and feature.
+    """
+    if not rows:
+        raise _bad("no rows to send")
+    columns: list[list[float]] = [[] for _ in he_columns(features)]
+    for row, values in enumerate(rows):
+        unknown = sorted(set(values) - set(features))
+        if unknown:
+            raise INVALID_INPUT.error(
+                f"row {row}, feature '{unknown[0]}': not in the model's schema",
+                row=row,
+                feature=unknown[0],
+            )
+        encoded: list[float] = []
+        for name, spec in features.items():
+            if values.get(name) is None:
+                raise _refused(INVALID_INPUT, name, row, "a value (it is missing)")
+            encoded.extend(_he_value(row, name, spec, values[name]))
+        for column, number in zip(columns, encoded, strict=True):
+            column.append(number)
+    return columns

@@ -9,7 +9,14 @@
 For each call the client fetches (and caches) the service's HPKE key configuration,
 checks it, seals the request to the current key with a fresh response key inside,
 sends it with the bearer token over TLS, opens the sealed response with that response
-key, checks that it answers this request, and returns the predictions. Every failure is
+key, checks that it answers this request, and returns the predictions.
+
+With ``mode="he"`` (``pip install fedcare-sdk[he]``, linear models only) the features are
+not sent at all: the client one-hot encodes them from the schema the metadata publishes,
+encrypts each encoded column under a CKKS key that never leaves this object
+(:mod:`privacy.he`), and the service computes the encrypted linear score inside the same
+HPKE envelope; the client decrypts it and applies the link (sigmoid, softmax, identity or
+exp), so the host never sees a feature value or a prediction. Every failure is
 an :class:`InferenceError` subclass saying what went wrong. ``docs/PROTOCOL.md`` is the
 wire format this implements.
 """
@@ -185,6 +192,10 @@ class InferenceClient:
     plaintext_for_benchmark : bool
         BENCHMARK ONLY: send unencrypted JSON (the service must run with
         ``--benchmark-plaintext``) to measure what payload encryption costs.
+    mode : str
+        ``"plain"``: the features travel inside the HPKE envelope. ``"he"``: they travel
+        as CKKS ciphertexts the service cannot decrypt (linear models; needs the ``he``
+        extra, TenSEAL).
     """
 
     def __init__(
@@ -199,9 +210,15 @@ class InferenceClient:
         timeout: float = 30.0,
         key_cache_seconds: float = wire.KEYS_MAX_AGE,
         plaintext_for_benchmark: bool = False,
+        mode: str = "plain",
     ):
+        if mode not in ("plain", "he"):
+            raise ValueError(f"mode must be 'plain' or 'he', not {mode!r}")
+        if mode == "he" and plaintext_for_benchmark:
+            raise ValueError("mode='he' seals every request; it has no plaintext mode")
         self.url = url.rstrip("/")
         self.model = model
+        self.mode = mode
         self.key_cache_seconds = key_cache_seconds
         self.plaintext_for_benchmark = plaintext_for_benchmark
         verify: ssl.SSLContext | bool = True
@@ -213,6 +230,9 @@ class InferenceClient:
             verify=verify, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
         )
         self._key: ServiceKey | None = None
+        self._metadata: dict[str, Any] | None = None
+        self._he: Any = None  # privacy.he.SecretContext, made on the first HE request
+        self._context_sent = False
 
     def __enter__(self) -> InferenceClient:
         return self
@@ -261,13 +281,21 @@ class InferenceClient:
             self._key = key
         return key
 
-    def metadata(self) -> dict[str, Any]:
-        """The model's metadata: inputs by feature name, task, classes, version."""
-        response = self._send("GET", wire.MODEL_PATH.format(model=self.model))
-        body = self._json(response)
-        if response.status_code != 200:
-            raise _error_for(response.status_code, body)
-        return body
+    def metadata(self, refresh: bool = True) -> dict[str, Any]:
+        """The model's metadata: inputs by feature name, task, classes, version, HE offer.
+
+        Parameters
+        ----------
+        refresh : bool
+            Fetch it again even if this client fetched it before.
+        """
+        if refresh or self._metadata is None:
+            response = self._send("GET", wire.MODEL_PATH.format(model=self.model))
+            body = self._json(response)
+            if response.status_code != 200:
+                raise _error_for(response.status_code, body)
+            self._metadata = body
+        return self._metadata
 
     # ---------------------------------------------------------------- predict
 
@@ -299,6 +327,10 @@ class InferenceClient:
         If the service no longer knows the cached key (rotated and retired), the key
         configuration is fetched again and the request, sealed anew, is sent once more.
         """
+        if self.mode == "he":
+            if explain:
+                raise InvalidInput("mode='he' computes no attributions")
+            return self._he_infer(rows)
         try:
             return self._infer_once(rows, refresh_key=False, explain=explain)
         except RequestRejected as err:
@@ -324,15 +356,7 @@ class InferenceClient:
             key = self.key(refresh=refresh_key)
             content_type = hpke.REQUEST_MEDIA_TYPE
             payload = hpke.seal_request(key.public_key, body)
-        response = self._send(
-            "POST",
-            wire.INFER_PATH.format(model=self.model),
-            content=payload,
-            headers={"Content-Type": content_type},
-        )
-        answer = self._open(response, response_key)
-        if response.status_code != 200:
-            raise _error_for(response.status_code, answer)
+        answer = self._post(wire.INFER_PATH, content_type, payload, response_key)
         try:
             parsed = wire.parse_response(answer)
         except ValueError as err:
@@ -344,6 +368,101 @@ class InferenceClient:
                 f"{len(parsed.predictions)} predictions for {len(rows)} rows in the response"
             )
         return InferenceResult(parsed.model_name, parsed.model_version, parsed.predictions)
+
+    def _post(
+        self, path: str, content_type: str, payload: bytes, response_key: bytes | None
+    ) -> Any:
+        """POST a request to the model's ``path``; the opened JSON of a 200, else raise."""
+        response = self._send(
+            "POST",
+            path.format(model=self.model),
+            content=payload,
+            headers={"Content-Type": content_type},
+        )
+        answer = self._open(response, response_key)
+        if response.status_code != 200:
+            raise _error_for(response.status_code, answer)
+        return answer
+
+    # ------------------------------------------------------------------ HE
+
+    def _he_infer(self, rows: Sequence[Mapping[str, Any]]) -> InferenceResult:
+        """Predictions of a linear model computed on CKKS ciphertexts, in batches."""
+        try:
+            from privacy import he
+        except ImportError:
+            raise InferenceError("mode='he' needs TenSEAL: pip install 'fedcare-sdk[he]'") from None
+        parameters = self.metadata(refresh=False)["parameters"]
+        offer = parameters.get("he") or {}
+        if not offer.get("offered"):
+            raise RequestRejected(
+                f"the service offers no homomorphic inference for '{self.model}': "
+                f"{offer.get('reason', 'no offer in its metadata')}",
+                code=wire.HE_NOT_SUPPORTED.code,
+            )
+        try:
+            columns = wire.encode_he_columns(parameters["schema"], rows)
+        except wire.ApiError as err:
+            raise InvalidInput(err.message, 0, err.code, **err.details) from None
+        if self._he is None:
+            self._he = he.SecretContext()
+        batch = int(offer["max_rows"])
+        predictions: list[dict[str, Any]] = []
+        result = InferenceResult(self.model, "", predictions)
+        for start in range(0, len(rows), batch):
+            chunk = [column[start : start + batch] for column in columns]
+            result = self._he_once(chunk, tuple(offer["columns"]))
+            predictions.extend(result.predictions)
+        return InferenceResult(result.model_name, result.model_version, predictions)
+
+    def _he_once(self, columns: list[list[float]], names: tuple[str, ...]) -> InferenceResult:
+        """One homomorphic request; its context is resent once if the service lost it."""
+        secret = self._he
+        data = tuple(secret.encrypt_columns(columns))
+        count = len(columns[0])
+        for attempt in range(2):
+            request = wire.HeRequest(
+                context_id=secret.context_id,
+                context=None if self._context_sent else secret.public_bytes(),
+                rows=count,
+                columns=names,
+                data=data,
+            )
+            request_id, response_key = secrets.token_hex(16), hpke.new_response_key()
+            body = wire.dumps(
+                wire.build_he_request(request, request_id, int(time.time()), response_key)
+            )
+            key = self.key(refresh=attempt > 0)
+            try:
+                answer = self._post(
+                    wire.HE_INFER_PATH,
+                    hpke.REQUEST_MEDIA_TYPE,
+                    hpke.seal_request(key.public_key, body),
+                    response_key,
+                )
+            except RequestRejected as err:
+                if attempt or err.code not in (
+                    wire.UNKNOWN_HE_CONTEXT.code,
+                    wire.UNKNOWN_KEY_ID.code,
+                ):
+                    raise
+                self._context_sent = False
+                continue
+            self._context_sent = True
+            return self._he_result(answer, request_id, count)
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _he_result(self, answer: Any, request_id: str, count: int) -> InferenceResult:
+        """Decrypt a homomorphic response's scores and apply its link."""
+        try:  # privacy.he.HeError is a ValueError
+            header, scores = wire.parse_he_response(answer)
+            values = [self._he.decrypt(c, count) for c in scores.scores]
+        except ValueError as err:
+            raise ProtocolViolation(f"the homomorphic response does not parse: {err}") from None
+        if header.id != request_id or header.model_name != self.model or scores.rows != count:
+            raise ProtocolViolation("the response answers another request or model")
+        predictions = wire.he_predictions(scores.link, values, scores.labels)
+        return InferenceResult(header.model_name, header.model_version, predictions)
 
     def _open(self, response: httpx.Response, response_key: bytes | None) -> Any:
         """The JSON of a response: opened if sealed, as is if plain."""

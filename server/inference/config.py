@@ -42,6 +42,24 @@ class ServiceConfig:
     plaintext_payloads : bool
         BENCHMARK ONLY: also accept unencrypted ``application/json`` requests and answer
         them unencrypted, to measure what payload encryption costs.
+    workers : int
+        Threads that open, predict, explain and seal requests, off the event loop (health
+        probes and key fetches keep answering while they work).
+    explain_rate_per_second, explain_burst : float
+        Per-token limit of requests that ask for attributions, apart from the request
+        rate (an explanation costs ~128 forward and backward passes per row).
+    he_max_body_bytes : int
+        Larger homomorphic request bodies get 413 (a CKKS ciphertext is ~330 kB per
+        encoded column, whatever the number of patients in it).
+    he_context_ttl : float
+        Seconds a client's public CKKS context stays cached after it was last sent.
+    he_max_contexts : int
+        The most public contexts cached; the oldest is dropped first.
+    max_header_bytes : int
+        The most bytes of request line and headers (uvicorn's
+        ``h11_max_incomplete_event_size``; beyond it the parser answers 400 itself).
+    max_headers : int
+        The most header fields a request may have (431 beyond).
     """
 
     registry: Path
@@ -58,3 +76,11 @@ class ServiceConfig:
     burst: float = 100.0
     poll_interval: float = 2.0
     plaintext_payloads: bool = False
+    workers: int = 2
+    explain_rate_per_second: float = 0.5
+    explain_burst: float = 4.0
+    he_max_body_bytes: int = 64 << 20
+    he_context_ttl: float = 3600.0
+    he_max_contexts: int = 1024
+    max_header_bytes: int = 16 << 10
+    max_headers: int = 64

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from models.data.kinds.base import RowError
-from privacy import hpke
+from privacy import he, hpke
 from privacy.signing import load_storage_key, load_verify_key
 from privacy.tokens import RateLimiter, TokenRecord, TokenStore
 from protocol import inference as wire
@@ -28,7 +28,9 @@ from protocol.inference import ApiError
 from server.inference.audit import AuditLog
 from server.inference.config import ServiceConfig
 from server.inference.keyring import Keyring
+from server.inference.linear import ContextCache, LinearMap, he_scores, linear_map
 from server.inference.model_store import ModelStore, ServedModel
+from server.inference.ranges import check_ranges
 from server.inference.replay import ReplayGuard
 
 log = logging.getLogger("fedcare.inference")
@@ -97,6 +99,10 @@ class InferenceService:
         self.keyring = Keyring(config.keyring, reload_interval=config.poll_interval)
         self.tokens = TokenStore(config.tokens, reload_interval=config.poll_interval)
         self.rate_limiter = RateLimiter(config.rate_per_second, config.burst)
+        # Explanations cost ~steps forward and backward passes per row: their own budget.
+        self.explain_limiter = RateLimiter(config.explain_rate_per_second, config.explain_burst)
+        self.contexts = ContextCache(config.he_context_ttl, config.he_max_contexts)
+        self._linear: dict[tuple[str, int], LinearMap] = {}
         self.replay = ReplayGuard(window=config.replay_window)
         self.audit = AuditLog(config.audit_log)
 
@@ -188,37 +194,90 @@ class InferenceService:
         except hpke.EnvelopeError as err:
             raise wire.ERRORS[err.code].error(str(err)) from None
 
-    def answer(self, model: ServedModel, body: bytes, sealed: bool) -> Reply:
-        """Open, check, predict and seal one request.
+    def linear(self, model: ServedModel) -> LinearMap:
+        """The affine map of a linear model, computed once per version.
 
         Parameters
         ----------
         model : ServedModel
-            The model the caller may use.
+            The served model (``he_not_supported`` if it is not linear).
+        """
+        key = (model.name, model.version)
+        if key not in self._linear:
+            self._linear[key] = linear_map(model)
+        return self._linear[key]
+
+    def _predict(
+        self, caller: Caller, header: wire.RequestHeader, decoded: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        """The response JSON of a plaintext-feature request, and its row count."""
+        model = caller.model
+        instances = wire.parse_rows(decoded, self.config.max_rows)
+        if header.explain:
+            token = caller.token
+            if self.explain_limiter.acquire(token.id) is not None:
+                raise wire.RATE_LIMITED.error(
+                    "the explanation rate limit is reached; retry later",
+                    retry_after=max(1, math.ceil(1 / self.config.explain_rate_per_second)),
+                )
+        check_ranges(model.predictor, instances)
+        predictions = model.predictor.predict_rows(instances)
+        if header.explain:
+            predictions = _with_attributions(model, instances, predictions)
+        payload = wire.build_response(model.name, model.version, header.id, predictions)
+        return payload, len(instances)
+
+    def _he_predict(
+        self, caller: Caller, header: wire.RequestHeader, decoded: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        """The response JSON of a homomorphic request, and its row count."""
+        model = caller.model
+        linear = self.linear(model)
+        if header.explain:
+            raise _not_explainable(model, "a homomorphic request carries no attributions")
+        request = wire.parse_he_request(decoded, self.he_max_rows)
+        if request.context is not None:
+            context = self.contexts.put(request.context_id, request.context)
+        else:
+            context = self.contexts.get(request.context_id)
+        scores = he_scores(linear, context, request)
+        payload = wire.build_he_response(model.name, model.version, header.id, scores)
+        return payload, request.rows
+
+    @property
+    def he_max_rows(self) -> int:
+        """The most patients one homomorphic request may carry."""
+        return min(self.config.max_rows, he.PARAMETERS.slots)
+
+    def answer(self, caller: Caller, body: bytes, sealed: bool, homomorphic: bool = False) -> Reply:
+        """Open, check, predict and seal one request.
+
+        Parameters
+        ----------
+        caller : Caller
+            The authorized token and the model it may use.
         body : bytes
             The request body: an envelope, or JSON if not ``sealed``.
         sealed : bool
             Whether the body is a sealed envelope (False only in the benchmark-only
             plaintext mode).
+        homomorphic : bool
+            The request carries CKKS ciphertexts (``he``), not feature values.
 
         Errors found before the response key is known come back as plain JSON (they
         concern only the envelope); every later reply, errors included, is sealed.
         """
         try:
             plaintext = self._open(body) if sealed else body
-            decoded = wire.decode_request(plaintext)
+            decoded = wire.decode_request(plaintext, he=homomorphic)
             header = wire.parse_header(decoded, response_key_required=sealed)
         except ApiError as err:
             return Reply(err.status, wire.JSON_MEDIA_TYPE, wire.dumps(err.body()), 0, err.code)
         rows = 0
         try:
             self.replay.check(header.id, header.timestamp)
-            instances = wire.parse_rows(decoded, self.config.max_rows)
-            rows = len(instances)
-            predictions = model.predictor.predict_rows(instances)
-            if header.explain:
-                predictions = _with_attributions(model, instances, predictions)
-            payload = wire.build_response(model.name, model.version, header.id, predictions)
+            compute = self._he_predict if homomorphic else self._predict
+            payload, rows = compute(caller, header, decoded)
             status, code = 200, "ok"
         except ApiError as err:
             status, code, payload = err.status, err.code, err.body()

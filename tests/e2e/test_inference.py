@@ -343,8 +343,8 @@ def test_health_docs_and_key_config_routes(service):
     with service.http() as http:
         assert http.get("/v2/health/live").json() == {"live": True}
         assert http.get("/v2/health/ready").json() == {"ready": True, "models": {"ward": "1"}}
-        assert http.get("/openapi.json").json()["info"]["title"] == "fedcare inference"
-        assert http.get("/docs").status_code == 200
+        openapi = http.get("/openapi.json").json()
+        docs = http.get("/docs")
         config = http.get("/.well-known/fedcare-keys").json()
         missing = http.get("/no/such/route")
     assert config["protocol"] == "fedcare-inference/1"
@@ -352,6 +352,81 @@ def test_health_docs_and_key_config_routes(service):
     assert current["key_id"] == config["current_key_id"] and current["status"] == "current"
     assert (current["kem_id"], current["kdf_id"], current["aead_id"]) == (0x20, 1, 1)
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    assert openapi["info"]["title"] == "fedcare inference"
+    assert openapi["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    infer = openapi["paths"]["/v2/models/{model}/infer"]["post"]
+    assert infer["security"] == [{"bearer": []}] and {"401", "413", "422", "429"} <= set(
+        infer["responses"]
+    )
+    assert docs.status_code == 404 and docs.json()["code"] == "not_found"  # no CDN page
+
+
+def raw_request(service: Service, head: bytes) -> bytes:
+    """Send raw bytes over TLS and return the first 64 KiB of the answer."""
+    import socket
+
+    host, port = service.url.removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=str(service.fed.tls.ca_cert))
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        with context.wrap_socket(sock, server_hostname=host) as tls:
+            tls.sendall(head)
+            chunks = []
+            while chunk := tls.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [("FP64", 1e39), ("FP32", 1e39), ("FP16", 70000.0), ("INT8", 1000)],
+)
+def test_numbers_outside_their_dtype_or_float32_are_refused(
+    service, fed, public_key, datatype, value
+):
+    body = wire.build_request(ROWS[:1], secrets.token_hex(16), int(time.time()), bytes(16))
+    body["inputs"][0].update(datatype=datatype, data=[value])
+    response = post(service, hpke.seal_request(public_key, wire.dumps(body)), fed.token_ward)
+    assert response.status_code == 422
+    refusal = opened(response, bytes(16))
+    assert refusal["code"] == "out_of_range" and refusal["feature"] == "age"
+
+
+def test_values_far_outside_the_schema_range_are_out_of_range(service):
+    with pytest.raises(InvalidInput) as raised, service.client() as client:
+        client.predict([{"age": 1000, "sex": "M", "smoker": 1}])
+    assert raised.value.code == "out_of_range" and raised.value.feature == "age"
+
+
+def test_every_reply_has_the_security_headers_and_json_refusals(service, fed):
+    with service.http() as http:
+        replies = [
+            http.get("/v2/health/live"),
+            http.get("/.well-known/fedcare-keys"),
+            http.get("/no/such/route"),
+            http.put("/v2/health/live"),
+            http.post("/v2/models/ward/infer"),
+        ]
+    for reply in replies:
+        assert reply.headers["strict-transport-security"].startswith("max-age=")
+        assert reply.headers["x-content-type-options"] == "nosniff"
+        assert "cache-control" in reply.headers
+        if reply.status_code >= 400:
+            assert reply.headers["content-type"] == "application/json"
+            assert reply.json()["code"]
+    assert replies[0].headers["cache-control"] == "no-store"
+    assert [r.status_code for r in replies[2:]] == [404, 405, 401]
+
+
+def test_missing_host_too_many_and_too_large_headers_are_refused(service):
+    no_host = raw_request(service, b"GET /v2/health/live HTTP/1.0\r\n\r\n")
+    assert no_host.startswith(b"HTTP/1.1 400") and b'"code":"missing_host"' in no_host
+    many = b"".join(b"X-%d: 1\r\n" % i for i in range(100))
+    crowded = raw_request(service, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    assert crowded.startswith(b"HTTP/1.1 431") and b"headers_too_large" in crowded
+    big = b"X-Big: " + b"a" * (64 << 10) + b"\r\n"
+    huge = raw_request(service, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+    # 431 from the application, or the parser's own 400 when the head arrives in pieces.
+    assert huge.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400"))
 
 
 def test_metadata_lists_the_inputs_by_feature_name(service):

@@ -73,7 +73,8 @@ def fed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(fed):
-    running = start_service(fed, "families")
+    # One explained request per family, back to back: above the default explain burst.
+    running = start_service(fed, "families", "--explain-burst", "64")
     yield running
     running.stop()  # by the child's PID
 
