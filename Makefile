@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first; otherwise pip resolves a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# The console's browser tests drive Debian's headless Chromium (never a Playwright download).
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	touch $(STAMP)
 
 demo: $(STAMP)

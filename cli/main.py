@@ -217,6 +217,7 @@ def demo(
     run_inference_demo(Path(report["model"]["registry"]), console)
 
 
+from cli.console import coordinator_console  # noqa: E402
 from cli.inference import keys_app, serve, tokens_app  # noqa: E402
 from cli.predict import predict  # noqa: E402
 
@@ -224,6 +225,7 @@ app.command("serve")(serve)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tokens_app, name="tokens")
 app.command("predict")(predict)
+app.command("console")(coordinator_console)
 
 app.add_typer(provision_app, name="provision")
 app.add_typer(coordinator_app, name="coordinator")

@@ -5,8 +5,10 @@ token in the audit log) and ``secret`` 43 base64url characters (32 random bytes)
 store keeps only the SHA-256 of the whole token, so a leaked store grants nothing; a
 token is shown once, when it is made.
 
-Scopes are model names, or ``*`` for every model. Each token may carry its own rate
-limit (requests per second and burst); otherwise the service's default applies.
+Scopes are model names, or ``*`` for every model; ``console`` lets a token read the
+federation console, which ``*`` does not include (an application's token reads no
+console). Each token may carry its own rate limit (requests per second and burst);
+otherwise the service's default applies.
 
 Store file (JSON, mode 0600)::
 
@@ -33,6 +35,7 @@ from typing import Any
 
 FORMAT = "fedcare-tokens/1"
 PREFIX = "fct"
+CONSOLE_SCOPE = "console"
 _TOKEN = re.compile(r"^fct_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _SCOPE = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
 log = logging.getLogger("fedcare.inference")
@@ -58,6 +61,10 @@ class TokenRecord:
     def allows(self, model: str) -> bool:
         """Whether the token's scopes include ``model`` (or ``*``)."""
         return "*" in self.scopes or model in self.scopes
+
+    def allows_console(self) -> bool:
+        """Whether the token may read the console: only an explicit ``console`` scope."""
+        return CONSOLE_SCOPE in self.scopes
 
     def public(self) -> dict[str, Any]:
         """What ``tokens list`` shows (no hash)."""

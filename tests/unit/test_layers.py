@@ -28,6 +28,7 @@ LAYERS = {
     "server": 3,
     "deploy": 3,
     "simulations": 4,
+    "console": 4,
     "cli": 5,
 }
 ONLY_IN_PRIVACY = ("opacus", "cryptography")

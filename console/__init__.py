@@ -1,0 +1,1 @@
+"""The federation console: read-only web pages over a coordinator's or a site's files."""

@@ -1,0 +1,432 @@
+"""The coordinator's console: federation, runs, models and inference, pages and JSON routes.
+
+Every page has a JSON route with the same records under ``/api``; the pages' charts are
+drawn in the browser from those routes by ``static/console.js``, and a script can call
+them with ``Authorization: Bearer <console token>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, Response
+
+from console.federation import FederationView, federation_view
+from console.runs import FINISHED, IN_PROGRESS, RunDetail, RunSummary, read_run, run_detail
+from console.runs import run_folders as find_run_folders
+from console.traffic import Traffic, traffic
+from console.versions import MetricDiff, VersionRow, metric_diff, version_rows
+from console.web import Frame, Html, api, chart_slot, esc, link, number, path_part, secure, table
+from privacy.signing import VerifyKey, load_verify_key
+from privacy.tokens import TokenStore
+
+FRAME = Frame(
+    "fedcare coordinator console",
+    (("/", "federation"), ("/runs", "runs"), ("/models", "models"), ("/inference", "inference")),
+)
+# The metrics a runs list shows first, when a run has them.
+HEADLINE_METRICS = ("roc_auc", "accuracy", "c_index", "mse", "mae")
+
+
+@dataclass(frozen=True)
+class CoordinatorSources:
+    """Where the coordinator's console reads from (nothing is copied for it).
+
+    Parameters
+    ----------
+    runs_dir : Path
+        A folder of run folders (or one run folder).
+    registries : tuple of Path
+        Registries to list besides the runs' own.
+    verify_key : Path or None
+        The coordinator's public signing key (``signing.pub``), to verify versions.
+    audit_log : Path or None
+        The inference service's audit log.
+    coordinator_dir : Path or None
+        The provisioned coordinator folder, for the SuperLink's nodes.
+    """
+
+    runs_dir: Path
+    registries: tuple[Path, ...] = field(default_factory=tuple)
+    verify_key: Path | None = None
+    audit_log: Path | None = None
+    coordinator_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class ModelsView:
+    """The models page.
+
+    Parameters
+    ----------
+    versions : list of VersionRow
+        Every version, newest first.
+    diff : list of MetricDiff
+        The metrics of the two versions compared (empty when none are).
+    a, b : str
+        The compared versions' keys ('' when none).
+    """
+
+    versions: list[VersionRow]
+    diff: list[MetricDiff]
+    a: str = ""
+    b: str = ""
+
+
+class CoordinatorConsole:
+    """The console's reads: each call reads the files (and the SuperLink) again.
+
+    Parameters
+    ----------
+    sources : CoordinatorSources
+        Where to read.
+    """
+
+    def __init__(self, sources: CoordinatorSources):
+        self.sources = sources
+        self.key: VerifyKey | None = (
+            load_verify_key(sources.verify_key) if sources.verify_key else None
+        )
+
+    def runs(self) -> list[RunSummary]:
+        """Every run, newest first."""
+        return [read_run(p)[0] for p in find_run_folders(self.sources.runs_dir)]
+
+    def run(self, name: str) -> RunDetail:
+        """The run folder called ``name`` (404 when there is none).
+
+        Parameters
+        ----------
+        name : str
+            The run folder's name.
+        """
+        for path in find_run_folders(self.sources.runs_dir):
+            if path.name == name:
+                return run_detail(path)
+        raise HTTPException(404, f"no run called {name!r}")
+
+    def federation(self) -> FederationView:
+        """Sites, their ε in the newest run, and the SuperLink's nodes."""
+        runs = self.runs()
+        return federation_view(self.sources.coordinator_dir, runs[0] if runs else None)
+
+    def traffic(self) -> Traffic:
+        """The audit log, counted."""
+        return traffic(self.sources.audit_log)
+
+    def models(self, a: str = "", b: str = "") -> ModelsView:
+        """Every registry version, and the metrics diff of versions ``a`` and ``b``.
+
+        Parameters
+        ----------
+        a, b : str
+            Version keys to compare ('' for none).
+        """
+        registries = list(self.sources.registries)
+        for run in self.runs():
+            if run.model is not None:
+                registries.append(Path(run.model.registry))
+            elif (Path(run.path) / "registry").is_dir():
+                registries.append(Path(run.path) / "registry")
+        unique = list(dict.fromkeys(p.resolve() for p in registries))
+        served = {m.model: m.served_version for m in self.traffic().models if m.served_version}
+        versions = version_rows(unique, self.key, served)
+        by_key = {v.key: v for v in versions}
+        if a in by_key and b in by_key:
+            return ModelsView(versions, metric_diff(by_key[a], by_key[b]), a, b)
+        return ModelsView(versions, [])
+
+
+# ------------------------------------------------------------------ pages
+
+
+def _epsilon_text(values: dict[str, float]) -> str:
+    return ", ".join(f"{site}: {number(eps, 3)}" for site, eps in sorted(values.items()))
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    keys = [k for k in HEADLINE_METRICS if k in metrics] or sorted(metrics)[:2]
+    return ", ".join(f"{k} {number(metrics[k])}" for k in keys)
+
+
+def federation_page(view: FederationView) -> HTMLResponse:
+    """The federation page.
+
+    Parameters
+    ----------
+    view : FederationView
+        Its data.
+    """
+    counts = (
+        f"{len(view.nodes)} registered, {view.count('online')} online, "
+        f"{view.count('offline')} offline"
+    )
+    intro = Html(
+        f"<p>federation <strong>{esc(view.federation or 'not provisioned here')}</strong>; "
+        f"{esc(view.superlink)}{'; ' + esc(counts) if view.nodes else ''}.</p>"
+        + (
+            f"<p>ε as last reported in the newest run, "
+            f"{link('/runs/' + path_part(view.newest_run), view.newest_run).text}.</p>"
+            if view.newest_run
+            else "<p>no run yet.</p>"
+        )
+    )
+    sites = table(
+        "sites",
+        ["site", "provisioned", "ε spent (newest run)"],
+        [
+            [s.name, "yes" if s.provisioned else "no", number(s.epsilon_spent, 3)]
+            for s in view.sites
+        ],
+    )
+    nodes = table(
+        "SuperNodes",
+        ["node id", "status", "last seen"],
+        [[n.node_id, n.status, n.last_seen or None] for n in view.nodes],
+    )
+    return FRAME.page("federation", [intro, sites, nodes], "/", api="/api/federation")
+
+
+def runs_page(runs: list[RunSummary]) -> HTMLResponse:
+    """The runs list.
+
+    Parameters
+    ----------
+    runs : list of RunSummary
+        Every run.
+    """
+    rows = [
+        [
+            link("/runs/" + path_part(r.name), r.name),
+            r.status,
+            f"{r.rounds_done}/{r.rounds_total}",
+            _headline(r.final),
+            number(max(r.epsilon_spent.values()), 3) if r.epsilon_spent else None,
+            f"{r.model.name} v{r.model.version}" if r.model else None,
+            r.updated,
+        ]
+        for r in runs
+    ]
+    headers = ["run", "status", "rounds", "metrics", "largest ε", "model", "updated"]
+    return FRAME.page("runs", [table("runs", headers, rows)], "/runs", api="/api/runs")
+
+
+def run_page(detail: RunDetail) -> HTMLResponse:
+    """A run's page; it re-reads its JSON route while the run goes on.
+
+    Parameters
+    ----------
+    detail : RunDetail
+        The run.
+    """
+    s = detail.summary
+    model = link("/models", f"{s.model.name} v{s.model.version}").text if s.model else "not yet"
+    facts = Html(
+        '<dl class="facts">'
+        f"<dt>run key</dt><dd>{esc(s.run_key)}</dd>"
+        f'<dt>status</dt><dd data-field="summary.status">{esc(s.status)}</dd>'
+        f'<dt>rounds</dt><dd><span data-field="summary.rounds_done">{s.rounds_done}</span>'
+        f" of {s.rounds_total} "
+        f'<progress max="{s.rounds_total}" value="{s.rounds_done}" '
+        f'data-field="summary.rounds_done" aria-label="rounds finished"></progress></dd>'
+        f"<dt>DP</dt><dd>{'DP-SGD' if s.dp else 'off'}, δ={esc(s.delta)}, ε budget "
+        f"{esc(s.epsilon_budget if s.epsilon_budget is not None else 'set by each site')}</dd>"
+        f"<dt>model</dt><dd>{model}</dd>"
+        f"<dt>folder</dt><dd>{esc(s.path)}</dd></dl>"
+    )
+    epsilon = table(
+        "ε spent per site (last reported)",
+        ["site", "ε spent", "ε budget"],
+        [[site, number(e, 3), s.epsilon_budget] for site, e in sorted(s.epsilon_spent.items())],
+    )
+    refusals = table(
+        "refusals by site and reason",
+        ["site", "reason", "rounds refused", "which"],
+        [[r.site, r.reason, len(r.rounds), ", ".join(map(str, r.rounds))] for r in detail.refusals],
+    )
+    rounds = table(
+        "rounds",
+        ["round", "sites trained", "wall time (s)", "test set", "sites' validation", "refused"],
+        [
+            [
+                r.round,
+                r.sites_trained,
+                number(r.wall_seconds, 2),
+                _headline(r.global_test) or None,
+                _headline(r.federated_evaluation) or None,
+                len(r.refused),
+            ]
+            for r in detail.rounds
+        ],
+    )
+    charts = Html(
+        '<section class="charts" aria-label="charts">'
+        + "".join(chart_slot(c.id, c.title).text for c in detail.charts)
+        + "</section>"
+    )
+    poll = f"summary.status={IN_PROGRESS}" if s.status != FINISHED else ""
+    return FRAME.page(
+        f"run {s.name}",
+        [facts, charts, epsilon, refusals, rounds],
+        "/runs",
+        api="/api/runs/" + path_part(s.name),
+        poll_while=poll,
+    )
+
+
+def _version_form(view: ModelsView) -> Html:
+    def select(name: str, label: str, chosen: str) -> str:
+        options = "".join(
+            f'<option value="{esc(v.key)}"{" selected" if v.key == chosen else ""}>'
+            f"{esc(v.name)} v{v.version} ({esc(v.created)})</option>"
+            for v in view.versions
+        )
+        field = f'<select id="{name}" name="{name}">{options}</select>'
+        return f'<label for="{name}">{label}</label>{field}'
+
+    return Html(
+        '<form method="get" action="/models" class="diff">'
+        + select("a", "compare", view.a)
+        + select("b", "with", view.b)
+        + '<button type="submit">compare metrics</button></form>'
+    )
+
+
+def models_page(view: ModelsView) -> HTMLResponse:
+    """Every registry version, and a metrics diff of two.
+
+    Parameters
+    ----------
+    view : ModelsView
+        Its data.
+    """
+    versions = table(
+        "registry versions",
+        [
+            "model",
+            "version",
+            "created",
+            "run",
+            "kind",
+            "metrics",
+            "δ",
+            "ε per site",
+            "signature",
+            "served",
+        ],
+        [
+            [
+                v.name,
+                v.version,
+                v.created,
+                v.run,
+                v.kind,
+                _headline(v.metrics),
+                esc(v.delta),
+                _epsilon_text(v.epsilon_per_site),
+                Html(f'<span class="{"ok" if v.verified else "warn"}">{esc(v.signature)}</span>'),
+                "served (audit log)" if v.served else "",
+            ]
+            for v in view.versions
+        ],
+    )
+    parts = [versions]
+    if len(view.versions) > 1:
+        parts.append(_version_form(view))
+    if view.diff:
+        parts.append(
+            table(
+                "metrics diff (second minus first)",
+                ["metric", "first", "second", "change"],
+                [[d.metric, d.a, d.b, d.change] for d in view.diff],
+            )
+        )
+    return FRAME.page("models", parts, "/models", api="/api/models")
+
+
+def inference_page(view: Traffic) -> HTMLResponse:
+    """Requests per model and status over time, from the audit log (counts only).
+
+    Parameters
+    ----------
+    view : Traffic
+        Its data.
+    """
+    intro = Html(
+        f"<p>{view.total} requests in {esc(view.source or 'no audit log configured')}"
+        f"{f'; {view.unreadable} unreadable lines skipped' if view.unreadable else ''}. "
+        "The log holds no feature and no prediction.</p>"
+    )
+    models = table(
+        "requests per model",
+        ["model", "requests", "served version (last answered)", "by outcome"],
+        [
+            [
+                m.model,
+                m.total,
+                m.served_version,
+                ", ".join(f"{k}: {n}" for k, n in m.by_code.items()),
+            ]
+            for m in view.models
+        ],
+    )
+    chart = chart_slot(view.chart.id, view.chart.title)
+    return FRAME.page("inference", [intro, models, chart], "/inference", api="/api/inference")
+
+
+def make_coordinator_app(sources: CoordinatorSources, tokens: TokenStore) -> FastAPI:
+    """The coordinator's console, read-only, every route behind a console token.
+
+    Parameters
+    ----------
+    sources : CoordinatorSources
+        Where it reads.
+    tokens : TokenStore
+        The token store.
+    """
+    console = CoordinatorConsole(sources)
+    app = FastAPI(title="fedcare coordinator console", docs_url=None, redoc_url=None)
+
+    @app.get("/", response_class=HTMLResponse)
+    def federation_html() -> HTMLResponse:
+        return federation_page(console.federation())
+
+    @app.get("/api/federation")
+    def federation_json() -> Response:
+        return api(console.federation())
+
+    @app.get("/runs", response_class=HTMLResponse)
+    def runs_html() -> HTMLResponse:
+        return runs_page(console.runs())
+
+    @app.get("/api/runs")
+    def runs_json() -> Response:
+        return api(console.runs())
+
+    @app.get("/runs/{name}", response_class=HTMLResponse)
+    def run_html(name: str) -> HTMLResponse:
+        return run_page(console.run(name))
+
+    @app.get("/api/runs/{name}")
+    def run_json(name: str) -> Response:
+        return api(console.run(name))
+
+    @app.get("/models", response_class=HTMLResponse)
+    def models_html(a: str = "", b: str = "") -> HTMLResponse:
+        return models_page(console.models(a, b))
+
+    @app.get("/api/models")
+    def models_json(a: str = "", b: str = "") -> Response:
+        return api(console.models(a, b))
+
+    @app.get("/inference", response_class=HTMLResponse)
+    def inference_html() -> HTMLResponse:
+        return inference_page(console.traffic())
+
+    @app.get("/api/inference")
+    def inference_json() -> Response:
+        return api(console.traffic())
+
+    return secure(app, FRAME, tokens)

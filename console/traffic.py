@@ -1,0 +1,152 @@
+"""The inference service's audit log, counted: requests per model, status and time.
+
+The log (``server/inference/audit.py``) holds no feature, prediction or request id, so
+neither does anything here: only counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from console.charts import Chart, Series
+
+# Minutes while the log spans a few hours, hours beyond: a readable number of points.
+MINUTE_BUCKETS_UP_TO_HOURS = 6
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """The fields of one audit line the console counts.
+
+    Parameters
+    ----------
+    time : str
+        UTC, ISO 8601, to the second.
+    model : str
+        The model the request named.
+    version : int or None
+        The version that answered (None when none did).
+    status : int
+        The HTTP status.
+    code : str
+        ``ok`` or the error code.
+    """
+
+    time: str
+    model: str
+    version: int | None
+    status: int
+    code: str
+
+
+@dataclass(frozen=True)
+class ModelTraffic:
+    """Requests to one model.
+
+    Parameters
+    ----------
+    model : str
+        The model's name.
+    total : int
+        Its requests.
+    by_code : dict of str to int
+        Its requests per outcome (``ok`` or the error code, with the status).
+    served_version : int or None
+        The version of its last answered request: what the service serves, as far as
+        the log knows.
+    """
+
+    model: str
+    total: int
+    by_code: dict[str, int]
+    served_version: int | None
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The audit log, counted.
+
+    Parameters
+    ----------
+    source : str
+        The log file ('' when none is configured).
+    total : int
+        Requests logged.
+    unreadable : int
+        Lines that are not audit records (skipped).
+    models : list of ModelTraffic
+        Per model.
+    chart : Chart
+        Requests per time bucket, one line per status.
+    """
+
+    source: str
+    total: int
+    unreadable: int
+    models: list[ModelTraffic]
+    chart: Chart
+
+
+def read_audit(path: Path) -> tuple[list[AuditRecord], int]:
+    """The log's records and the number of lines that were not records.
+
+    Parameters
+    ----------
+    path : Path
+        The JSON-lines audit log.
+    """
+    records, bad = [], 0
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                raw = json.loads(line)
+                records.append(
+                    AuditRecord(
+                        time=str(raw["time"]),
+                        model=str(raw["model"]),
+                        version=raw["version"],
+                        status=int(raw["status"]),
+                        code=str(raw["code"]),
+                    )
+                )
+            except (ValueError, KeyError, TypeError):
+                bad += 1  # a line cut short by a crash, or not ours
+    return records, bad
+
+
+def _bucket_width(records: list[AuditRecord]) -> int:
+    """Characters of the ISO time kept per bucket: minutes (16) or hours (13)."""
+    hours = {r.time[:13] for r in records}
+    return 16 if len(hours) <= MINUTE_BUCKETS_UP_TO_HOURS else 13
+
+
+def traffic(path: Path | None) -> Traffic:
+    """Requests per model and outcome, and over time per status.
+
+    Parameters
+    ----------
+    path : Path or None
+        The audit log; None or a missing file count as no requests.
+    """
+    records, bad = read_audit(path) if path is not None and path.is_file() else ([], 0)
+    models = []
+    for model in sorted({r.model for r in records}):
+        mine = [r for r in records if r.model == model]
+        answered = [r.version for r in mine if r.code == "ok" and r.version is not None]
+        by_code = Counter(f"{r.status} {r.code}" for r in mine)
+        served = answered[-1] if answered else None
+        models.append(ModelTraffic(model, len(mine), dict(sorted(by_code.items())), served))
+    width = _bucket_width(records)
+    buckets = sorted({r.time[:width] for r in records})
+    index = {b: i for i, b in enumerate(buckets)}
+    series = []
+    for status in sorted({r.status for r in records}):
+        counts = Counter(index[r.time[:width]] for r in records if r.status == status)
+        series.append(Series(str(status), [(float(i), float(counts[i])) for i in index.values()]))
+    unit = "minute" if width == 16 else "hour"
+    title = f"requests per {unit} by status"
+    chart = Chart("requests", title, "time (UTC)", "requests", series, x_ticks=buckets)
+    return Traffic(str(path or ""), len(records), bad, models, chart)

@@ -1,0 +1,168 @@
+"""Registry versions as the console shows them: metrics, ε per site, δ, signature state."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from privacy.signing import SignatureError, VerifyKey
+from server.registry import ModelRegistry, ModelVersion, RegistryError, verify_version_bytes
+
+VERIFIED = "verified"
+NOT_CHECKED = "not checked (no verify key given)"
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One registry version.
+
+    Parameters
+    ----------
+    key : str
+        ``<name>-v<version>-<registry hash>``: the version's handle in URLs, unique across
+        the console's registries (a simulation's are all called ``registry``).
+    name : str
+        The model's name.
+    version : int
+        Its version number.
+    registry : str
+        The registry folder.
+    created : str
+        When it was registered (UTC, ISO 8601).
+    run : str
+        The run that trained it (its key), when recorded.
+    kind : str
+        The network's family.
+    metrics : dict of str to float
+        Its final metrics.
+    delta : float or None
+        δ of the sites' accounting.
+    epsilon_budget : float or None
+        The sites' ε budget, when the run set one.
+    epsilon_per_site : dict of str to float
+        Each site's ε spent when it was registered.
+    signature : str
+        ``verified``, why not, or that no key was given.
+    served : bool
+        Whether the inference service answered with this version last (audit log).
+    """
+
+    key: str
+    name: str
+    version: int
+    registry: str
+    created: str
+    run: str
+    kind: str
+    metrics: dict[str, float]
+    delta: float | None
+    epsilon_budget: float | None
+    epsilon_per_site: dict[str, float]
+    signature: str
+    served: bool
+
+    @property
+    def verified(self) -> bool:
+        """Whether the signature and every file's sha256 checked out."""
+        return self.signature == VERIFIED
+
+
+@dataclass(frozen=True)
+class MetricDiff:
+    """One metric of two versions side by side.
+
+    Parameters
+    ----------
+    metric : str
+        The metric.
+    a, b : float or None
+        Its value in each version (None: not recorded).
+    change : float or None
+        ``b - a`` when both have it.
+    """
+
+    metric: str
+    a: float | None
+    b: float | None
+    change: float | None
+
+
+def signature_state(version: ModelVersion, key: VerifyKey | None) -> str:
+    """``verified``, or why not: the signature and every listed file, checked with ``key``.
+
+    Parameters
+    ----------
+    version : ModelVersion
+        The version.
+    key : VerifyKey or None
+        The coordinator's public signing key; None reports that nothing was checked.
+    """
+    if key is None:
+        return NOT_CHECKED
+    try:
+        verify_version_bytes(version.path, key)
+    except SignatureError as err:
+        return f"not verified: {err}"
+    return VERIFIED
+
+
+def version_rows(
+    registries: list[Path], key: VerifyKey | None, served: dict[str, int]
+) -> list[VersionRow]:
+    """Every complete version of every model in ``registries``, newest registration first.
+
+    Parameters
+    ----------
+    registries : list of Path
+        Registry folders.
+    key : VerifyKey or None
+        The coordinator's public signing key.
+    served : dict of str to int
+        The version the inference service last answered with, per model name.
+    """
+    rows = []
+    for root in registries:
+        registry = ModelRegistry(root)
+        tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+        for name in registry.names():
+            try:
+                versions = registry.versions(name)
+            except RegistryError:
+                continue  # a damaged manifest: the registry's own tools report it
+            for v in versions:
+                privacy = v.manifest.get("privacy", {})
+                rows.append(
+                    VersionRow(
+                        key=f"{v.name}-v{v.version}-{tag}",
+                        name=v.name,
+                        version=v.version,
+                        registry=str(root),
+                        created=str(v.manifest.get("created", "")),
+                        run=str(v.manifest.get("extra", {}).get("run", "")),
+                        kind=str(v.manifest["model"].get("kind", "")),
+                        metrics=dict(v.manifest.get("metrics", {})),
+                        delta=privacy.get("delta"),
+                        epsilon_budget=privacy.get("epsilon_budget"),
+                        epsilon_per_site=dict(privacy.get("epsilon_per_site", {})),
+                        signature=signature_state(v, key),
+                        served=served.get(v.name) == v.version,
+                    )
+                )
+    return sorted(rows, key=lambda r: (r.created, r.version), reverse=True)
+
+
+def metric_diff(a: VersionRow, b: VersionRow) -> list[MetricDiff]:
+    """Every metric of either version, with ``b``'s change from ``a``.
+
+    Parameters
+    ----------
+    a, b : VersionRow
+        The versions compared.
+    """
+    out = []
+    for metric in sorted({*a.metrics, *b.metrics}):
+        va, vb = a.metrics.get(metric), b.metrics.get(metric)
+        change = vb - va if va is not None and vb is not None else None
+        out.append(MetricDiff(metric, va, vb, change))
+    return out

@@ -1,0 +1,144 @@
+"""The consoles in-process: token scopes, escaping, run folders read as they are written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from console.coordinator_app import CoordinatorSources, make_coordinator_app
+from console.runs import FINISHED, IN_PROGRESS, read_run, refusal_counts
+from console.site_view import count_problems
+from console.traffic import traffic
+from console.web import esc
+from privacy.tokens import TokenStore
+from server.federation.checkpoint import Checkpoint
+from server.inference.audit import AuditLog
+
+
+def _entry(round_: int, sites: list[str], refused: dict[str, str] | None = None) -> dict:
+    return {
+        "round": round_,
+        "wall_seconds": 1.5,
+        "sites_trained": len(sites) - len(refused or {}),
+        "train": {},
+        "federated_evaluation": {"accuracy": 0.8, "num-examples": 40.0},
+        "per_site_evaluation": {},
+        "global_test": {"accuracy": 0.7 + round_ / 100, "roc_auc": 0.9},
+        "epsilon": {s: 0.1 * round_ for s in sites},
+        "refused": refused or {},
+    }
+
+
+SETTINGS = {"num_server_rounds": 3, "dp": True, "delta": 1e-5, "epsilon": 1.0, "mode": "simulation"}
+
+
+def _checkpoint(out: Path, rounds: int, name: str = "<b>x</b>") -> None:
+    history = [_entry(r, [name, "b"]) for r in range(1, rounds + 1)]
+    meta = {"history": history, "epsilon": history[-1]["epsilon"], "settings": SETTINGS}
+    Checkpoint(rounds, "key1", {"w": np.zeros(2)}, {}, meta).save(out)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> tuple[TestClient, dict[str, str], Path]:
+    store = TokenStore(tmp_path / "tokens.json")
+    console, _ = store.create("ops", ["console"])
+    star, _ = store.create("app", ["*"])
+    model, _ = store.create("app2", ["breast_cancer"])
+    runs = tmp_path / "runs"
+    app = make_coordinator_app(CoordinatorSources(runs), store)
+    return TestClient(app), {"console": console, "star": star, "model": model}, runs
+
+
+def test_only_a_console_scope_reads_the_console(client):
+    http, tokens, _ = client
+    assert http.get("/api/runs").status_code == 401
+    assert http.get("/runs").status_code == 401
+    for other in ("star", "model"):
+        bearer = {"Authorization": f"Bearer {tokens[other]}"}
+        assert http.get("/api/runs", headers=bearer).status_code == 403
+    ok = http.get("/api/runs", headers={"Authorization": f"Bearer {tokens['console']}"})
+    assert ok.status_code == 200 and ok.json() == []
+
+
+def test_sign_in_sets_a_strict_cookie_and_never_redirects_off_site(client):
+    http, tokens, _ = client
+    reply = http.post(
+        "/login",
+        content=f"token={tokens['console']}&next=//evil.example/",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert reply.status_code == 303 and reply.headers["location"] == "/"
+    cookie = reply.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "secure" in cookie and "samesite=strict" in cookie
+    bad = http.post(
+        "/login",
+        content=f"token={tokens['star']}",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert bad.status_code == 403
+
+
+def test_a_run_in_progress_then_finished_and_names_escaped(client):
+    http, tokens, runs = client
+    out = runs / "r1"
+    _checkpoint(out, 2)
+    summary, rounds = read_run(out)
+    assert summary.status == IN_PROGRESS and summary.rounds_done == 2 and len(rounds) == 2
+    bearer = {"Authorization": f"Bearer {tokens['console']}"}
+    page = http.get("/runs/r1", headers=bearer).text
+    assert "<b>x</b>" not in page and esc("<b>x</b>") in page
+    detail = http.get("/api/runs/r1", headers=bearer).json()
+    assert [c["id"] for c in detail["charts"]] == [
+        "metric-accuracy",
+        "metric-roc_auc",
+        "epsilon",
+        "wall",
+    ]
+    report = {
+        "run": "key1",
+        "settings": SETTINGS,
+        "final": {"accuracy": 0.73},
+        "history": [_entry(r, ["a", "b"], {"b": "budget"} if r == 3 else None) for r in (1, 2, 3)],
+        "privacy": {"dp": True, "delta": 1e-5, "epsilon_budget": 1.0, "epsilon_spent": {"a": 0.3}},
+        "model": {"name": "m", "version": 1, "registry": str(out / "registry")},
+    }
+    (out / "report.json").write_text(json.dumps(report))
+    summary, rounds = read_run(out)
+    assert summary.status == FINISHED and summary.model is not None
+    (refusal,) = refusal_counts(rounds)
+    assert (refusal.site, refusal.reason, refusal.rounds) == ("b", "budget", [3])
+    assert http.get("/api/runs/nope", headers=bearer).status_code == 404
+
+
+def test_problems_are_counted_without_rows_or_values():
+    problems = [
+        "/d/site.csv, row 3, column 'age': value 130 is above the maximum 120",
+        "/d/site.csv, row 9, column 'age': value 150 is above the maximum 120",
+        "/d/site.csv, row 4, column 'sex': 'X' is not one of the categories",
+        "/d/site.csv: the file has no data rows",
+    ]
+    counted = {(p.column, p.problem): p.count for p in count_problems(problems)}
+    assert counted == {
+        ("age", "value … is above the maximum …"): 2,
+        ("sex", "… is not one of the categories"): 1,
+        ("", "the file has no data rows"): 1,
+    }
+
+
+def test_audit_traffic_counts_per_model_and_status(tmp_path: Path):
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.record("t1", "m", 2, 1, 200, "ok", 1.0)
+    log.record(None, "m", None, 0, 401, "unauthorized", 1.0)
+    log.close()
+    with (tmp_path / "audit.jsonl").open("a") as handle:
+        handle.write('{"cut short\n')
+    counted = traffic(tmp_path / "audit.jsonl")
+    assert counted.total == 2 and counted.unreadable == 1
+    (model,) = counted.models
+    assert model.served_version == 2 and model.by_code == {"200 ok": 1, "401 unauthorized": 1}
+    assert sorted(s.name for s in counted.chart.series) == ["200", "401"]
