@@ -505,14 +505,38 @@ class PrivacyLedger:
                 f"{self.path}: the ledger accounts at δ={raw['delta']}, the site asks "
                 f"δ={self.delta}; keep δ fixed for a site's data"
             )
-        # A site may lower its budgets but the history always counts.
-        self.releases = [Release(**r) for r in raw.get("releases", [])]
-        self.plans = {k: float(v) for k, v in raw.get("plans", {}).items()}
         # Curves computed at other orders (another Opacus) are computed again.
         if raw.get("rdp_orders") == _orders():
             for entry in raw.get("rdp_curves", []):
                 key = (float(entry["noise_multiplier"]), float(entry["sample_rate"]))
                 self.curves.setdefault(key, np.asarray(entry["rdp"], dtype=float))
+        # A site may lower its budgets but the history always counts.
+        self.releases = []
+        for entry in raw.get("releases", []):
+            if "run_epsilon_after" not in entry:
+                entry = self._with_scoped_epsilon(entry)
+            self.releases.append(Release(**entry))
+        self.plans = {k: float(v) for k, v in raw.get("plans", {}).items()}
+
+    def _with_scoped_epsilon(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """A release of a ledger written before per-run caps, with its scoped ε added.
+
+        The ε of its run and of its federation are composed from the releases before it,
+        as :meth:`check` would have recorded them.
+        """
+        this = Release(**{**entry, "run_epsilon_after": 0.0, "federation_epsilon_after": 0.0})
+
+        def composed(covers: Callable[[Release], bool]) -> float:
+            releases = [r for r in [*self.releases, this] if covers(r)]
+            return _privacy_spent(self._rdp(releases), _orders(), self.delta)[0]
+
+        return {
+            **entry,
+            "run_epsilon_after": composed(
+                lambda r: (r.federation, r.run) == (this.federation, this.run)
+            ),
+            "federation_epsilon_after": composed(lambda r: r.federation == this.federation),
+        }
 
     def summary(self) -> dict[str, Any]:
         """Lifetime, per-federation and per-run spend and caps, for `fedcare site budget`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -98,6 +99,23 @@ def test_ledger_survives_a_restart_and_keeps_counting(tmp_path):
         }
     ]
     assert summary["federations"] == [{"federation": "f", "runs": 1, "epsilon": again.spent}]
+
+
+def test_a_ledger_written_before_per_run_caps_loads_with_each_scope_composed(tmp_path):
+    ledger = PrivacyLedger(tmp_path, epsilon_budget=50.0)
+    for run, rounds in (("r1", 3), ("r2", 2)):
+        for round_ in range(1, rounds + 1):
+            ledger.step(SIGMA, RATE, 10, federation="f", run=run, round=round_)
+    written = [dataclasses.asdict(r) for r in ledger.releases]
+    raw = json.loads((tmp_path / LEDGER_FILE).read_text())
+    for entry in raw["releases"]:  # the fields the previous ledger format lacked
+        del entry["run_epsilon_after"], entry["federation_epsilon_after"]
+    (tmp_path / LEDGER_FILE).write_text(json.dumps(raw))
+    reloaded = PrivacyLedger(tmp_path, epsilon_budget=50.0)
+    for old, new in zip(written, reloaded.releases, strict=True):
+        for field in ("epsilon_after", "run_epsilon_after", "federation_epsilon_after"):
+            assert getattr(new, field) == pytest.approx(old[field], rel=1e-12), field
+        assert (new.run, new.round) == (old["run"], old["round"])
 
 
 def test_a_release_past_the_budget_is_refused_and_not_recorded(tmp_path):
