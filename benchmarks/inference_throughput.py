@@ -1,21 +1,34 @@
-"""What payload encryption costs: the encrypted path against plaintext, on the same service.
+"""What payload encryption costs: sealed against plaintext, worker threads, and CKKS.
 
-Starts one real `fedcare serve` on loopback with the benchmark-only plaintext mode on, so
-both paths run in the same process with the same token, replay, validation, model and
-audit work; only the HPKE seal/open and the response AES-GCM differ. A load client in
-this process (threads, each with its own keep-alive SDK client) measures requests per
-second and latency percentiles for 1 row and for 64 rows per request. The two modes are
-interleaved in several short rounds, so a change in the machine's background load hits
-both alike. Every request is built and sealed afresh (new request id, new response key),
-as a real client would. Besides wall-clock throughput it reports the CPU time the service
-process and the load client spend per request (from ``/proc``): on a machine shared with
-other work, the service's CPU per request is the steadier measure of its capacity.
+Starts real `fedcare serve` processes on loopback with the benchmark-only plaintext mode
+on, so that both paths run in the same process with the same token, replay, validation,
+model and audit work; only the HPKE seal/open and the response AES-GCM differ. Three
+measurements, in one run:
+
+1. **Sealed against plaintext.** A load client in this process (threads, each with its
+   own keep-alive SDK client) measures requests per second and latency percentiles for 1
+   row and for 64 rows per request. The two modes are interleaved in several short
+   rounds, so that a change in the machine's background load hits both alike. Every
+   request is built and sealed afresh (new request id, new response key), as a real
+   client would.
+2. **Worker threads.** The same sealed load against a second service started with
+   ``--workers 1``, interleaved round by round with the first (``--workers 2``).
+3. **Homomorphic (CKKS) inference** of a logistic regression on the same 30 features, one
+   request at a time (each is CPU-bound on both sides), for 1 patient and for batches of
+   256 and 4096 patients per request: wall-clock ms per patient, the client's CPU for
+   encryption, decryption and in all, and the service's CPU.
+
+Besides wall-clock figures it reports the CPU time the service process and the load
+client spend per request (from ``/proc``): on a machine shared with other work, the
+service's CPU per request is the steadier measure of its capacity. The load average is
+recorded beside every section, since wall-clock figures depend on it.
 
     .venv/bin/python benchmarks/inference_throughput.py [--seconds 2] [--rounds 8] [--tls]
 
-The model is the Breast Cancer Wisconsin schema (30 numeric features) with an MLP; its
-weights are untrained, which changes nothing for throughput. Results go to stdout and
-``--out`` (JSON).
+The models are on the Breast Cancer Wisconsin schema (30 numeric features): an MLP for
+sections 1 and 2, a logistic regression for section 3; their weights are untrained, which
+changes nothing for throughput. Results go to stdout, ``--out`` (JSON) and the Markdown
+file beside it.
 """
 
 from __future__ import annotations
@@ -38,12 +51,18 @@ from models.data.features import FeatureEncoder, Standardization
 from models.data.kinds.registry import parse_schema
 from models.families import build_model
 from models.spec import ModelSpec, get_weights
-from privacy import signing
+from privacy import he, signing
 from privacy.tokens import TokenStore
 from server.inference.keyring import rotate
 from server.registry import ModelRegistry
 
 MODEL = "breast_cancer"
+LINEAR = "breast_cancer_linear"
+RESULTS = Path(__file__).resolve().parent / "results" / "inference_throughput.json"
+# Goals the figures are reported against.
+GOAL_SEALED_RATIO_1_ROW = 0.9
+GOAL_HE_MS_ONE_PATIENT = 10.0
+GOAL_HE_MS_PER_PATIENT_BATCHED = 0.1
 
 
 @dataclass(frozen=True)
@@ -62,8 +81,27 @@ class Measurement:
     client_cpu_ms_per_request: float
 
 
-def register_model(root: Path) -> tuple[Path, list[dict]]:
-    """A signed breast-cancer MLP in ``root/registry``; return the registry and data rows."""
+@dataclass(frozen=True)
+class HeMeasurement:
+    """Homomorphic requests of one batch size, one at a time; means per request."""
+
+    patients: int
+    requests: int
+    wall_ms_per_request: float
+    wall_ms_per_patient: float
+    client_encrypt_cpu_ms: float
+    client_decrypt_cpu_ms: float
+    client_cpu_ms: float
+    client_cpu_ms_per_patient: float
+    service_cpu_ms: float
+    service_cpu_ms_per_patient: float
+    request_mb: float
+    max_abs_error: float
+
+
+def register_models(root: Path) -> tuple[Path, list[dict]]:
+    """A signed breast-cancer MLP and logistic regression in ``root/registry``; return
+    the registry and the data rows."""
     data = load_breast_cancer(as_frame=True)
     frame = data.frame.drop(columns=["target"])
     features = {name: {"type": "numeric"} for name in frame.columns}
@@ -82,22 +120,17 @@ def register_model(root: Path) -> tuple[Path, list[dict]]:
         mean={c: float(frame[c].mean()) for c in frame.columns},
         std={c: float(frame[c].std()) for c in frame.columns},
     )
-    spec = ModelSpec(
-        kind="mlp",
-        task="binary",
-        input_dim=FeatureEncoder(schema, scale).input_dim,
-        output_dim=1,
-        options={"hidden": [32]},
-    )
+    dim = FeatureEncoder(schema, scale).input_dim
     signing.generate_signing_key(root / "coordinator.key")
-    ModelRegistry(root / "registry").register(
-        MODEL,
-        get_weights(build_model(spec, seed=0)),
-        spec,
-        schema,
-        scale,
-        signer=signing.signer_from_file(root / "coordinator.key"),
+    signer = signing.signer_from_file(root / "coordinator.key")
+    registry = ModelRegistry(root / "registry")
+    mlp = ModelSpec(
+        kind="mlp", task="binary", input_dim=dim, output_dim=1, options={"hidden": [32]}
     )
+    linear = ModelSpec(kind="logreg", task="binary", input_dim=dim, output_dim=1)
+    for name, spec in ((MODEL, mlp), (LINEAR, linear)):
+        weights = get_weights(build_model(spec, seed=0))
+        registry.register(name, weights, spec, schema, scale, signer=signer)
     return root / "registry", frame.to_dict(orient="records")
 
 
@@ -115,6 +148,11 @@ def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux ``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def measure(
@@ -174,23 +212,222 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def summarize(mode: str, size: int, windows: list[Window], seconds: float) -> Measurement:
+    """One :class:`Measurement` of the windows of one mode and batch size."""
+    lat = [latency for w in windows for latency in w.latencies]
+    secs = seconds * len(windows)
+    return Measurement(
+        mode=mode,
+        rows=size,
+        requests=len(lat),
+        seconds=round(secs, 2),
+        requests_per_second=round(len(lat) / secs, 1),
+        rows_per_second=round(len(lat) * size / secs, 1),
+        p50_ms=round(statistics.median(lat) * 1000, 2),
+        p99_ms=round(percentile(lat, 0.99) * 1000, 2),
+        service_cpu_ms_per_request=round(sum(w.service_cpu for w in windows) * 1000 / len(lat), 3),
+        client_cpu_ms_per_request=round(sum(w.client_cpu for w in windows) * 1000 / len(lat), 3),
+    )
+
+
+class TimedSecretContext(he.SecretContext):
+    """A client CKKS context that adds up the CPU seconds of its encryptions and
+    decryptions (this process is single-threaded while it runs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encrypt_cpu = 0.0
+        self.decrypt_cpu = 0.0
+
+    def encrypt_columns(self, columns):
+        started = time.process_time()
+        try:
+            return super().encrypt_columns(columns)
+        finally:
+            self.encrypt_cpu += time.process_time() - started
+
+    def decrypt(self, ciphertext, count):
+        started = time.process_time()
+        try:
+            return super().decrypt(ciphertext, count)
+        finally:
+            self.decrypt_cpu += time.process_time() - started
+
+
+def measure_he(
+    url: str, token: str, ca: Path | None, rows: list[dict], requests: int, service_pid: int
+) -> HeMeasurement:
+    """``requests`` homomorphic requests of ``len(rows)`` patients, one after the other,
+    after one that sends the context and is not counted; checked against the sealed route."""
+    patients = len(rows)
+    with (
+        InferenceClient(url, token, LINEAR, ca_cert=ca, mode="he", timeout=300) as client,
+        InferenceClient(url, token, LINEAR, ca_cert=ca, timeout=300) as plain,
+    ):
+        timed = client._he = TimedSecretContext()  # the SDK makes one on first use otherwise
+        expected = [p["probability"] for p in plain.predict(rows[: min(patients, 256)])]
+        client.infer(rows)  # context sent and cached, connection and key configuration
+        timed.encrypt_cpu = timed.decrypt_cpu = 0.0
+        wall = client_cpu = service_cpu = 0.0
+        for _ in range(requests):
+            cpu_before = (process_cpu_seconds(service_pid), time.process_time())
+            started = time.perf_counter()
+            result = client.infer(rows)
+            wall += time.perf_counter() - started
+            service_cpu += process_cpu_seconds(service_pid) - cpu_before[0]
+            client_cpu += time.process_time() - cpu_before[1]
+        encrypt_cpu, decrypt_cpu = timed.encrypt_cpu, timed.decrypt_cpu
+        width = len(client.metadata(refresh=False)["parameters"]["he"]["columns"])
+        size = sum(len(c) for c in timed.encrypt_columns([[0.0] * patients] * width))
+    got = [p["probability"] for p in result.predictions[: len(expected)]]
+    error = max(abs(g - e) for g, e in zip(got, expected, strict=True))
+
+    def ms(seconds: float, per: int = 1) -> float:
+        return round(seconds * 1000 / requests / per, 2 if per == 1 else 4)
+
+    return HeMeasurement(
+        patients=patients,
+        requests=requests,
+        wall_ms_per_request=ms(wall),
+        wall_ms_per_patient=ms(wall, patients),
+        client_encrypt_cpu_ms=ms(encrypt_cpu),
+        client_decrypt_cpu_ms=ms(decrypt_cpu),
+        client_cpu_ms=ms(client_cpu),
+        client_cpu_ms_per_patient=ms(client_cpu, patients),
+        service_cpu_ms=ms(service_cpu),
+        service_cpu_ms_per_patient=ms(service_cpu, patients),
+        request_mb=round(size * 4 / 3 / 1e6, 1),  # base64 of the ciphertexts
+        max_abs_error=float(f"{error:.2g}"),
+    )
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
+def report_markdown(report: dict) -> str:
+    """The Markdown summary of a run's report."""
+    sealed, workers, homomorphic = report["sealed"], report["workers"], report["he"]
+    goals = report["goals"]
+    out = [
+        "# Inference throughput: sealed against plaintext, worker threads, CKKS",
+        "",
+        f"`benchmarks/inference_throughput.py`, loopback, {report['transport']}, "
+        f"{report['cores']} cores; {report['started']}. Load average (1/5/15 min) at each "
+        "section's start and end beside its table: the machine is shared, so wall-clock "
+        "figures move with it; CPU per request is the steadier measure.",
+        "",
+        f"## Sealed against plaintext ({sealed['threads']} client threads, "
+        f"{sealed['rounds']} interleaved rounds of {sealed['seconds_per_round']} s)",
+        "",
+        f"Load average: {sealed['load_average']}",
+        "",
+    ]
+    head = ["rows", "mode", "req/s", "rows/s", "p50 ms", "p99 ms", "service CPU ms/req"]
+    head.append("client CPU ms/req")
+    out += table(
+        head,
+        [
+            [m["rows"], m["mode"], m["requests_per_second"], m["rows_per_second"], m["p50_ms"],
+             m["p99_ms"], m["service_cpu_ms_per_request"], m["client_cpu_ms_per_request"]]
+            for m in sealed["results"]
+        ],
+    )  # fmt: skip
+    ratio = sealed["throughput_ratio"]
+    out += [
+        "",
+        f"Sealed ÷ plaintext req/s: 1 row {ratio['1']} (goal ≥ {goals['sealed_ratio_1_row']}: "
+        f"{'met' if ratio['1'] >= goals['sealed_ratio_1_row'] else 'not met'}), 64 rows "
+        f"{ratio['64']}; service capacity (plaintext ÷ sealed CPU per request): 1 row "
+        f"{sealed['service_capacity_ratio']['1']}, 64 rows "
+        f"{sealed['service_capacity_ratio']['64']}.",
+        "",
+        f"## `--workers 1` against `--workers 2` (sealed, {workers['threads']} client threads, "
+        f"{workers['rounds']} interleaved rounds of {workers['seconds_per_round']} s)",
+        "",
+        f"Load average: {workers['load_average']}",
+        "",
+    ]
+    out += table(
+        ["rows", "workers", "req/s", "p50 ms", "p99 ms", "service CPU ms/req"],
+        [
+            [m["rows"], m["mode"], m["requests_per_second"], m["p50_ms"], m["p99_ms"],
+             m["service_cpu_ms_per_request"]]
+            for m in workers["results"]
+        ],
+    )  # fmt: skip
+    out += [
+        "",
+        "## Homomorphic (CKKS) inference of a logistic regression, 30 features "
+        f"(one request at a time, {homomorphic['requests']} per size)",
+        "",
+        f"Load average: {homomorphic['load_average']}",
+        "",
+    ]
+    out += table(
+        ["patients", "wall ms/req", "wall ms/patient", "client encrypt CPU ms",
+         "client decrypt CPU ms", "client CPU ms", "service CPU ms", "service CPU ms/patient",
+         "request MB", "max abs error"],
+        [
+            [m["patients"], m["wall_ms_per_request"], m["wall_ms_per_patient"],
+             m["client_encrypt_cpu_ms"], m["client_decrypt_cpu_ms"], m["client_cpu_ms"],
+             m["service_cpu_ms"], m["service_cpu_ms_per_patient"], m["request_mb"],
+             m["max_abs_error"]]
+            for m in homomorphic["results"]
+        ],
+    )  # fmt: skip
+    out += ["", *homomorphic["verdicts"], ""]
+    return "\n".join(out)
+
+
+def he_verdicts(results: list[HeMeasurement]) -> list[str]:
+    """The HE figures against the goals, one sentence each."""
+    one = next(m for m in results if m.patients == 1)
+    lines = [
+        f"One patient: {one.wall_ms_per_request} ms per request wall-clock "
+        f"(client CPU {one.client_cpu_ms} ms, of which encryption {one.client_encrypt_cpu_ms}; "
+        f"service CPU {one.service_cpu_ms} ms); goal ≤ {GOAL_HE_MS_ONE_PATIENT} ms: "
+        f"{'met' if one.wall_ms_per_request <= GOAL_HE_MS_ONE_PATIENT else 'not met'}."
+    ]
+    for m in results:
+        if m.patients >= 256:
+            met = m.wall_ms_per_patient <= GOAL_HE_MS_PER_PATIENT_BATCHED
+            lines.append(
+                f"{m.patients} patients per request: {m.wall_ms_per_patient} ms per patient "
+                f"wall-clock (client CPU {m.client_cpu_ms_per_patient}, service CPU "
+                f"{m.service_cpu_ms_per_patient}); goal ≤ {GOAL_HE_MS_PER_PATIENT_BATCHED} ms: "
+                f"{'met' if met else 'not met'}."
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per round and mode")
     parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds per mode")
     parser.add_argument("--threads", type=int, default=4, help="concurrent load clients")
+    parser.add_argument(
+        "--worker-rounds", type=int, default=4, help="interleaved rounds per --workers setting"
+    )
+    parser.add_argument(
+        "--he-requests", type=int, default=6, help="homomorphic requests per batch size"
+    )
     parser.add_argument("--tls", action="store_true", help="over TLS (default: plain HTTP)")
-    parser.add_argument("--out", type=Path, default=Path("fedcare-runs/bench-inference.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON (and .md beside it)")
     args = parser.parse_args()
 
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     root = Path(tempfile.mkdtemp(prefix="fedcare-bench-"))
-    registry, rows = register_model(root)
+    registry, rows = register_models(root)
     rotate(root / "keyring")
-    token, _ = TokenStore(root / "tokens.json").create("bench", [MODEL], 1e9, 1e9)
+    token, _ = TokenStore(root / "tokens.json").create("bench", ["*"], 1e9, 1e9)
     serve = ["--registry", str(registry), "--verify-key", str(root / "coordinator.pub")]
     serve += ["--keyring", str(root / "keyring"), "--tokens", str(root / "tokens.json")]
-    serve += ["--audit-log", str(root / "audit.jsonl"), "--benchmark-plaintext"]
-    serve += ["--log-level", "warning"]
+    # 4096 rows: one CKKS ciphertext's slots, for the batched HE figure (1 and 64-row
+    # requests are unaffected by the limit).
+    serve += ["--benchmark-plaintext", "--log-level", "warning", "--max-rows", "4096"]
     ca = None
     if args.tls:
         tls = signing.make_local_tls(root / "tls")
@@ -198,82 +435,114 @@ def main() -> None:
         ca = tls.ca_cert
     else:
         serve += ["--insecure-http"]
-    service = launcher.start_service(serve, root / "serve.log", ca_cert=ca)
-    results: list[Measurement] = []
+
+    def start(name: str, workers: int) -> launcher.ServiceProcess:
+        extra = ["--audit-log", str(root / f"{name}-audit.jsonl"), "--workers", str(workers)]
+        return launcher.start_service([*serve, *extra], root / f"{name}.log", ca_cert=ca)
+
+    services = {2: start("two-workers", 2)}
     try:
+        services[1] = start("one-worker", 1)
+        two = services[2]
+        # 1. Sealed against plaintext, on the two-worker service.
+        load = [load_average()]
+        sealed: list[Measurement] = []
         for size in (1, 64):
-            batch = rows[:size]
             collected: dict[str, list[Window]] = {"encrypted": [], "plaintext": []}
             for _ in range(args.rounds):
                 for mode in collected:
                     collected[mode].append(
                         measure(
-                            service.url, token, ca, batch, mode == "plaintext", args.seconds,
+                            two.url, token, ca, rows[:size], mode == "plaintext", args.seconds,
+                            args.threads, two.process.pid,
+                        )
+                    )  # fmt: skip
+            sealed += [summarize(mode, size, w, args.seconds) for mode, w in collected.items()]
+        load.append(load_average())
+        sealed_load = load
+        # 2. --workers 1 against --workers 2, sealed, interleaved.
+        load = [load_average()]
+        by_workers: list[Measurement] = []
+        for size in (1, 64):
+            windows: dict[int, list[Window]] = {1: [], 2: []}
+            for _ in range(args.worker_rounds):
+                for workers, service in services.items():
+                    windows[workers].append(
+                        measure(
+                            service.url, token, ca, rows[:size], False, args.seconds,
                             args.threads, service.process.pid,
                         )
                     )  # fmt: skip
-            secs = args.seconds * args.rounds
-            for mode, windows in collected.items():
-                lat = [latency for w in windows for latency in w.latencies]
-                service_cpu = sum(w.service_cpu for w in windows) * 1000 / len(lat)
-                client_cpu = sum(w.client_cpu for w in windows) * 1000 / len(lat)
-                results.append(
-                    Measurement(
-                        mode=mode,
-                        rows=size,
-                        requests=len(lat),
-                        seconds=round(secs, 2),
-                        requests_per_second=round(len(lat) / secs, 1),
-                        rows_per_second=round(len(lat) * size / secs, 1),
-                        p50_ms=round(statistics.median(lat) * 1000, 2),
-                        p99_ms=round(percentile(lat, 0.99) * 1000, 2),
-                        service_cpu_ms_per_request=round(service_cpu, 3),
-                        client_cpu_ms_per_request=round(client_cpu, 3),
-                    )
-                )
+            by_workers += [
+                summarize(str(workers), size, windows[workers], args.seconds) for workers in (1, 2)
+            ]
+        load.append(load_average())
+        workers_load = load
+        services.pop(1).stop()
+        # 3. Homomorphic inference, one request at a time, on the two-worker service.
+        load = [load_average()]
+        tiled = (rows * (4096 // len(rows) + 1))[:4096]
+        homomorphic = [
+            measure_he(two.url, token, ca, tiled[:size], args.he_requests, two.process.pid)
+            for size in (1, 256, 4096)
+        ]
+        load.append(load_average())
+        he_load = load
     finally:
-        service.stop()
+        for service in services.values():
+            service.stop()
 
     transport = "TLS" if args.tls else "plain HTTP"
-    print(f"\nfedcare inference throughput, loopback, {transport}, {args.threads} client threads")
-    print(
-        f"{'rows':>4} {'mode':<10} {'req/s':>8} {'rows/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'service CPU ms/req':>19} {'client CPU ms/req':>18}"
-    )
     ratios, cpu_ratios = {}, {}
-    for m in results:
-        print(
-            f"{m.rows:>4} {m.mode:<10} {m.requests_per_second:>8} {m.rows_per_second:>9} "
-            f"{m.p50_ms:>8} {m.p99_ms:>8} {m.service_cpu_ms_per_request:>19} "
-            f"{m.client_cpu_ms_per_request:>18}"
-        )
     for size in (1, 64):
         enc, plain = (
-            next(m for m in results if m.rows == size and m.mode == mode)
+            next(m for m in sealed if m.rows == size and m.mode == mode)
             for mode in ("encrypted", "plaintext")
         )
-        ratios[size] = round(enc.requests_per_second / plain.requests_per_second, 3)
+        ratios[str(size)] = round(enc.requests_per_second / plain.requests_per_second, 3)
         # What the service could serve if it had its core to itself: 1 / CPU per request.
-        cpu_ratios[size] = round(
+        cpu_ratios[str(size)] = round(
             plain.service_cpu_ms_per_request / enc.service_cpu_ms_per_request, 3
         )
-        aim = 0.85 if size == 1 else 0.95
-        print(
-            f"{size:>4} rows: encrypted/plaintext req/s {ratios[size]:.3f}, service "
-            f"capacity (CPU per request) {cpu_ratios[size]:.3f}; aim {aim}"
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
+        "started": started,
         "transport": transport,
-        "threads": args.threads,
-        "seconds_per_round": args.seconds,
-        "rounds": args.rounds,
-        "results": [asdict(m) for m in results],
-        "throughput_ratio": ratios,
-        "service_capacity_ratio": cpu_ratios,
+        "cores": os.cpu_count(),
+        "goals": {
+            "sealed_ratio_1_row": GOAL_SEALED_RATIO_1_ROW,
+            "he_ms_one_patient": GOAL_HE_MS_ONE_PATIENT,
+            "he_ms_per_patient_batched": GOAL_HE_MS_PER_PATIENT_BATCHED,
+        },
+        "sealed": {
+            "threads": args.threads,
+            "seconds_per_round": args.seconds,
+            "rounds": args.rounds,
+            "load_average": sealed_load,
+            "results": [asdict(m) for m in sealed],
+            "throughput_ratio": ratios,
+            "service_capacity_ratio": cpu_ratios,
+        },
+        "workers": {
+            "threads": args.threads,
+            "seconds_per_round": args.seconds,
+            "rounds": args.worker_rounds,
+            "load_average": workers_load,
+            "results": [asdict(m) for m in by_workers],
+        },
+        "he": {
+            "model": "logreg, 30 numeric features",
+            "requests": args.he_requests,
+            "load_average": he_load,
+            "results": [asdict(m) for m in homomorphic],
+            "verdicts": he_verdicts(homomorphic),
+        },
     }
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"written to {args.out}")
+    markdown = report_markdown(report)
+    print("\n" + markdown)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown)
+    print(f"written to {args.out} and {args.out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,22 @@ def flatten(prediction: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_rows(path: Path, features: list[str]) -> list[dict[str, Any]]:
-    """The feature columns of a CSV as rows; ``ValueError`` names a missing column or cell."""
+    """The feature columns of a CSV as rows.
+
+    Parameters
+    ----------
+    path : Path
+        The CSV, with a header line.
+    features : list of str
+        The model's features, the columns taken.
+
+    Raises ``ValueError`` naming a missing column or an empty cell, or if there is no row.
+    """
     import pandas as pd
 
     frame = pd.read_csv(path)
+    if frame.empty:  # nothing to send, and no prediction to take the output's columns from
+        raise ValueError(f"{path}: no rows of patients under the header")
     missing = [name for name in features if name not in frame.columns]
     if missing:
         raise ValueError(f"{path}: no column for the model's feature(s) {missing}")

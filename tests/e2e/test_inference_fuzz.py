@@ -1,9 +1,11 @@
 """No input a client can send makes the running service answer 5xx (hypothesis).
 
-Four layers, each against the real `fedcare serve` process: arbitrary bytes, paths and
+Five layers, each against the real `fedcare serve` process: arbitrary bytes, paths and
 headers; arbitrary JSON sealed correctly; well-formed envelopes around arbitrary request
-objects; and well-formed requests with arbitrary tensors. Every answer must be 2xx or 4xx,
-and every 4xx must name its error.
+objects; well-formed requests with arbitrary tensors; and homomorphic requests to a
+linear model around real CKKS material (malformed base64, wrong sizes, wrong context ids,
+huge counts, wrong types, truncated or altered SEAL bytes). Every answer must be 2xx or
+4xx, and every 4xx must be a JSON error naming its code.
 """
 
 from __future__ import annotations
@@ -11,14 +13,21 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from dataclasses import dataclass
 
 import httpx
 import pytest
+import tenseal as ts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from privacy import hpke
+from models.data.features import FeatureEncoder, Standardization
+from models.data.kinds.registry import load_schema
+from models.families import build_model
+from models.spec import ModelSpec, get_weights
+from privacy import he, hpke, signing
 from protocol import inference as wire
+from server.registry import ModelRegistry
 from tests.e2e.test_inference import make_federation, start_service
 
 pytestmark = pytest.mark.slow
@@ -38,9 +47,28 @@ json_values = st.recursive(
 )
 
 
+LINEAR = "ward_linear"
+
+
+def register_linear(fed) -> None:
+    """A signed logistic regression on the ward schema, offered for homomorphic inference."""
+    schema = load_schema(fed.root / "schema.toml")
+    scale = Standardization(mean={"age": 50.0}, std={"age": 10.0})
+    spec = ModelSpec(
+        kind="logreg",
+        task="binary",
+        input_dim=FeatureEncoder(schema, scale).input_dim,
+        output_dim=1,
+    )
+    signer = signing.signer_from_file(fed.signing_key)
+    weights = get_weights(build_model(spec, seed=0))
+    ModelRegistry(fed.registry).register(LINEAR, weights, spec, schema, scale, signer=signer)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     fed = make_federation(tmp_path_factory.mktemp("fuzz"))
+    register_linear(fed)
     service = start_service(fed, "fuzz")
     with service.http() as http:
         key = hpke.b64decode(http.get("/.well-known/fedcare-keys").json()["keys"][0]["public_key"])
@@ -130,3 +158,253 @@ def test_well_formed_requests_with_arbitrary_tensors(env, inputs, big):
     rows = [{"age": big, "sex": "M", "smoker": 1}, {"age": -big, "sex": "F", "smoker": 0}]
     request = wire.build_request(rows, secrets.token_hex(16), int(time.time()), response_key)
     check(send(http, fed, hpke.seal_request(key, wire.dumps(request))), response_key)
+
+
+# ------------------------------------------------------------ homomorphic requests
+# Against a linear model, so that every request gets past he_not_supported into the
+# parsing of its context and ciphertexts (TenSEAL, SEAL).
+
+
+@dataclass(frozen=True)
+class HeMaterial:
+    """Real CKKS material for the linear model, made once: what a fuzz case mutates."""
+
+    columns: list[str]
+    context: bytes
+    context_id: str
+    data: list[bytes]  # one fresh ciphertext per column, ROWS_SENT values each
+    other_rows: dict[int, list[bytes]]  # the same columns with another number of values
+    foreign: list[bytes]  # a valid ciphertext under another client's key (same parameters)
+    weak_context: bytes  # a CKKS context of other parameters (N=4096), refused
+    weak_data: bytes  # a ciphertext of it
+
+
+ROWS_SENT = 2
+
+
+@pytest.fixture(scope="module")
+def he_material(env) -> HeMaterial:
+    _, fed, key, http = env
+    headers = {"Authorization": f"Bearer {fed.token_all}"}
+    offer = http.get(f"/v2/models/{LINEAR}", headers=headers).json()["parameters"]["he"]
+    assert offer["offered"], offer["reason"]
+    columns = offer["columns"]
+    secret, other = he.SecretContext(), he.SecretContext()
+    values = [[float(i + j) for i in range(ROWS_SENT)] for j in range(len(columns))]
+    weak = ts.context(ts.SCHEME_TYPE.CKKS, 4096, coeff_mod_bit_sizes=[40, 20, 40])
+    weak.global_scale = 2.0**20
+    material = HeMaterial(
+        columns=columns,
+        context=secret.public_bytes(),
+        context_id=secret.context_id,
+        data=secret.encrypt_columns(values),
+        other_rows={n: secret.encrypt_columns([[1.0] * n] * len(columns)) for n in (1, 3)},
+        foreign=other.encrypt_columns([[1.0] * ROWS_SENT]),
+        weak_context=weak.serialize(save_secret_key=False, save_galois_keys=False),
+        weak_data=ts.ckks_vector(weak, [1.0] * ROWS_SENT).serialize(),
+    )
+    # The real request works (and caches the context): the cases below start from it.
+    he_object = {
+        "context_id": material.context_id,
+        "context": hpke.b64encode(material.context),
+        "rows": ROWS_SENT,
+        "columns": columns,
+        "data": [hpke.b64encode(c) for c in material.data],
+    }
+    response_key = hpke.new_response_key()
+    response = send_he(http, fed, key, he_object, response_key)
+    assert response.status_code == 200, response.text
+    _, scores = wire.parse_he_response(opened_json(response, response_key))
+    assert len(secret.decrypt(scores.scores[0], ROWS_SENT)) == ROWS_SENT
+    return material
+
+
+def opened_json(response: httpx.Response, response_key: bytes):
+    return json.loads(hpke.open_response(response_key, response.content))
+
+
+def send_he(http: httpx.Client, fed, key: bytes, he_object, response_key: bytes):
+    """POST a sealed homomorphic request whose ``he`` object is ``he_object`` as is."""
+    parameters = {"timestamp": int(time.time()), "response_key": hpke.b64encode(response_key)}
+    body = {"id": secrets.token_hex(16), "parameters": parameters, "he": he_object}
+    headers = {"Authorization": f"Bearer {fed.token_all}", "Content-Type": hpke.REQUEST_MEDIA_TYPE}
+    envelope = hpke.seal_request(key, json.dumps(body).encode())
+    return http.post(f"/v2/models/{LINEAR}/he-infer", content=envelope, headers=headers)
+
+
+def check_he(response: httpx.Response, response_key: bytes) -> None:
+    """No 5xx; a refusal is a JSON error; a 200 is a sealed homomorphic response."""
+    check(response, response_key)
+    if response.status_code == 200:
+        header, scores = wire.parse_he_response(opened_json(response, response_key))
+        assert scores.scores and header.model_name == LINEAR
+
+
+def mutate(data: bytes, how: tuple) -> bytes:
+    """``data`` truncated, with bits flipped, or with bytes spliced in (positions wrap)."""
+    if not data:
+        return how[-1] if how[0] == "splice" else data
+    if how[0] == "truncate":
+        return data[: how[1] % len(data)]
+    if how[0] == "flip":
+        out = bytearray(data)
+        for bit in how[1]:
+            out[(bit // 8) % len(out)] ^= 1 << (bit % 8)
+        return bytes(out)
+    at = how[1] % len(data)
+    return data[:at] + how[2] + data[at + len(how[2]) :]
+
+
+mutations = st.one_of(
+    st.tuples(st.just("truncate"), st.integers(min_value=0, max_value=2**24)),
+    st.tuples(st.just("flip"), st.lists(st.integers(0, 2**27), min_size=1, max_size=8)),
+    st.tuples(st.just("splice"), st.integers(0, 2**24), st.binary(min_size=1, max_size=64)),
+)
+junk = json_values | st.text(max_size=40)  # what a field of the wrong type could hold
+bad_base64 = st.text(max_size=40) | st.sampled_from(["====", "a", "ab=c", "@@@@", "YQ", "\u00e9"])
+
+
+def draw_context(data, material: HeMaterial) -> tuple[bool, object, bytes | None]:
+    """A wrong ``he.context``: whether to send it, its JSON value, the bytes it decodes to."""
+    choice = data.draw(
+        st.sampled_from(["omit", "mutated", "random", "weak", "huge", "bad_base64", "junk"])
+    )
+    raw = {
+        "mutated": mutate(material.context, data.draw(mutations)),
+        "random": data.draw(st.binary(max_size=300)),
+        "weak": material.weak_context,
+        "huge": material.context + bytes(he.MAX_CONTEXT_BYTES),
+    }.get(choice)
+    if raw is not None:
+        return True, hpke.b64encode(raw), raw
+    if choice == "omit":
+        return False, None, None
+    return True, data.draw(bad_base64 if choice == "bad_base64" else junk), None
+
+
+def draw_data(data, material: HeMaterial) -> object:
+    """A wrong ``he.data``: the real ciphertexts with one of them altered, or else."""
+    encoded = [hpke.b64encode(c) for c in material.data]
+    choice = data.draw(
+        st.sampled_from(
+            ["mutated", "other_rows", "foreign", "weak", "random", "bad_base64", "wrong_count",
+             "wrong_types", "junk"]
+        )
+    )  # fmt: skip
+    at = data.draw(st.integers(0, len(encoded) - 1))
+    if choice == "mutated":
+        encoded[at] = hpke.b64encode(mutate(material.data[at], data.draw(mutations)))
+    elif choice == "other_rows":
+        return [hpke.b64encode(c) for c in material.other_rows[data.draw(st.sampled_from([1, 3]))]]
+    elif choice == "foreign":  # decodes, and computes: a valid ciphertext under another key
+        encoded[at] = hpke.b64encode(material.foreign[0])
+    elif choice == "weak":
+        encoded[at] = hpke.b64encode(material.weak_data)
+    elif choice == "random":
+        encoded[at] = hpke.b64encode(data.draw(st.binary(max_size=300)))
+    elif choice == "bad_base64":
+        encoded[at] = data.draw(bad_base64)
+    elif choice == "wrong_count":
+        return data.draw(st.sampled_from([[], encoded[:-1], [*encoded, encoded[0]]]))
+    elif choice == "wrong_types":
+        encoded[at] = data.draw(junk.filter(lambda v: not isinstance(v, str)))
+    else:
+        return data.draw(junk)
+    return encoded
+
+
+HE_FIELDS = ("context", "context_id", "rows", "columns", "data", "shape")
+
+
+@FUZZ
+@given(data=st.data())
+def test_homomorphic_requests_never_answer_5xx(env, he_material, data):
+    """The real request with one or two of its ``he`` fields wrong, in every way the
+    drawing knows, so that each check (and the parsers behind it) is reached."""
+    _, fed, key, http = env
+    material = he_material
+    broken = data.draw(st.sets(st.sampled_from(HE_FIELDS), min_size=1, max_size=2))
+    has_context, context, raw = True, hpke.b64encode(material.context), material.context
+    if "context" in broken:
+        has_context, context, raw = draw_context(data, material)
+    # By default the id of the bytes sent, so that the service really parses them.
+    context_id = he.context_id(raw) if raw is not None else material.context_id
+    if "context_id" in broken:
+        context_id = data.draw(
+            st.sampled_from(
+                [material.context_id, secrets.token_hex(16), material.context_id.upper(),
+                 material.context_id[:-1], material.context_id + "0"]
+            )
+            | junk
+        )  # fmt: skip
+        if "context" not in broken:  # without it, the id must name a cached context
+            has_context = data.draw(st.booleans())
+    rows = ROWS_SENT
+    if "rows" in broken:
+        rows = data.draw(
+            st.sampled_from([0, 1, 3, 256, 257, 4096, 4097, 2**31, 2**63, 10**30])
+            | st.integers(min_value=-(2**70), max_value=2**70)
+            | st.sampled_from([True, 2.0, "2", None, [2]])
+        )
+    columns = material.columns
+    if "columns" in broken:
+        columns = data.draw(
+            st.permutations(material.columns).filter(lambda c: c != material.columns)
+            | st.just(material.columns[:-1])
+            | st.just([*material.columns, "extra"])
+            | st.lists(st.text(max_size=8), max_size=5)
+            | junk
+        )
+    payload = draw_data(data, material) if "data" in broken else [
+        hpke.b64encode(c) for c in material.data
+    ]  # fmt: skip
+    he_object = {"context_id": context_id, "rows": rows, "columns": columns, "data": payload}
+    if has_context:
+        he_object["context"] = context
+    if "shape" in broken:  # an unknown field, or a required one missing
+        field = data.draw(st.sampled_from(["context_id", "rows", "columns", "data", "extra"]))
+        if field == "extra":
+            he_object["extra"] = 1
+        else:
+            he_object.pop(field)
+    response_key = hpke.new_response_key()
+    check_he(send_he(http, fed, key, he_object, response_key), response_key)
+
+
+@FUZZ
+@given(target=st.integers(min_value=-1, max_value=3), how=mutations)
+def test_mutated_seal_bytes_never_answer_5xx(env, he_material, target, how):
+    """The real request with its context (-1) or one ciphertext truncated, flipped or
+    spliced, its id always matching: every case reaches TenSEAL's and SEAL's loaders."""
+    _, fed, key, http = env
+    material = he_material
+    context, ciphertexts = material.context, list(material.data)
+    if target < 0:
+        context = mutate(context, how)
+    else:
+        at = target % len(ciphertexts)
+        ciphertexts[at] = mutate(ciphertexts[at], how)
+    he_object = {
+        "context_id": he.context_id(context),
+        "context": hpke.b64encode(context),
+        "rows": ROWS_SENT,
+        "columns": material.columns,
+        "data": [hpke.b64encode(c) for c in ciphertexts],
+    }
+    response_key = hpke.new_response_key()
+    check_he(send_he(http, fed, key, he_object, response_key), response_key)
+
+
+def test_an_uncached_context_id_without_its_context_is_refused(env, he_material):
+    """What the fuzzing reaches only rarely: an id no context was ever sent under."""
+    _, fed, key, http = env
+    he_object = {
+        "context_id": secrets.token_hex(16),
+        "rows": ROWS_SENT,
+        "columns": he_material.columns,
+        "data": [hpke.b64encode(c) for c in he_material.data],
+    }
+    response_key = hpke.new_response_key()
+    response = send_he(http, fed, key, he_object, response_key)
+    assert response.status_code == 400
+    assert opened_json(response, response_key)["code"] == wire.UNKNOWN_HE_CONTEXT.code

@@ -1,24 +1,35 @@
 """`fedcare keys …`, `fedcare tokens …` and `fedcare serve`'s refusals, through their Typer
-commands in this process (the same code `fedcare` runs, without a process start-up)."""
+commands in this process (the same code `fedcare` runs, without a process start-up); and
+`fedcare predict --he` against a real `fedcare serve` child (marked slow)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import MISSING, fields
 
+import pytest
 import typer
 from typer.testing import CliRunner, Result
 
 from cli.inference import _parse_pins, keys_app, serve, tokens_app
+from cli.predict import predict
+from models.data.features import FeatureEncoder, Standardization
+from models.data.kinds.registry import load_schema
+from models.families import build_model
+from models.spec import ModelSpec, get_weights
+from privacy import signing
 from privacy.tokens import TokenStore
 from server.inference.config import ServiceConfig
 from server.inference.keyring import list_keys
-from tests.e2e.test_inference import make_federation
+from server.registry import ModelRegistry
+from tests.e2e.test_inference import make_federation, start_service
 
 app = typer.Typer()
 app.add_typer(keys_app, name="keys")
 app.add_typer(tokens_app, name="tokens")
 app.command("serve")(serve)
+app.command("predict")(predict)
 
 
 def fedcare(*args: str) -> Result:
@@ -104,3 +115,46 @@ def test_serve_has_an_option_for_every_setting_with_its_default():
             assert param.required, field.name
         else:
             assert param.default == field.default, field.name
+
+
+@pytest.mark.slow
+def test_predict_with_he_gives_the_plaintext_predictions(tmp_path):
+    fed = make_federation(tmp_path / "federation")
+    schema = load_schema(fed.root / "schema.toml")
+    scale = Standardization(mean={"age": 50.0}, std={"age": 10.0})
+    dim = FeatureEncoder(schema, scale).input_dim
+    spec = ModelSpec(kind="logreg", task="binary", input_dim=dim, output_dim=1)
+    signer = signing.signer_from_file(fed.signing_key)
+    weights = get_weights(build_model(spec, seed=5))
+    ModelRegistry(fed.registry).register("ward_linear", weights, spec, schema, scale, signer=signer)
+    patients = tmp_path / "patients.csv"
+    lines = ["patient_id,age,sex,smoker,outcome"]
+    lines += [f"p{i},{20 + 7 * i},{'FM'[i % 2]},{i % 3 == 0:d},0" for i in range(9)]
+    patients.write_text("\n".join(lines) + "\n")
+    service = start_service(fed, "predict-he")
+    try:
+        outputs = {}
+        for mode in ("plain", "he"):
+            out = tmp_path / f"{mode}.csv"
+            args = ["predict", "--url", service.url, "--model", "ward_linear"]
+            args += ["--ca-cert", str(fed.tls.ca_cert), "--input", str(patients)]
+            args += ["--out", str(out), *(["--he"] if mode == "he" else [])]
+            run = CliRunner().invoke(app, args, env={"FEDCARE_TOKEN": fed.token_all})
+            assert run.exit_code == 0, run.output
+            assert "9 predictions from ward_linear v1" in " ".join(run.stderr.split())
+            with out.open() as handle:
+                outputs[mode] = list(csv.DictReader(handle))
+        empty = tmp_path / "empty.csv"
+        empty.write_text("age,sex,smoker\n")
+        args = ["predict", "--url", service.url, "--model", "ward_linear", "--he"]
+        args += ["--ca-cert", str(fed.tls.ca_cert), "--input", str(empty)]
+        run = CliRunner().invoke(app, args, env={"FEDCARE_TOKEN": fed.token_all})
+        assert run.exit_code == 2 and "no rows of patients" in " ".join(run.stderr.split())
+    finally:
+        service.stop()
+    plain, homomorphic = outputs["plain"], outputs["he"]
+    assert len(plain) == len(homomorphic) == 9
+    assert list(homomorphic[0]) == list(plain[0]) == ["label", "probability"]
+    for got, expected in zip(homomorphic, plain, strict=True):
+        assert float(got["probability"]) == pytest.approx(float(expected["probability"]), abs=1e-4)
+        assert got["label"] == expected["label"] or abs(float(expected["probability"]) - 0.5) < 1e-4
