@@ -159,15 +159,22 @@ def simulate(
 
 def _run_simulation(settings: RunSettings, verbose: bool) -> dict:
     """Run, print progress and the outcome, and return the report (exit 2 on failure)."""
+    from privacy.dp_sgd import ACCOUNTANT
     from server.federation.run_state import FederationError
     from simulations.runner import run_simulated_federation
 
     source = settings.data_dir or settings.dataset
+    # A --data-dir federation keeps each site's file whole: no partitioning happens.
+    partition = "partition as given" if settings.data_dir else settings.partition
+    privacy = (
+        f"DP ε={settings.epsilon} per site ({ACCOUNTANT.upper()} accountant, "
+        f"noise seeded from --seed {settings.seed})"
+        if settings.dp
+        else "no DP"
+    )
     console.print(
-        f"[bold]fedcare simulate[/]: {settings.sites} sites, {source}, "
-        f"{settings.partition}, {settings.num_server_rounds} rounds, "
-        + (f"DP ε={settings.epsilon} per site" if settings.dp else "no DP")
-        + f" → {settings.out_dir}"
+        f"[bold]fedcare simulate[/]: {settings.sites} sites, {source}, {partition}, "
+        f"{settings.num_server_rounds} rounds, {privacy} → {settings.out_dir}"
     )
     try:
         outcome = run_simulated_federation(settings, progress=console.print, verbose=verbose)
@@ -218,6 +225,7 @@ def demo(
 
 
 from cli.console import coordinator_console  # noqa: E402
+from cli.evaluate import evaluate  # noqa: E402
 from cli.inference import keys_app, serve, tokens_app  # noqa: E402
 from cli.predict import predict  # noqa: E402
 
@@ -225,6 +233,7 @@ app.command("serve")(serve)
 app.add_typer(keys_app, name="keys")
 app.add_typer(tokens_app, name="tokens")
 app.command("predict")(predict)
+app.command("evaluate")(evaluate)
 app.command("console")(coordinator_console)
 
 app.add_typer(provision_app, name="provision")

@@ -2,14 +2,17 @@
 
 Three handlers:
 
-- ``query``: the site's feature statistics (counts, sums, sums of squares) so the
-  coordinator can standardize every site alike. No row leaves the site.
+- ``query``: the site's feature statistics (counts, sums, sums of squares, class counts)
+  so the coordinator can standardize every site alike, with Gaussian noise paid for in
+  the site's privacy ledger (``privacy.statistics``). No row leaves the site.
 - ``train``: DP-SGD on the site's training split, composed into the site's privacy ledger.
   The site refuses, with a reason the coordinator logs, a round that would exceed its ε
   budget, a schema it was not given, or data that fails validation.
 - ``evaluate``: the global model's metrics on the site's validation split.
 
-Refusals are sent as error replies that name the problem without any patient value.
+Refusals are sent as error replies in a closed vocabulary: problem kinds, counts, row
+numbers and the schema's own column names; never a cell, a header the schema does not
+declare, or a path of the site (the full message stays in the site's log).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from flwr.clientapp import ClientApp
 
 from client.secure_aggregation import secure_train_mod
 from client.site import SiteConfigError, SiteData, load_site, resolve_settings
-from models.data.features import FeatureEncoder
+from models.data.features import FeatureEncoder, declared_bounds
+from models.data.kinds.registry import load_schema
 from models.data.schema import SchemaError
-from models.data.tables import SiteDataError
+from models.data.tables import SiteDataError, public_summary, schema_columns
 from models.families import build_model, task_for
 from models.spec import set_weights
 from privacy.budget import (
@@ -35,6 +39,7 @@ from privacy.budget import (
     train_within_budget,
 )
 from privacy.dp_sgd import evaluate_outputs
+from privacy.statistics import MissingRange, StatisticsRequest, release_statistics
 from protocol.federation import (
     ARRAYS,
     CONFIG,
@@ -61,14 +66,22 @@ class Refusal(Exception):
         self.code = code
 
 
-def _public_data_error(err: SiteDataError) -> str:
-    """The validation failure without any cell value: rows and columns only."""
-    places = [f"row {p.row} column '{p.column}'" for p in err.problems[:5] if p.row is not None]
-    where = f" (first at {', '.join(places)})" if places else ""
+def _public_data_error(err: SiteDataError, declared: list[str]) -> str:
+    """The validation failure in a closed vocabulary: kinds, counts, rows, schema columns."""
     return (
-        f"site data failed validation: {len(err.problems)} problem(s){where}; "
+        f"site data failed validation: {public_summary(err.problems, declared)}; "
         "run `fedcare site check` at the site for details"
     )
+
+
+# What a misconfigured site tells the coordinator: the kind of fault, never the message
+# (it names the site's own paths, and a schema's values).
+_MISCONFIGURED = {
+    SiteConfigError: "the site's settings are incomplete or malformed (a SuperNode needs "
+    "--node-config with data-path, schema-path, state-dir and epsilon-budget)",
+    SchemaError: "the site's schema file is invalid",
+    OSError: "a file of the site could not be read",
+}
 
 
 def _site(context: Context, simulation_dir: str) -> SiteData:
@@ -77,9 +90,15 @@ def _site(context: Context, simulation_dir: str) -> SiteData:
         return load_site(settings)
     except SiteDataError as err:
         log.error("%s", err)  # full detail stays in the site's own log
-        raise Refusal(RefusalCode.SITE_DATA_INVALID, _public_data_error(err)) from err
+        declared = schema_columns(load_schema(settings.schema_path))
+        raise Refusal(RefusalCode.SITE_DATA_INVALID, _public_data_error(err, declared)) from err
     except (SiteConfigError, SchemaError, OSError) as err:
-        raise Refusal(RefusalCode.SITE_MISCONFIGURED, f"site misconfigured: {err}") from err
+        log.error("site misconfigured: %s", err)
+        reason = next(text for kind, text in _MISCONFIGURED.items() if isinstance(err, kind))
+        raise Refusal(
+            RefusalCode.SITE_MISCONFIGURED,
+            f"site misconfigured: {reason}; see the site's log for details",
+        ) from err
 
 
 def _handle(
@@ -99,16 +118,41 @@ def _handle(
     return wrapped
 
 
+def _site_seed(seed: int, context: Context) -> int:
+    """A simulated site's own stream of a run's seed.
+
+    By partition id, which stays the same from run to run (node ids do not).
+    """
+    return seed * 1000 + int(context.node_config.get("partition-id", 0))
+
+
 @app.query()
 @_handle
 def query(msg: Message, context: Context) -> RecordDict:
-    """Reply with the site's additive feature statistics."""
-    site = _site(context, StatisticsQuery.from_message(msg).simulation_dir)
+    """Reply with the site's additive feature statistics, noisy and accounted."""
+    asked = StatisticsQuery.from_message(msg)
+    site = _site(context, asked.simulation_dir)
+    name = site.settings.name
+    seed = None if asked.seed is None else _site_seed(asked.seed, context)
+    request = StatisticsRequest(asked.federation, asked.run, asked.epsilon_share, seed)
+    try:
+        released = release_statistics(
+            site.settings.ledger(),
+            site.statistics(),
+            declared_bounds(site.schema),
+            site.schema.classes if site.schema.task in ("binary", "multiclass") else (),
+            request,
+        )
+    except MissingRange as err:  # names only the schema's own columns
+        raise Refusal(RefusalCode.SITE_MISCONFIGURED, f"site '{name}': {err}") from err
+    except BudgetExceeded as err:
+        raise Refusal(RefusalCode.BUDGET_EXCEEDED, f"site '{name}': {err}") from err
     return StatisticsReply(
-        site=site.settings.name,
-        statistics=site.statistics(),
+        site=name,
+        statistics=released.statistics,
         train_examples=len(site.train_index),
         schema_sha256=site.schema_sha256,
+        epsilon=released.epsilon,
     ).to_record_dict()
 
 
@@ -141,7 +185,7 @@ def train(msg: Message, context: Context) -> RecordDict:
         learning_rate=cfg.learning_rate,
         max_grad_norm=cfg.max_grad_norm,
         proximal_mu=cfg.proximal_mu,
-        seed=cfg.seed * 1000 + cfg.server_round + int(context.node_id % 997),
+        seed=_site_seed(cfg.seed * 1000 + cfg.server_round, context) if cfg.seeded_noise else None,
         input_digest=arrays_digest(global_weights),
     )
     inputs, targets = site.encoded(cfg.standardization, "train")

@@ -72,8 +72,9 @@ class RoundRequest:
         Per-example clipping norm.
     proximal_mu : float
         FedProx's μ (0 for FedAvg).
-    seed : int
-        Seeds sampling and noise (simulation).
+    seed : int or None
+        Seeds sampling and noise (simulation); None in deployment, where they come
+        from the site's own entropy (:func:`privacy.dp_sgd.train_locally`).
     input_digest : str
         :func:`arrays_digest` of the global weights the round starts from.
     """
@@ -88,7 +89,7 @@ class RoundRequest:
     learning_rate: float
     max_grad_norm: float
     proximal_mu: float
-    seed: int
+    seed: int | None
     input_digest: str
 
     @property

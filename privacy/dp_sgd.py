@@ -11,6 +11,7 @@ The trained weights are returned under the plain module's names (no ``_module.``
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -24,6 +25,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from models.spec import get_weights
 from models.tasks import Task
+
+# The accountant Opacus composes with; the ledger composes the same way (privacy/ledger.py).
+ACCOUNTANT = "rdp"
 
 
 @dataclass(frozen=True)
@@ -123,20 +127,26 @@ def train_locally(
     global_weights : mapping, optional
         The round's global weights (needed when ``proximal_mu > 0``).
     seed : int, optional
-        Seeds batch sampling and noise, for reproducible simulations.
+        Seeds batch sampling and noise, for reproducible simulations. Without one (a
+        deployment) both come from 64 bits of the operating system's entropy, drawn
+        afresh for every session: never from a value the coordinator sent, and never
+        from torch's default generator, whose seed is the same constant in every new
+        process. (Opacus's ``secure_mode`` needs ``torchcsprng``, which does not install
+        with this torch.)
     """
-    if seed is not None:
-        torch.manual_seed(seed)
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little")
+    torch.manual_seed(seed)
     dataset = TensorDataset(torch.as_tensor(inputs), torch.as_tensor(targets))
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     sample_rate = dp_sample_rate(len(dataset), batch_size)
     if dp is not None:
-        engine = PrivacyEngine(accountant="rdp")
         with warnings.catch_warnings():
             # Opacus warns that secure_mode is off; the CSPRNG is for hardened deployments.
             warnings.simplefilter("ignore")
+            engine = PrivacyEngine(accountant=ACCOUNTANT)
             model, optimizer, loader = engine.make_private(
                 module=model,
                 optimizer=optimizer,

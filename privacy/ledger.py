@@ -1,4 +1,8 @@
-"""The site's privacy ledger: every DP-SGD release the site ever made, on disk.
+"""The site's privacy ledger: every release the site ever made, on disk.
+
+Two kinds of release are composed: DP-SGD training sessions (the sampled Gaussian
+mechanism, :data:`SAMPLED_GAUSSIAN`) and the federated statistics (one Gaussian mechanism,
+:data:`GAUSSIAN`, whose RDP at order α is α·Δ²/(2σ²); see :mod:`privacy.statistics`).
 
 A new Opacus ``PrivacyEngine`` per round only knows that round. The site must compose
 over every round it ever trained, across process restarts and runs, and refuse a round
@@ -47,6 +51,13 @@ PLAN_PRECISION = 1e-4
 # ORDER_WINDOW places of each best one, below the first σ by at most FINE_BRACKET.
 ORDER_WINDOW = 5
 FINE_BRACKET = 0.05
+# The kinds of release (``Release.mechanism``); a ledger written before the Gaussian
+# mechanism holds DP-SGD releases only, which load as SAMPLED_GAUSSIAN.
+SAMPLED_GAUSSIAN = "sampled_gaussian"
+GAUSSIAN = "gaussian"
+# The least noise a Gaussian release may be calibrated to (relative to its sensitivity).
+MIN_GAUSSIAN_NOISE = 1e-3
+MAX_GAUSSIAN_NOISE = 1e6
 
 
 class BudgetExceeded(RuntimeError):
@@ -55,16 +66,17 @@ class BudgetExceeded(RuntimeError):
 
 @dataclass(frozen=True)
 class Release:
-    """One DP-SGD training session whose result left the site.
+    """One result that left the site: a DP-SGD training session or a Gaussian release.
 
     Parameters
     ----------
     noise_multiplier : float
-        σ of the Gaussian noise, relative to the clipping norm.
+        σ of the Gaussian noise: relative to the clipping norm (DP-SGD), or the noise's
+        standard deviation in the units of ``sensitivity`` (Gaussian mechanism).
     sample_rate : float
-        Poisson sampling probability of each record per step.
+        Poisson sampling probability of each record per step (1 for a Gaussian release).
     steps : int
-        Optimizer steps taken.
+        Optimizer steps taken (1 for a Gaussian release).
     federation : str
         The federation this was for.
     run : str
@@ -80,6 +92,10 @@ class Release:
         ε of this run's releases alone, after this one.
     federation_epsilon_after : float
         ε of this federation's releases alone, after this one.
+    mechanism : str
+        :data:`SAMPLED_GAUSSIAN` (DP-SGD) or :data:`GAUSSIAN` (the statistics).
+    sensitivity : float
+        A Gaussian release's L2 sensitivity Δ (its RDP at order α is α·Δ²/(2σ²)).
     """
 
     noise_multiplier: float
@@ -92,6 +108,13 @@ class Release:
     time: float
     run_epsilon_after: float
     federation_epsilon_after: float
+    mechanism: str = SAMPLED_GAUSSIAN
+    sensitivity: float = 1.0
+
+    @property
+    def is_training(self) -> bool:
+        """Whether this is a DP-SGD training session (not the statistics)."""
+        return self.mechanism == SAMPLED_GAUSSIAN
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,37 @@ def _step_rdp(sample_rate: float, sigma: float, orders: Sequence[float]) -> np.n
     from opacus.accountants.analysis.rdp import compute_rdp
 
     return np.asarray(compute_rdp(q=sample_rate, noise_multiplier=sigma, steps=1, orders=orders))
+
+
+def gaussian_rdp(sensitivity: float, noise_std: float, orders: Sequence[float]) -> np.ndarray:
+    """RDP of one Gaussian mechanism at ``orders``: α·Δ²/(2σ²).
+
+    Parameters
+    ----------
+    sensitivity : float
+        The released vector's L2 sensitivity Δ.
+    noise_std : float
+        σ, the standard deviation of the noise added to each coordinate.
+    orders : sequence of float
+        The RDP orders α.
+    """
+    return np.asarray(orders, dtype=float) * sensitivity**2 / (2 * noise_std**2)
+
+
+def gaussian_epsilon(sensitivity: float, noise_std: float, delta: float) -> float:
+    """ε at ``delta`` of one Gaussian mechanism alone, with Opacus's orders and conversion.
+
+    Parameters
+    ----------
+    sensitivity : float
+        The L2 sensitivity Δ.
+    noise_std : float
+        The noise's standard deviation σ.
+    delta : float
+        The δ of the guarantee.
+    """
+    orders = _orders()
+    return _privacy_spent(gaussian_rdp(sensitivity, noise_std, orders), orders, delta)[0]
 
 
 def _privacy_spent(rdp: np.ndarray, orders: Sequence[float], delta: float) -> tuple[float, float]:
@@ -218,12 +272,15 @@ class PrivacyLedger:
         return self.curves[key]
 
     def _rdp(self, releases: Iterable[Release]) -> np.ndarray:
-        """RDP of ``releases``: the steps added up per (σ, rate), times that curve."""
+        """RDP of ``releases``: DP-SGD steps per (σ, rate) times that curve, and Gaussians."""
         steps: dict[tuple[float, float], int] = {}
+        total = np.zeros(len(_orders()))
         for r in releases:
+            if r.mechanism == GAUSSIAN:
+                total = total + gaussian_rdp(r.sensitivity, r.noise_multiplier, _orders())
+                continue
             key = (r.noise_multiplier, r.sample_rate)
             steps[key] = steps.get(key, 0) + r.steps
-        total = np.zeros(len(_orders()))
         for (sigma, rate), count in steps.items():
             total = total + self._curve(sigma, rate) * count
         return total
@@ -276,21 +333,54 @@ class PrivacyLedger:
             The run's round.
         """
         extra = self._curve(noise_multiplier, sample_rate) * int(steps)
-        lifetime, of_federation, of_run = (
-            _privacy_spent(scope.rdp + extra, _orders(), self.delta)[0]
-            for scope in self._scopes(federation, run)
-        )
-        return Release(
+        return self._composed(
+            extra,
             noise_multiplier=float(noise_multiplier),
             sample_rate=float(sample_rate),
             steps=int(steps),
             federation=federation,
             run=run,
             round=int(round),
+        )
+
+    def gaussian_release(
+        self, sensitivity: float, noise_std: float, federation: str = "", run: str = ""
+    ) -> Release:
+        """The Gaussian release these settings would make, with its ε; nothing is recorded.
+
+        Parameters
+        ----------
+        sensitivity : float
+            The released vector's L2 sensitivity Δ.
+        noise_std : float
+            The noise's standard deviation σ on each coordinate.
+        federation, run : str
+            Which federation and run it is for.
+        """
+        return self._composed(
+            gaussian_rdp(sensitivity, noise_std, _orders()),
+            noise_multiplier=float(noise_std),
+            sample_rate=1.0,
+            steps=1,
+            federation=federation,
+            run=run,
+            round=0,
+            mechanism=GAUSSIAN,
+            sensitivity=float(sensitivity),
+        )
+
+    def _composed(self, extra: np.ndarray, **fields: Any) -> Release:
+        """A release whose RDP is ``extra``, with every scope's ε after it."""
+        lifetime, of_federation, of_run = (
+            _privacy_spent(scope.rdp + extra, _orders(), self.delta)[0]
+            for scope in self._scopes(fields["federation"], fields["run"])
+        )
+        return Release(
             epsilon_after=lifetime,
             time=time.time(),
             run_epsilon_after=of_run,
             federation_epsilon_after=of_federation,
+            **fields,
         )
 
     def check(
@@ -321,18 +411,90 @@ class PrivacyLedger:
             The lifetime budget, the federation's or the run's cap would be exceeded.
         """
         release = self.release(noise_multiplier, sample_rate, steps, federation, run, round)
+        return self.within_budgets(release, "training this round")
+
+    def within_budgets(self, release: Release, what: str) -> Release:
+        """``release``, refused if it would exceed any of the site's budgets.
+
+        Parameters
+        ----------
+        release : Release
+            From :meth:`release` or :meth:`gaussian_release`, with no release in between.
+        what : str
+            What the release is, for the refusal ("training this round").
+
+        Raises
+        ------
+        BudgetExceeded
+            The lifetime budget, the federation's or the run's cap would be exceeded.
+        """
         after = (release.epsilon_after, release.federation_epsilon_after, release.run_epsilon_after)
         over = [
             f"ε to {epsilon:.3f}, over {scope.name} of {scope.cap:g}"
-            for scope, epsilon in zip(self._scopes(federation, run), after, strict=True)
+            for scope, epsilon in zip(
+                self._scopes(release.federation, release.run), after, strict=True
+            )
             if scope.cap is not None and epsilon > scope.cap + 1e-9
         ]
         if over:
             raise BudgetExceeded(
-                f"training this round would bring {'; '.join(over)} (δ={self.delta:g}; site's "
+                f"{what} would bring {'; '.join(over)} (δ={self.delta:g}; site's "
                 f"lifetime ε spent so far {self.spent:.3f} of {self.epsilon_budget:g})"
             )
         return release
+
+    def epsilon_left(self, federation: str, run: str) -> float:
+        """The least ε a run still has: of the lifetime budget and its capped scopes.
+
+        Parameters
+        ----------
+        federation, run : str
+            The run.
+        """
+        return min(
+            scope.cap - _privacy_spent(scope.rdp, _orders(), self.delta)[0]
+            if scope.rdp.any()
+            else scope.cap
+            for scope in self._scopes(federation, run)
+            if scope.cap is not None
+        )
+
+    def calibrate_gaussian(self, epsilon: float, sensitivity: float) -> float:
+        """The least noise σ giving a Gaussian release alone at most ``epsilon`` at δ.
+
+        Parameters
+        ----------
+        epsilon : float
+            The ε the release may cost on its own (composed, the site's total grows by
+            at most as much, since RDP composition is below the sum of ε).
+        sensitivity : float
+            The release's L2 sensitivity Δ.
+
+        Raises
+        ------
+        BudgetExceeded
+            ``epsilon`` is not positive: nothing is left to release with.
+        """
+        if epsilon <= 0:
+            raise BudgetExceeded(
+                f"no ε left for the statistics (site's lifetime ε spent {self.spent:.3f} "
+                f"of {self.epsilon_budget:g})"
+            )
+
+        def fits(sigma: float) -> bool:
+            return gaussian_epsilon(sensitivity, sigma, self.delta) <= epsilon
+
+        # RDP at Opacus's orders (up to 63) never converts below a floor ε at δ, however
+        # much noise: a target under it cannot be met.
+        if not fits(MAX_GAUSSIAN_NOISE * sensitivity):
+            raise BudgetExceeded(
+                f"ε={epsilon:.4f} for the statistics is below what the RDP accountant can "
+                f"certify at δ={self.delta:g}; raise statistics-epsilon-share"
+            )
+        high = sensitivity
+        while not fits(high):
+            high *= 2
+        return _smallest_fitting(fits, MIN_GAUSSIAN_NOISE * sensitivity, high)
 
     def record(self, release: Release) -> Release:
         """Append ``release`` (from :meth:`check`, made now) and save the ledger.
@@ -513,6 +675,8 @@ class PrivacyLedger:
         # A site may lower its budgets but the history always counts.
         self.releases = []
         for entry in raw.get("releases", []):
+            if entry.get("mechanism", SAMPLED_GAUSSIAN) not in (SAMPLED_GAUSSIAN, GAUSSIAN):
+                raise ValueError(f"{self.path}: a release of unknown kind {entry['mechanism']!r}")
             if "run_epsilon_after" not in entry:
                 entry = self._with_scoped_epsilon(entry)
             self.releases.append(Release(**entry))
@@ -547,8 +711,8 @@ class PrivacyLedger:
                 (r.federation, r.run),
                 {"federation": r.federation, "run": r.run, "rounds": 0, "steps": 0},
             )
-            entry["rounds"] += 1
-            entry["steps"] += r.steps
+            entry["rounds"] += int(r.is_training)
+            entry["steps"] += r.steps if r.is_training else 0
             entry["epsilon"] = r.run_epsilon_after
             entry["epsilon_after"] = r.epsilon_after
             federations[r.federation] = {

@@ -30,7 +30,7 @@ from models.spec import ModelSpec
 CONFIG = "config"  # ConfigRecord: a StatisticsQuery or a RoundConfig
 ARRAYS = "arrays"  # ArrayRecord: model weights by plain parameter name
 METRICS = "metrics"  # MetricRecord: a TrainReply's or an EvaluateReply's figures
-STATISTICS = "statistics"  # MetricRecord: FeatureStatistics.to_flat() + NUM_EXAMPLES
+STATISTICS = "statistics"  # MetricRecord: FeatureStatistics.to_flat(), NUM_EXAMPLES, EPSILON
 SCHEMA = "schema"  # ConfigRecord: {"sha256": the site's schema hash}
 SITE_RECORD = "site"  # ConfigRecord: {"name": site name}
 
@@ -55,6 +55,7 @@ class RefusalCode(IntEnum):
     BUDGET_EXCEEDED = 102
     SCHEMA_MISMATCH = 103
     SITE_MISCONFIGURED = 104
+    APP_NOT_APPROVED = 105  # the run's FAB is not in the site's approved-apps
     SECURE_AGGREGATION_FAILED = 110  # set by the coordinator for sites left out of a sum
 
 
@@ -95,25 +96,57 @@ def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class StatisticsQuery:
-    """The coordinator asks each site for its feature statistics.
+    """The coordinator asks each site for its (noisy) feature statistics.
 
     Parameters
     ----------
     simulation_dir : str
         Set only in simulation: where the simulated sites' files are.
+    federation, run : str
+        The run the statistics are for: their ε counts against its caps in each site's
+        ledger.
+    epsilon_share : float
+        The share, in (0, 1), of the ε a site has left for the run that the statistics
+        may cost (``statistics-epsilon-share``); training gets the rest.
+    seed : int or None
+        Set only in simulation, for reproducible noise; in deployment each site draws
+        its noise from its own entropy.
     """
 
     simulation_dir: str = ""
+    federation: str = ""
+    run: str = ""
+    epsilon_share: float = 0.2
+    seed: int | None = None
 
     def to_record_dict(self) -> RecordDict:
         """The query as a message's content."""
-        return RecordDict({CONFIG: ConfigRecord({"simulation-dir": self.simulation_dir})})
+        return RecordDict(
+            {
+                CONFIG: ConfigRecord(
+                    {
+                        "simulation-dir": self.simulation_dir,
+                        "federation": self.federation,
+                        "run": self.run,
+                        "epsilon-share": float(self.epsilon_share),
+                        # -1: no seed (a ConfigRecord holds no None)
+                        "seed": -1 if self.seed is None else int(self.seed),
+                    }
+                )
+            }
+        )
 
     @classmethod
     def from_message(cls, msg: Message) -> StatisticsQuery:
         """The query a QUERY message carries."""
         config = dict(msg.content.config_records.get(CONFIG, ConfigRecord()))
-        return cls(simulation_dir=str(config.get("simulation-dir", "")))
+        return cls(
+            simulation_dir=str(config.get("simulation-dir", "")),
+            federation=str(config.get("federation", "")),
+            run=str(config.get("run", "")),
+            epsilon_share=float(cast(float, config.get("epsilon-share", 0.2))),
+            seed=seed if (seed := int(cast(int, config.get("seed", -1)))) >= 0 else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -125,22 +158,26 @@ class StatisticsReply:
     site : str
         The site's name.
     statistics : FeatureStatistics
-        Its additive statistics over its training part.
+        Its additive statistics over its training part, with Gaussian noise.
     train_examples : int
-        The size of its training part.
+        The size of its training part (also every train reply's aggregation weight).
     schema_sha256 : str
         The hash of the schema the site holds.
+    epsilon : float
+        ε of the statistics release alone, at the site's δ.
     """
 
     site: str
     statistics: FeatureStatistics
     train_examples: int
     schema_sha256: str
+    epsilon: float = 0.0
 
     def to_record_dict(self) -> RecordDict:
         """The reply as a message's content."""
         flat = self.statistics.to_flat()
         flat[NUM_EXAMPLES] = float(self.train_examples)
+        flat[EPSILON] = self.epsilon
         return RecordDict(
             {
                 STATISTICS: metric_record(flat),
@@ -158,6 +195,7 @@ class StatisticsReply:
             statistics=FeatureStatistics.from_flat(flat),
             train_examples=int(flat.get(NUM_EXAMPLES, 0)),
             schema_sha256=str(reply.content.config_records[SCHEMA]["sha256"]),
+            epsilon=float(flat.get(EPSILON, 0.0)),
         )
 
 
@@ -188,6 +226,10 @@ class RoundConfig:
         For reproducible simulations.
     simulation_dir : str
         Set only in simulation: where the simulated sites' files are.
+    seeded_noise : bool
+        Whether sites seed DP noise and batches with ``seed`` (a reproducible simulation).
+        False in deployment: each site draws them from its own entropy, so the
+        coordinator cannot replay a site's noise.
     """
 
     server_round: int
@@ -205,6 +247,7 @@ class RoundConfig:
     proximal_mu: float = 0.0
     seed: int = 0
     simulation_dir: str = ""
+    seeded_noise: bool = True
 
     def to_record_values(self) -> dict[str, Any]:
         """The config as ConfigRecord values (dashed keys, JSON for nested records)."""

@@ -61,6 +61,10 @@ class RunSettings:
     epsilon, delta : float
         In simulation, each simulated site's ε budget and δ. In deployment, each site
         sets its own budget; δ is sent as the federation's δ.
+    statistics_epsilon_share : float
+        The share, in (0, 1), of the ε each site has left for the run that the federated
+        statistics (for standardization and class weights) may cost; training plans its
+        noise within the rest.
     min_sites : int
         Fewest sites a round needs; fewer replies and the round's update is skipped.
     dataset, data_dir, sites, partition, alpha, seed : simulation inputs.
@@ -117,6 +121,7 @@ class RunSettings:
     max_grad_norm: float = 1.0
     epsilon: float = 1.0
     delta: float = 1e-5
+    statistics_epsilon_share: float = 0.2
     min_sites: int = 2
     dataset: str = "breast_cancer"
     data_dir: str = ""
@@ -153,6 +158,11 @@ class RunSettings:
             (self.max_grad_norm > 0, "max-grad-norm", "positive"),
             (self.epsilon > 0, "epsilon", "positive"),
             (0 < self.delta < 1, "delta", "in (0, 1)"),
+            (
+                0 < self.statistics_epsilon_share < 1,
+                "statistics-epsilon-share",
+                "in (0, 1)",
+            ),
             (self.min_sites >= 1, "min-sites", "at least 1"),
             (self.sites >= 1, "sites", "at least 1"),
             (self.alpha > 0, "alpha", "positive"),

@@ -70,8 +70,11 @@ def breast_cancer() -> BuiltinDataset:
     """569 tumours, 30 numeric features, label 1 = benign (scikit-learn's coding)."""
     bunch = skdatasets.load_breast_cancer(as_frame=True)
     frame = bunch.frame.rename(columns=_column_name)
+    # The data set's description publishes every feature's range: public knowledge, so
+    # declaring it (the federated statistics need it) tells nothing about a site's rows.
     features = tuple(
-        FeatureSpec(name=_column_name(c), type="numeric", min=0.0) for c in bunch.feature_names
+        FeatureSpec(name=_column_name(c), type="numeric", min=0.0, max=float(bunch.frame[c].max()))
+        for c in bunch.feature_names
     )
     schema = SiteSchema(
         name="breast_cancer",
@@ -96,9 +99,18 @@ def diabetes() -> BuiltinDataset:
             frame[name] = (frame[name] == frame[name].max()).astype(int)
             features.append(FeatureSpec(name=name, type="binary"))
         else:
-            features.append(FeatureSpec(name=name, type="numeric"))
+            # the published data set's range (public; the statistics need one)
+            low, high = float(frame[name].min()), float(frame[name].max())
+            features.append(FeatureSpec(name=name, type="numeric", min=low, max=high))
     schema = SiteSchema(
-        name="diabetes", task="regression", label="target", features=tuple(features)
+        name="diabetes",
+        task="regression",
+        label="target",
+        features=tuple(features),
+        extra={
+            "label_min": float(frame["target"].min()),
+            "label_max": float(frame["target"].max()),
+        },
     )
     return BuiltinDataset(schema, frame, _csv_writer)
 
@@ -130,6 +142,13 @@ def digits() -> BuiltinDataset:
 
 
 VITALS = ("heart_rate", "resp_rate", "spo2", "temperature")
+# Physiologically possible ranges (public knowledge), which the federated statistics need.
+VITAL_RANGES = {
+    "heart_rate": (0.0, 300.0),
+    "resp_rate": (0.0, 80.0),
+    "spo2": (0.0, 100.0),
+    "temperature": (25.0, 45.0),
+}
 
 
 def vitals(patients: int = 600, seed: int = 7) -> BuiltinDataset:
@@ -172,7 +191,10 @@ def vitals(patients: int = 600, seed: int = 7) -> BuiltinDataset:
         name="vitals",
         task="binary",
         label="deterioration",
-        features=tuple(FeatureSpec(name=n, type="numeric") for n in VITALS),
+        features=tuple(
+            FeatureSpec(name=n, type="numeric", min=low, max=high)
+            for n, (low, high) in VITAL_RANGES.items()
+        ),
         classes=("0", "1"),
         extra={"kind": "sequence", "patient": "patient_id", "time": "hour", "max_steps": 24},
     )

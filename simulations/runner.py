@@ -46,6 +46,9 @@ def run_simulated_federation(
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    # Flower's logger has its own handler; the root one Opacus installs on import
+    # (logging.basicConfig) would print every Flower line a second time.
+    logging.getLogger("flwr").propagate = False
     cpus = max(1, min(os.cpu_count() or 1, settings.sites))
     run_simulation(
         server_app=server_app,

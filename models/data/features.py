@@ -1,9 +1,11 @@
 """From a checked site table to model inputs, identically at every site.
 
 Numeric features are standardized with *federated* statistics: each site sends only the
-count, sum and sum of squares of each numeric column (:class:`FeatureStatistics`), the
-coordinator adds them up, and every site and the inference service standardize with the
-same means and standard deviations (:class:`FeatureEncoder`). Categorical features are
+count, sum and sum of squares of each numeric column (:class:`FeatureStatistics`, its
+values clipped to the schema's declared ranges, :func:`declared_bounds`; the figures
+leave the site with Gaussian noise, see ``privacy.statistics``), the coordinator adds
+them up, and every site and the inference service standardize with the same means and
+standard deviations (:class:`Standardization`, :class:`FeatureEncoder`). Categorical features are
 one-hot encoded from the schema's declared categories, so every site builds the same
 columns whatever values it happens to hold.
 """
@@ -20,6 +22,29 @@ import pandas as pd
 
 from models.data.schema import SiteSchema
 
+Bounds = Mapping[str, tuple[float, float]]
+
+
+def declared_bounds(schema: SiteSchema) -> dict[str, tuple[float, float]]:
+    """The declared ``(min, max)`` of every numeric column that declares both.
+
+    The numeric features, and a regression label (``[dataset].label_min``/``label_max``).
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        The federation's schema.
+    """
+    bounds = {
+        f.name: (f.min, f.max)
+        for f in schema.features
+        if f.type == "numeric" and f.min is not None and f.max is not None
+    }
+    low, high = schema.label_range
+    if schema.task == "regression" and low is not None and high is not None:
+        bounds[schema.label] = (low, high)
+    return bounds
+
 
 @dataclass
 class FeatureStatistics:
@@ -34,6 +59,10 @@ class FeatureStatistics:
         Number of rows (examples) summarized.
     label_counts : dict[str, float]
         For classification, the number of examples of each class (for class weights).
+    values_per_example : int
+        The most values one example adds to a column (1 for a table row, up to
+        ``max_steps`` for a patient's sequence): what one patient can change. It stays
+        at the site (not in :meth:`to_flat`).
     """
 
     count: dict[str, float] = field(default_factory=dict)
@@ -41,6 +70,7 @@ class FeatureStatistics:
     total_sq: dict[str, float] = field(default_factory=dict)
     rows: int = 0
     label_counts: dict[str, float] = field(default_factory=dict)
+    values_per_example: int = 1
 
     @classmethod
     def of_frame(cls, frame: pd.DataFrame, schema: SiteSchema) -> FeatureStatistics:
@@ -62,11 +92,17 @@ class FeatureStatistics:
             {name: frame[name].to_numpy(dtype=float) for name in numeric},
             labels=frame[schema.label].tolist() if classification else (),
             rows=len(frame),
+            bounds=declared_bounds(schema),
         )
 
     @classmethod
     def of_values(
-        cls, columns: Mapping[str, np.ndarray], labels: Sequence[str] = (), rows: int = 0
+        cls,
+        columns: Mapping[str, np.ndarray],
+        labels: Sequence[str] = (),
+        rows: int = 0,
+        bounds: Bounds | None = None,
+        values_per_example: int = 1,
     ) -> FeatureStatistics:
         """Statistics of numeric ``columns`` (NaN = missing) and class ``labels``.
 
@@ -78,11 +114,18 @@ class FeatureStatistics:
             The class of each example (empty for regression and survival).
         rows : int
             Number of examples.
+        bounds : mapping of str to (float, float), optional
+            Declared ranges: a column's values are clipped to its range, so one value
+            can move its sums by a known amount at most.
+        values_per_example : int
+            The most values one example adds to a column.
         """
-        stats = cls(rows=rows)
+        stats = cls(rows=rows, values_per_example=values_per_example)
         for name, raw in columns.items():
             values = np.asarray(raw, dtype=float)
             values = values[~np.isnan(values)]
+            if bounds and name in bounds:
+                values = np.clip(values, *bounds[name])
             stats.count[name] = float(values.size)
             stats.total[name] = float(values.sum())
             stats.total_sq[name] = float(np.square(values).sum())
@@ -108,6 +151,7 @@ class FeatureStatistics:
             label_counts={
                 c: self.label_counts.get(c, 0.0) + other.label_counts.get(c, 0.0) for c in classes
             },
+            values_per_example=max(self.values_per_example, other.values_per_example),
         )
 
     def to_flat(self) -> dict[str, float]:
@@ -152,26 +196,39 @@ class Standardization:
     std: dict[str, float]
 
     @classmethod
-    def from_statistics(cls, stats: FeatureStatistics) -> Standardization:
-        """Means and standard deviations of pooled statistics.
+    def from_statistics(
+        cls, stats: FeatureStatistics, bounds: Bounds | None = None
+    ) -> Standardization:
+        """Means and standard deviations of pooled (noisy) statistics.
 
-        A column without values gets mean 0 and std 1; one with (almost) no spread gets
-        std 1, so scaling never divides by zero.
+        The figures may carry noise (``privacy.statistics``): a count below 1 or a
+        variance at or below 0 is noise, not data. Such a column falls back to its
+        declared range (mean its midpoint, std a quarter of its width) or, without one,
+        to mean 0 and std 1. Otherwise, with a range, the mean is kept within it and the
+        std within (0, half its width]: no value of the range is ever that far apart.
 
         Parameters
         ----------
         stats : FeatureStatistics
             The federation's pooled statistics.
+        bounds : mapping of str to (float, float), optional
+            The declared ranges (:func:`declared_bounds`).
         """
+        bounds = bounds or {}
         mean, std = {}, {}
         for name, n in stats.count.items():
-            if n <= 0:
-                mean[name], std[name] = 0.0, 1.0
+            low, high = bounds.get(name, (math.nan, math.nan))
+            fallback = ((low + high) / 2, (high - low) / 4 or 1.0) if name in bounds else (0.0, 1.0)
+            m = stats.total[name] / n if n >= 1 else math.nan
+            var = stats.total_sq[name] / n - m * m if n >= 1 else math.nan
+            if not var > 1e-12:  # also NaN: no count
+                mean[name], std[name] = fallback
                 continue
-            m = stats.total[name] / n
-            var = max(stats.total_sq[name] / n - m * m, 0.0)
-            mean[name] = m
-            std[name] = math.sqrt(var) if var > 1e-12 else 1.0
+            s = math.sqrt(var)
+            if name in bounds:
+                m = min(max(m, low), high)
+                s = min(s, (high - low) / 2) or 1.0
+            mean[name], std[name] = m, s
         return cls(mean=mean, std=std)
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,11 @@ from typing import Any
 TASKS = ("binary", "multiclass", "regression", "survival")
 FEATURE_TYPES = ("numeric", "categorical", "binary")
 MISSING_POLICIES = ("reject", "drop_row", "impute_mean")
+# Every key a schema may hold outside its data kind's own [dataset] keys: a misspelt key
+# (``minimum`` for ``min``) would otherwise silently switch a check off.
+TOP_LEVEL_TABLES = ("dataset", "features")
+DATASET_KEYS = ("name", "task", "label", "classes", "missing", "kind", "label_min", "label_max")
+FEATURE_KEYS = ("type", "categories", "min", "max")
 
 
 class SchemaError(ValueError):
@@ -82,7 +88,8 @@ class SiteSchema:
         Where the schema was read from, for error messages.
     extra : dict
         The other ``[dataset]`` keys: ``kind`` (``table``, ``image``, ``sequence``,
-        ``text``; see ``models.data.kinds``) and that kind's own keys.
+        ``text``; see ``models.data.kinds``), a regression label's ``label_min`` and
+        ``label_max``, and the kind's own keys.
     """
 
     name: str
@@ -103,6 +110,15 @@ class SiteSchema:
     def num_classes(self) -> int:
         """Number of classes (``len(classes)``); 1 for regression."""
         return len(self.classes) if self.task != "regression" else 1
+
+    @property
+    def label_range(self) -> tuple[float | None, float | None]:
+        """A regression label's declared ``[label_min, label_max]`` (None where unset)."""
+        low, high = self.extra.get("label_min"), self.extra.get("label_max")
+        return (
+            None if low is None else float(low),
+            None if high is None else float(high),
+        )
 
     @property
     def kind(self) -> str:
@@ -210,6 +226,7 @@ def read_schema_document(raw: dict[str, Any], source: str = "<schema>") -> SiteS
     SchemaError
         A table or key is missing or has a wrong value; the message names it.
     """
+    _refuse_unknown(source, "the schema", raw, TOP_LEVEL_TABLES)
     dataset = raw.get("dataset")
     if not isinstance(dataset, dict):
         raise SchemaError(f"{source}: missing [dataset] table")
@@ -243,6 +260,12 @@ def read_schema_document(raw: dict[str, Any], source: str = "<schema>") -> SiteS
     label = str(dataset["label"])
     if label in raw_features:
         raise SchemaError(f"{source}: the label '{label}' is also declared as a feature")
+    for key in ("label_min", "label_max"):
+        if key in dataset and not _is_number(dataset[key]):
+            raise SchemaError(f"{source}: [dataset].{key} must be a number")
+    if "label_min" in dataset and "label_max" in dataset:
+        if dataset["label_min"] > dataset["label_max"]:
+            raise SchemaError(f"{source}: [dataset].label_min is above label_max")
     known = {"name", "task", "label", "classes", "missing"}
     schema = SiteSchema(
         name=str(dataset.get("name", Path(source).stem)),
@@ -261,6 +284,7 @@ def _parse_feature(name: str, spec: Any, source: str) -> FeatureSpec:
     where = f"{source}: [features.{name}]"
     if not isinstance(spec, dict):
         raise SchemaError(f"{where} must be a table")
+    _refuse_unknown(source, f"[features.{name}]", spec, FEATURE_KEYS)
     ftype = spec.get("type")
     if ftype not in FEATURE_TYPES:
         raise SchemaError(f"{where}.type is '{ftype}', expected one of {FEATURE_TYPES}")
@@ -274,7 +298,7 @@ def _parse_feature(name: str, spec: Any, source: str) -> FeatureSpec:
             raise SchemaError(f"{where}.categories has duplicates")
     lo, hi = spec.get("min"), spec.get("max")
     for key, value in (("min", lo), ("max", hi)):
-        if value is not None and not isinstance(value, int | float):
+        if value is not None and not _is_number(value):
             raise SchemaError(f"{where}.{key} must be a number")
     if lo is not None and hi is not None and lo > hi:
         raise SchemaError(f"{where}: min {lo} is above max {hi}")
@@ -285,6 +309,32 @@ def _parse_feature(name: str, spec: Any, source: str) -> FeatureSpec:
         min=None if lo is None else float(lo),
         max=None if hi is None else float(hi),
     )
+
+
+def _is_number(value: Any) -> bool:
+    """A TOML number (a boolean is not one, although Python's ``bool`` is an ``int``)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _refuse_unknown(source: str, where: str, table: dict[str, Any], allowed: Sequence[str]) -> None:
+    """Raise a :class:`SchemaError` naming the first key of ``table`` not in ``allowed``.
+
+    Parameters
+    ----------
+    source : str
+        The schema's file, for the message.
+    where : str
+        The table's name, for the message.
+    table : dict
+        The parsed table.
+    allowed : sequence of str
+        Its known keys.
+    """
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise SchemaError(
+            f"{source}: {where} has unknown key '{unknown[0]}'; expected one of {list(allowed)}"
+        )
 
 
 def _toml_key(key: str) -> str:

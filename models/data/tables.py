@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +24,62 @@ from models.data.schema import FeatureSpec, SiteSchema
 TRUE_WORDS = {"1", "1.0", "true", "yes", "y", "t"}
 FALSE_WORDS = {"0", "0.0", "false", "no", "n", "f"}
 MAX_REPORTED_PROBLEMS = 20
+# A public summary lists at most this many rows per kind of problem.
+MAX_PUBLIC_ROWS = 5
+# Cells read as missing. A declared category (e.g. ``NA``) is never missing in its column.
+EMPTY_WORDS = frozenset({"", "NA", "NaN", "nan", "null"})
+# A decimal number as a spreadsheet writes it: Python's ``1_20`` or ``0x10`` are not.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.I)
+
+
+class ProblemKind(StrEnum):
+    """What is wrong, as a word from a closed vocabulary (safe to send off the site)."""
+
+    FILE_NOT_FOUND = "file_not_found"
+    WRONG_FILE_TYPE = "wrong_file_type"
+    NOT_UTF8 = "not_utf8"
+    UNREADABLE_FILE = "unreadable_file"
+    MALFORMED_ROW = "malformed_row"
+    EMPTY_FILE = "empty_file"
+    NO_DATA_ROWS = "no_data_rows"
+    NO_USABLE_ROWS = "no_usable_rows"
+    MISSING_COLUMN = "missing_column"
+    DUPLICATE_HEADER = "duplicate_header"
+    NOT_A_NUMBER = "not_a_number"
+    NOT_FINITE = "not_finite"
+    OUT_OF_RANGE = "out_of_range"
+    NOT_BINARY = "not_binary"
+    UNKNOWN_CATEGORY = "unknown_category"
+    UNKNOWN_LABEL = "unknown_label"
+    EMPTY_CELL = "empty_cell"
+    ONE_CLASS = "one_class"
+    OTHER = "other"
 
 
 @dataclass(frozen=True)
 class DataProblem:
-    """One thing wrong with a site's table."""
+    """One thing wrong with a site's table.
+
+    Parameters
+    ----------
+    file : str
+        The site's file (stays at the site).
+    row : int or None
+        The file row, counted as a person counts lines (the header is row 1).
+    column : str or None
+        The column's header as the file writes it (may be a cell value when the file has
+        no header row, so it stays at the site unless the schema declares it).
+    message : str
+        What was found and what was expected (may quote a cell; stays at the site).
+    kind : ProblemKind
+        The problem as a word of the closed vocabulary that :func:`public_summary` sends.
+    """
 
     file: str
     row: int | None
     column: str | None
     message: str
+    kind: ProblemKind = ProblemKind.OTHER
 
     def __str__(self) -> str:
         where = [self.file]
@@ -52,6 +101,51 @@ class SiteDataError(ValueError):
         more = len(problems) - MAX_REPORTED_PROBLEMS
         tail = f"\n  … and {more} more" if more > 0 else ""
         super().__init__(f"{len(problems)} problem(s) in site data:\n{shown}{tail}")
+
+
+def public_summary(problems: Sequence[DataProblem], declared: Iterable[str]) -> str:
+    """The problems in words that reveal no cell value, identifier or file name.
+
+    Only problem kinds, counts and row numbers, and a column's name when the schema
+    declares it (a header that is not the schema's may be a patient's value), e.g.
+    ``4 problem(s): 3 × not_a_number in column 'age' (rows 4, 9, 12), 1 × duplicate_header``.
+
+    Parameters
+    ----------
+    problems : sequence of DataProblem
+        What loading found.
+    declared : iterable of str
+        The column names the schema itself declares (public to the federation).
+    """
+    public = set(declared)
+    groups: dict[tuple[ProblemKind, str | None], list[int | None]] = {}
+    for problem in problems:
+        column = problem.column if problem.column in public else None
+        groups.setdefault((ProblemKind(problem.kind), column), []).append(problem.row)
+    parts = []
+    for (kind, column), rows in groups.items():
+        text = f"{len(rows)} × {kind.value}"
+        if column is not None:
+            text += f" in column '{column}'"
+        numbers = sorted({r for r in rows if r is not None})
+        if numbers:
+            shown = ", ".join(str(r) for r in numbers[:MAX_PUBLIC_ROWS])
+            more = ", …" if len(numbers) > MAX_PUBLIC_ROWS else ""
+            text += f" ({'row' if len(numbers) == 1 else 'rows'} {shown}{more})"
+        parts.append(text)
+    return f"{len(problems)} problem(s): {', '.join(parts)}"
+
+
+def schema_columns(schema: SiteSchema) -> list[str]:
+    """Every column name a schema declares: features, label and its kind's named columns.
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        The federation's schema.
+    """
+    named = [v for v in schema.extra.values() if isinstance(v, str)]
+    return [*schema.feature_names, schema.label, *named]
 
 
 @dataclass
@@ -90,49 +184,147 @@ class SiteTable:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file with every cell as text (CSV) so the checks see the raw value."""
+    """Read a CSV or Parquet file, every CSV cell as text, indexed by file row.
+
+    The index is each row's line number as a person counts lines (the header is row 1,
+    blank lines count), so messages point at the line an editor shows.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.csv``, ``.tsv``, ``.txt`` or ``.parquet`` file.
+
+    Raises
+    ------
+    SiteDataError
+        The file is missing, of another type, not UTF-8 (naming the line), not
+        readable, empty, or its header repeats a name.
+    """
     path = Path(path)
     if not path.is_file():
-        raise SiteDataError([DataProblem(str(path), None, None, "file not found")])
+        raise SiteDataError(
+            [DataProblem(str(path), None, None, "file not found", ProblemKind.FILE_NOT_FOUND)]
+        )
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:
-            return pd.read_parquet(path)
+            frame = pd.read_parquet(path)
         except Exception as err:  # pyarrow raises several types for a corrupt file
             raise SiteDataError(
-                [DataProblem(str(path), None, None, f"not a readable Parquet file ({err})")]
+                [
+                    DataProblem(
+                        str(path),
+                        None,
+                        None,
+                        f"not a readable Parquet file ({err})",
+                        ProblemKind.UNREADABLE_FILE,
+                    )
+                ]
             ) from err
+        _check_header(str(path), [str(c) for c in frame.columns])
+        frame.index = pd.RangeIndex(2, len(frame) + 2)
+        return frame
     if suffix not in (".csv", ".tsv", ".txt"):
         raise SiteDataError(
-            [DataProblem(str(path), None, None, "expected a .csv or .parquet file")]
+            [
+                DataProblem(
+                    str(path),
+                    None,
+                    None,
+                    "expected a .csv or .parquet file",
+                    ProblemKind.WRONG_FILE_TYPE,
+                )
+            ]
         )
-    sep = "\t" if suffix == ".tsv" else ","
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle, delimiter=sep), None)
-    except UnicodeDecodeError as err:
-        raise SiteDataError(
-            [DataProblem(str(path), None, None, "not UTF-8 text; save the file as UTF-8 CSV")]
-        ) from err
+    return _read_csv(path, "\t" if suffix == ".tsv" else ",")
+
+
+def _read_csv(path: Path, sep: str) -> pd.DataFrame:
+    """The csv module rather than pandas: pandas skips blank lines and loses line numbers."""
+    records: list[list[str]] = []
+    lines: list[int] = []
+    header: list[str] | None = None
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, delimiter=sep)
+        try:
+            for record in reader:
+                if header is None:
+                    header = record
+                elif record:  # a blank line is counted but holds no row
+                    records.append(record)
+                    lines.append(reader.line_num)
+        except UnicodeDecodeError as err:
+            problem = DataProblem(
+                str(path),
+                _first_undecodable_line(path),
+                None,
+                "not UTF-8 text; save the file as UTF-8 CSV",
+                ProblemKind.NOT_UTF8,
+            )
+            raise SiteDataError([problem]) from err
+        except csv.Error as err:
+            problem = DataProblem(
+                str(path),
+                reader.line_num,
+                None,
+                f"malformed CSV ({err})",
+                ProblemKind.MALFORMED_ROW,
+            )
+            raise SiteDataError([problem]) from err
     if not header or all(not h.strip() for h in header):
-        raise SiteDataError([DataProblem(str(path), None, None, "the file is empty")])
-    seen: set[str] = set()
-    duplicates = []
-    for name in header:
-        if name in seen:
-            duplicates.append(name)
-        seen.add(name)
+        raise SiteDataError(
+            [DataProblem(str(path), None, None, "the file is empty", ProblemKind.EMPTY_FILE)]
+        )
+    _check_header(str(path), header)
+    width = len(header)
+    too_long = [
+        DataProblem(
+            str(path),
+            line,
+            None,
+            f"{len(record)} fields, the header has {width}",
+            ProblemKind.MALFORMED_ROW,
+        )
+        for record, line in zip(records, lines, strict=True)
+        if len(record) > width
+    ]
+    if too_long:
+        raise SiteDataError(too_long)
+    # a short row is padded with empty cells, which the missing-value policy then judges
+    padded = [record + [""] * (width - len(record)) for record in records]
+    return pd.DataFrame(padded, columns=header, index=pd.Index(lines), dtype=str)
+
+
+def _first_undecodable_line(path: Path) -> int:
+    """The line holding the first byte that is not UTF-8.
+
+    Text is decoded in chunks, so the csv reader's own line count is already past it.
+    """
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
+
+
+def _check_header(path: str, header: list[str]) -> None:
+    counts = Counter(header)
+    duplicates = [name for name, n in counts.items() if n > 1]
     if duplicates:
         raise SiteDataError(
             [
-                DataProblem(str(path), 1, name, "duplicate header: the column appears twice")
+                DataProblem(
+                    path,
+                    1,
+                    name,
+                    "duplicate header: the column appears twice",
+                    ProblemKind.DUPLICATE_HEADER,
+                )
                 for name in duplicates
             ]
         )
-    try:
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except pd.errors.ParserError as err:
-        raise SiteDataError([DataProblem(str(path), None, None, f"malformed CSV ({err})")]) from err
 
 
 def load_site_table(
@@ -140,9 +332,20 @@ def load_site_table(
 ) -> SiteTable:
     """Read a site's file and check every row against ``schema``.
 
-    ``passthrough`` names more columns that must be present and are copied unchecked, as
-    text, into the frame (a patient id, a clinical note): the caller checks them.
-    Raises :class:`SiteDataError` listing every problem found.
+    Parameters
+    ----------
+    path : str or Path
+        The site's CSV or Parquet file.
+    schema : SiteSchema
+        The federation's schema.
+    passthrough : sequence of str
+        More columns that must be present and are copied unchecked, as text, into the
+        frame (a patient id, a clinical note): the caller checks them.
+
+    Raises
+    ------
+    SiteDataError
+        Listing every problem found.
     """
     path_text = str(path)
     raw = read_table(path)
@@ -150,13 +353,27 @@ def load_site_table(
     expected = [*schema.feature_names, schema.label, *passthrough]
     missing_columns = [c for c in expected if c not in raw.columns]
     for name in missing_columns:
-        problems.append(DataProblem(path_text, 1, name, "missing column (declared in the schema)"))
+        problems.append(
+            DataProblem(
+                path_text,
+                1,
+                name,
+                "missing column (declared in the schema)",
+                ProblemKind.MISSING_COLUMN,
+            )
+        )
     if problems:
         raise SiteDataError(problems)
     if len(raw) == 0:
-        raise SiteDataError([DataProblem(path_text, None, None, "the file has no data rows")])
+        raise SiteDataError(
+            [
+                DataProblem(
+                    path_text, None, None, "the file has no data rows", ProblemKind.NO_DATA_ROWS
+                )
+            ]
+        )
 
-    file_rows = [i + 2 for i in range(len(raw))]  # header is row 1
+    file_rows = [int(r) for r in raw.index]  # as a person counts lines: header is row 1
     columns: dict[str, list] = {}
     drop: set[int] = set()
     for spec in schema.features:
@@ -166,12 +383,20 @@ def load_site_table(
         if empty:
             if schema.missing == "reject":
                 problems.extend(
-                    DataProblem(path_text, file_rows[i], spec.name, "empty cell (missing = reject)")
+                    DataProblem(
+                        path_text,
+                        file_rows[i],
+                        spec.name,
+                        "empty cell (missing = reject)",
+                        ProblemKind.EMPTY_CELL,
+                    )
                     for i in empty
                 )
             elif schema.missing == "drop_row" or spec.type != "numeric":
                 drop.update(empty)
-    labels, bad_labels, empty_labels = _check_label(raw[schema.label].tolist(), schema, path_text)
+    labels, bad_labels, empty_labels = _check_label(
+        raw[schema.label].tolist(), schema, path_text, file_rows
+    )
     problems.extend(bad_labels)
     drop.update(empty_labels)  # a row without its label cannot be used
     if problems:
@@ -179,7 +404,9 @@ def load_site_table(
 
     keep = [i for i in range(len(raw)) if i not in drop]
     if not keep:
-        raise SiteDataError([DataProblem(path_text, None, None, "no usable rows left")])
+        raise SiteDataError(
+            [DataProblem(path_text, None, None, "no usable rows left", ProblemKind.NO_USABLE_ROWS)]
+        )
     frame = pd.DataFrame({name: [columns[name][i] for i in keep] for name in columns})
     frame[schema.label] = [labels[i] for i in keep]
     for name in passthrough:
@@ -203,18 +430,42 @@ def load_site_table(
                         schema.label,
                         f"the label has one class only ({present[0]!r}); "
                         f"a site needs examples of at least two of {list(schema.classes)}",
+                        ProblemKind.ONE_CLASS,
                     )
                 ]
             )
     return table
 
 
-def _is_empty(value: object) -> bool:
+def _is_empty(value: object, declared: Sequence[str] = ()) -> bool:
+    """Whether a cell is missing; a word the schema declares as a value never is."""
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
         return True
-    return isinstance(value, str) and value.strip() in ("", "NA", "NaN", "nan", "null")
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    return text in EMPTY_WORDS and text not in declared
+
+
+def parse_number(text: str) -> float:
+    """A number as a spreadsheet writes it (``1.5``, ``-2e3``); ``1_20`` is not one.
+
+    Parameters
+    ----------
+    text : str
+        The cell's text.
+
+    Raises
+    ------
+    ValueError
+        ``text`` is not a decimal number (``inf`` and ``nan`` are read, to be refused as
+        not finite).
+    """
+    if not _NUMBER.fullmatch(text.strip()):
+        raise ValueError(f"not a number: {text!r}")
+    return float(text)
 
 
 def _check_feature(
@@ -224,38 +475,29 @@ def _check_feature(
     problems: list[DataProblem] = []
     empty: list[int] = []
     for i, cell in enumerate(cells):
-        if _is_empty(cell):
+        if _is_empty(cell, spec.categories):
             empty.append(i)
             values.append(np.nan if spec.type == "numeric" else None)
             continue
         text = str(cell).strip()
         if spec.type == "numeric":
             try:
-                number = float(text)
+                number = parse_number(text)
             except ValueError:
                 problems.append(
-                    DataProblem(path, rows[i], spec.name, f"expected a number, found {text!r}")
+                    DataProblem(
+                        path,
+                        rows[i],
+                        spec.name,
+                        f"expected a number, found {text!r}",
+                        ProblemKind.NOT_A_NUMBER,
+                    )
                 )
                 values.append(np.nan)
                 continue
-            if not math.isfinite(number):
-                problems.append(
-                    DataProblem(
-                        path, rows[i], spec.name, f"expected a finite number, found {text!r}"
-                    )
-                )
-            elif spec.min is not None and number < spec.min:
-                problems.append(
-                    DataProblem(
-                        path, rows[i], spec.name, f"{number:g} is below the minimum {spec.min:g}"
-                    )
-                )
-            elif spec.max is not None and number > spec.max:
-                problems.append(
-                    DataProblem(
-                        path, rows[i], spec.name, f"{number:g} is above the maximum {spec.max:g}"
-                    )
-                )
+            problem = _range_problem(number, text, spec.min, spec.max)
+            if problem is not None:
+                problems.append(DataProblem(path, rows[i], spec.name, *problem))
             values.append(number)
         elif spec.type == "binary":
             word = text.lower()
@@ -266,7 +508,11 @@ def _check_feature(
             else:
                 problems.append(
                     DataProblem(
-                        path, rows[i], spec.name, f"expected 0/1 (or true/false), found {text!r}"
+                        path,
+                        rows[i],
+                        spec.name,
+                        f"expected 0/1 (or true/false), found {text!r}",
+                        ProblemKind.NOT_BINARY,
                     )
                 )
                 values.append(None)
@@ -278,46 +524,66 @@ def _check_feature(
                         rows[i],
                         spec.name,
                         f"unknown category {text!r}; expected one of {list(spec.categories)}",
+                        ProblemKind.UNKNOWN_CATEGORY,
                     )
                 )
             values.append(text)
     return values, problems, empty
 
 
+def _range_problem(
+    number: float, text: str, low: float | None, high: float | None
+) -> tuple[str, ProblemKind] | None:
+    """Why ``number`` is refused (not finite, or outside ``[low, high]``), or None."""
+    if not math.isfinite(number):
+        return f"expected a finite number, found {text!r}", ProblemKind.NOT_FINITE
+    if low is not None and number < low:
+        return f"{number:g} is below the minimum {low:g}", ProblemKind.OUT_OF_RANGE
+    if high is not None and number > high:
+        return f"{number:g} is above the maximum {high:g}", ProblemKind.OUT_OF_RANGE
+    return None
+
+
 def _canonical_label(text: str) -> str:
     """'1.0' and '1' name the same class."""
     try:
-        number = float(text)
+        number = parse_number(text)
     except ValueError:
         return text
     return str(int(number)) if number.is_integer() else text
 
 
 def _check_label(
-    cells: list, schema: SiteSchema, path: str
+    cells: list, schema: SiteSchema, path: str, rows: list[int]
 ) -> tuple[list, list[DataProblem], list[int]]:
     labels: list = []
     problems: list[DataProblem] = []
     empty: list[int] = []
+    low, high = schema.label_range
     for i, cell in enumerate(cells):
-        row = i + 2
-        if _is_empty(cell):
+        if _is_empty(cell, schema.classes):
             empty.append(i)
             labels.append(None)
             continue
         text = str(cell).strip()
         if schema.task == "regression":
             try:
-                value = float(text)
-                if not math.isfinite(value):
-                    raise ValueError
+                value = parse_number(text)
             except ValueError:
                 problems.append(
                     DataProblem(
-                        path, row, schema.label, f"expected a finite number, found {text!r}"
+                        path,
+                        rows[i],
+                        schema.label,
+                        f"expected a number, found {text!r}",
+                        ProblemKind.NOT_A_NUMBER,
                     )
                 )
                 value = math.nan
+            else:
+                problem = _range_problem(value, text, low, high)
+                if problem is not None:
+                    problems.append(DataProblem(path, rows[i], schema.label, *problem))
             labels.append(value)
         else:
             canonical = text if text in schema.classes else _canonical_label(text)
@@ -325,14 +591,22 @@ def _check_label(
                 problems.append(
                     DataProblem(
                         path,
-                        row,
+                        rows[i],
                         schema.label,
                         f"unknown label {text!r}; expected one of {list(schema.classes)}",
+                        ProblemKind.UNKNOWN_LABEL,
                     )
                 )
             labels.append(canonical)
     if schema.missing == "reject":
         problems.extend(
-            DataProblem(path, i + 2, schema.label, "empty label (missing = reject)") for i in empty
+            DataProblem(
+                path,
+                rows[i],
+                schema.label,
+                "empty label (missing = reject)",
+                ProblemKind.EMPTY_CELL,
+            )
+            for i in empty
         )
     return labels, problems, empty

@@ -9,6 +9,7 @@ test set when there is one. Each step is a function over a :class:`RunState`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -23,6 +24,7 @@ from models.data.features import Standardization
 from models.data.kinds.registry import load_schema
 from models.families import build_model
 from models.spec import ModelSpec, get_weights
+from privacy.dp_sgd import ACCOUNTANT
 from protocol.federation import (
     NUM_EXAMPLES,
     EvaluateReply,
@@ -43,7 +45,13 @@ from server.federation.run_state import (
     SiteFiles,
     SitePreparer,
 )
-from server.federation.setup import collect_statistics, model_spec_for, reply_site
+from server.federation.setup import (
+    collect_statistics,
+    model_spec_for,
+    reply_site,
+    standardization_for,
+    unbounded_columns,
+)
 from server.federation.strategies import make_strategy, restore_strategy_state, strategy_state
 from server.registry import ModelRegistry, Signer
 from server.settings import RunSettings
@@ -51,6 +59,8 @@ from server.settings import RunSettings
 log = logging.getLogger("fedcare.coordinator")
 
 SITE_POLL_SECONDS = 1.0
+# Each site's ε for the run's statistics (kept beside the checkpoint for a resumed run).
+STATISTICS_FILE = "statistics.json"
 
 
 def run_federation(
@@ -153,31 +163,46 @@ def start_run(
 ) -> RunState:
     """A new run: pool the sites' statistics, choose the network, initialize it."""
     schema = load_schema(files.schema_path)
+    unbounded = unbounded_columns(schema)
+    if unbounded:
+        raise FederationError(
+            f"{files.schema_path}: numeric column(s) {unbounded} declare no min and max; "
+            "the sites' private statistics need both"
+        )
     names: dict[int, str] = {}
-    query = StatisticsQuery(simulation_dir=files.simulation_dir)
-    stats, refusals, hashes = collect_statistics(grid, nodes, query, names, settings.round_timeout)
-    for site, reason in refusals.items():
+    run_key = uuid.uuid4().hex[:12]  # the statistics' ε is spent in this run's name
+    query = StatisticsQuery(
+        simulation_dir=files.simulation_dir,
+        federation=settings.federation,
+        run=run_key,
+        epsilon_share=settings.statistics_epsilon_share,
+        seed=settings.seed if settings.mode == "simulation" else None,
+    )
+    pooled = collect_statistics(grid, nodes, query, names, settings.round_timeout)
+    for site, reason in pooled.refusals.items():
         say(f"site {site} left out of the statistics: {reason}")
-    if stats.rows == 0:
+    if not pooled.schema_hashes:
         raise FederationError("no site could provide feature statistics; see the refusals above")
-    if hashes - {schema.sha256}:
+    if pooled.schema_hashes - {schema.sha256}:
         say(
             "warning: some sites hold another schema than the federation's; they will refuse rounds"
         )
+    stats = pooled.statistics
+    (out / STATISTICS_FILE).write_text(json.dumps({"epsilon": pooled.epsilon}, indent=2))
     spec = model_spec_for(settings, schema, stats)
-    run_key = uuid.uuid4().hex[:12]
-    say(f"run {run_key}: {len(nodes)} sites, {stats.rows} training rows, model {spec.kind}")
+    say(f"run {run_key}: {len(nodes)} sites, about {stats.rows} training rows, model {spec.kind}")
     return RunState(
         settings=settings,
         out=out,
         schema=schema,
         files=files,
         run_key=run_key,
-        standardization=Standardization.from_statistics(stats),
+        standardization=standardization_for(schema, stats),
         spec=spec,
         weights=get_weights(build_model(spec, seed=settings.seed)),
         strategy=make_strategy(settings, len(nodes)),
         site_names=names,
+        site_epsilon=dict(pooled.epsilon),
     )
 
 
@@ -231,6 +256,7 @@ def round_config(state: RunState, server_round: int) -> RoundConfig:
         proximal_mu=s.proximal_mu if s.strategy == "fedprox" else 0.0,
         seed=s.seed,
         simulation_dir=state.files.simulation_dir,
+        seeded_noise=s.mode == "simulation",
     )
 
 
@@ -273,7 +299,11 @@ def train_step(
         ConfigRecord(config.to_record_values()),
         grid,
     )
-    replies = list(grid.send_and_receive(messages, timeout=state.settings.round_timeout))
+    # Sorted by site: the aggregate's floating-point sum must not depend on arrival order.
+    replies = sorted(
+        grid.send_and_receive(messages, timeout=state.settings.round_timeout),
+        key=lambda reply: reply_site(reply, state.site_names),
+    )
     for reply in replies:
         name = reply_site(reply, state.site_names)
         if not reply.has_error():
@@ -327,6 +357,8 @@ def evaluate_step(
         name = reply_site(reply, state.site_names)
         if not reply.has_error():
             per_site[name] = EvaluateReply.from_message(reply).metrics
+    # In site order, so the pooled means do not depend on arrival order either.
+    per_site = dict(sorted(per_site.items()))
     return weighted_mean(per_site), per_site
 
 
@@ -361,6 +393,12 @@ def round_line(entry: dict[str, Any], total: int) -> str:
         f"round {entry['round']}/{total}: {entry['sites_trained']} sites trained, "
         f"{where} {metrics}, {eps_text}, {entry['wall_seconds']:.1f} s"
     )
+
+
+def statistics_epsilon(out: Path) -> dict[str, float]:
+    """Each site's ε for the run's statistics, as :func:`start_run` recorded it."""
+    path = out / STATISTICS_FILE
+    return dict(json.loads(path.read_text())["epsilon"]) if path.is_file() else {}
 
 
 def finish_run(state: RunState, signer: Signer | None) -> RunOutcome:
@@ -400,6 +438,14 @@ def finish_run(state: RunState, signer: Signer | None) -> RunOutcome:
             "delta": settings.delta,
             "epsilon_budget": epsilon_budget,
             "epsilon_spent": dict(state.site_epsilon),
+            # ε of each site's statistics release alone (included in epsilon_spent)
+            "statistics_epsilon": statistics_epsilon(state.out),
+            "statistics_epsilon_share": settings.statistics_epsilon_share,
+            "accountant": ACCOUNTANT,
+            # what the sites were told to draw noise and batches from
+            "rng": "seeded"
+            if round_config(state, settings.num_server_rounds).seeded_noise
+            else "site-entropy",
         },
         "model": {
             "name": version.name,

@@ -1,14 +1,15 @@
-"""The first step of a new run: sites' statistics pooled, and the network chosen."""
+"""The first step of a new run: sites' noisy statistics pooled, and the network chosen."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
-from models.data.features import FeatureStatistics
+from models.data.features import FeatureStatistics, Standardization, declared_bounds
 from models.data.kinds.registry import get_kind
 from models.data.schema import SiteSchema
 from models.families import get_task
@@ -35,14 +36,36 @@ def reply_site(reply: Message, names: dict[int, str]) -> str:
     return names.get(node, f"node-{node}")
 
 
+@dataclass(frozen=True)
+class PooledStatistics:
+    """What the sites answered to the statistics query.
+
+    Parameters
+    ----------
+    statistics : FeatureStatistics
+        The sum of the sites' noisy statistics.
+    refusals : dict of str to str or None
+        Error reasons by site name.
+    schema_hashes : set of str
+        The schema hashes the answering sites hold.
+    epsilon : dict of str to float
+        Per answering site, the ε its statistics release cost on its own.
+    """
+
+    statistics: FeatureStatistics
+    refusals: dict[str, str | None]
+    schema_hashes: set[str]
+    epsilon: dict[str, float]
+
+
 def collect_statistics(
     grid: Grid,
     nodes: Iterable[int],
     query: StatisticsQuery,
     names: dict[int, str],
     timeout: float,
-) -> tuple[FeatureStatistics, dict[str, str | None], set[str]]:
-    """Ask every site for its feature statistics and add them up.
+) -> PooledStatistics:
+    """Ask every site for its noisy feature statistics and add them up.
 
     Parameters
     ----------
@@ -56,29 +79,50 @@ def collect_statistics(
         Site names by node id; updated.
     timeout : float
         Seconds to wait for the replies.
-
-    Returns
-    -------
-    tuple
-        The pooled statistics, the refusals (error reasons) by site name, and the schema
-        hashes seen.
     """
     messages = [
         Message(query.to_record_dict(), dst_node_id=node, message_type=MessageType.QUERY)
         for node in nodes
     ]
-    pooled = FeatureStatistics()
-    refusals: dict[str, str | None] = {}
-    schema_hashes: set[str] = set()
+    pooled = PooledStatistics(FeatureStatistics(), {}, set(), {})
     for reply in grid.send_and_receive(messages, timeout=timeout):
         name = reply_site(reply, names)
         if reply.has_error():
-            refusals[name] = reply.error.reason
+            pooled.refusals[name] = reply.error.reason
             continue
         answer = StatisticsReply.from_message(reply)
-        pooled = pooled.merge(answer.statistics)
-        schema_hashes.add(answer.schema_sha256)
-    return pooled, refusals, schema_hashes
+        pooled = replace(pooled, statistics=pooled.statistics.merge(answer.statistics))
+        pooled.schema_hashes.add(answer.schema_sha256)
+        pooled.epsilon[name] = answer.epsilon
+    return pooled
+
+
+def standardization_for(schema: SiteSchema, statistics: FeatureStatistics) -> Standardization:
+    """The federation's scaling from noisy pooled statistics, kept within declared ranges.
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        Declares the ranges (a noisy count or variance at or below 0 falls back to them).
+    statistics : FeatureStatistics
+        The pooled statistics.
+    """
+    return Standardization.from_statistics(statistics, declared_bounds(schema))
+
+
+def unbounded_columns(schema: SiteSchema) -> list[str]:
+    """The numeric columns (features, a regression label) without both ``min`` and ``max``.
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        The federation's schema.
+    """
+    numeric = [f.name for f in schema.features if f.type == "numeric"]
+    if schema.task == "regression":
+        numeric.append(schema.label)
+    bounded = declared_bounds(schema)
+    return [name for name in numeric if name not in bounded]
 
 
 def model_spec_for(
@@ -131,6 +175,7 @@ def balanced_class_weights(schema: SiteSchema, statistics: FeatureStatistics) ->
     statistics : FeatureStatistics
         The pooled class counts.
     """
-    counts = [statistics.label_counts.get(c, 0.0) for c in schema.classes]
+    # noisy counts: a class counted below 1 weighs as if counted once
+    counts = [max(statistics.label_counts.get(c, 0.0), 1.0) for c in schema.classes]
     total = sum(counts)
     return [total / (len(counts) * n) if n > 0 else 1.0 for n in counts]

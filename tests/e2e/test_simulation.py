@@ -17,7 +17,7 @@ from models.data.kinds.registry import load_schema
 from models.data.tables import load_site_table
 from models.families import get_task
 from models.predictor import Predictor
-from privacy.ledger import PrivacyLedger
+from privacy.ledger import GAUSSIAN, PrivacyLedger
 from server.federation.checkpoint import Checkpoint
 from server.registry import ModelRegistry
 from server.settings import RunSettings
@@ -65,7 +65,9 @@ def test_every_site_counted_each_round_once_within_its_budget(resumed_run):
     sites = json.loads((out / "simulation" / "sites.json").read_text())
     for entry in sites:
         ledger = PrivacyLedger(entry["state-dir"], entry["epsilon-budget"], entry["delta"])
-        assert [r.round for r in ledger.releases] == [1, 2, 3]
+        # one release of noisy statistics before training, then one per round
+        assert [r.round for r in ledger.releases if r.is_training] == [1, 2, 3]
+        assert [r.mechanism for r in ledger.releases if not r.is_training] == [GAUSSIAN]
         assert {r.run for r in ledger.releases} == {report["run"]}
         assert ledger.spent <= 1.0
         assert report["privacy"]["epsilon_spent"][entry["site-name"]] == pytest.approx(ledger.spent)
@@ -114,3 +116,49 @@ def test_a_finished_run_is_not_overwritten(resumed_run):
     settings = RunSettings(sites=3, num_server_rounds=3, out_dir=str(resumed_run["out"]))
     with pytest.raises(FederationError, match="already holds a run"):
         run_simulated_federation(settings)
+
+
+def _simulate(out: Path, seed: int) -> dict:
+    # min_sites=3: wait for all three SuperNodes (Flower registers them while the
+    # ServerApp starts; with fewer, the number of sites trained would vary between runs)
+    settings = RunSettings(sites=3, num_server_rounds=3, min_sites=3, seed=seed, out_dir=str(out))
+    return run_simulated_federation(settings).report
+
+
+def _figures(report: dict) -> tuple:
+    history = [
+        (h["global_test"], h["federated_evaluation"], h["epsilon"]) for h in report["history"]
+    ]
+    return report["final"], report["privacy"]["epsilon_spent"], history
+
+
+def test_the_same_seed_reproduces_the_report_and_another_does_not(tmp_path):
+    first = _simulate(tmp_path / "a", seed=7)
+    again = _simulate(tmp_path / "b", seed=7)
+    other = _simulate(tmp_path / "c", seed=8)
+    assert _figures(first) == _figures(again)
+    assert first["final"] != other["final"]
+    assert (first["privacy"]["rng"], first["privacy"]["accountant"]) == ("seeded", "rdp")
+
+
+def test_evaluate_reproduces_the_reported_test_metrics(resumed_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    out: Path = resumed_run["out"]
+    report = resumed_run["outcome"].report
+    metrics = tmp_path / "metrics.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate", "--registry", report["model"]["registry"],
+            "--model", f"{report['model']['name']}@{report['model']['version']}",
+            "--data", str(out / "simulation" / "test.csv"), "--out", str(metrics),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    overall = json.loads(metrics.read_text())["overall"]
+    assert overall.keys() == report["final"].keys()
+    for key, value in report["final"].items():
+        assert overall[key] == pytest.approx(value, abs=1e-9), key

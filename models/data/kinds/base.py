@@ -102,6 +102,8 @@ class DataKind(Protocol):
 
     name: str
     tasks: tuple[str, ...]
+    # the kind's own [dataset] keys (any other key is refused)
+    keys: tuple[str, ...]
 
     def check_schema(self, schema: SiteSchema) -> None:
         """Raise :class:`SchemaError` naming the key this kind needs and does not find."""

@@ -315,6 +315,7 @@ class ImageKind:
 
     name = "image"
     tasks: tuple[str, ...] = ("binary", "multiclass")
+    keys: tuple[str, ...] = ("channels", "image_size")
 
     def check_schema(self, schema: SiteSchema) -> None:
         """Check ``channels`` and ``image_size``, and that there are no ``[features]``."""

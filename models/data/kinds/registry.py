@@ -17,7 +17,13 @@ from models.data.kinds.image import ImageKind
 from models.data.kinds.sequence import SequenceKind
 from models.data.kinds.table import TableKind
 from models.data.kinds.text import TextKind
-from models.data.schema import SchemaError, SiteSchema, read_schema_document, read_schema_file
+from models.data.schema import (
+    DATASET_KEYS,
+    SchemaError,
+    SiteSchema,
+    read_schema_document,
+    read_schema_file,
+)
 
 KINDS: dict[str, DataKind] = {
     kind.name: kind for kind in (TableKind(), ImageKind(), SequenceKind(), TextKind())
@@ -64,6 +70,13 @@ def check_schema(schema: SiteSchema) -> None:
         raise SchemaError(
             f"{schema.source}: [dataset].task '{schema.task}' does not fit {kind.name} data; "
             f"expected one of {kind.tasks}"
+        )
+    allowed = [*DATASET_KEYS, *kind.keys]
+    unknown = sorted(set(schema.to_dict()["dataset"]) - set(allowed))
+    if unknown:
+        raise SchemaError(
+            f"{schema.source}: [dataset] has unknown key '{unknown[0]}' for {kind.name} data; "
+            f"expected one of {allowed}"
         )
     kind.check_schema(schema)
 

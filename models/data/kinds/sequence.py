@@ -25,7 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.data.features import FeatureEncoder, FeatureStatistics, Standardization
+from models.data.features import (
+    FeatureEncoder,
+    FeatureStatistics,
+    Standardization,
+    declared_bounds,
+)
 from models.data.kinds.base import (
     EncodedExamples,
     ModelInput,
@@ -125,10 +130,22 @@ class SequenceExamples:
             if s.type == "numeric"
         }
         labels = self.labels.iloc[index][self.schema.label]
+        # a patient adds up to max_steps values to each column: what one patient can move
+        per_patient = SequenceLayout.of(self.schema).max_steps
+        bounds = declared_bounds(self.schema)
         if self.schema.task == "regression":
+            # its label is one value per patient, but the sensitivity is the column's most
             columns[self.schema.label] = labels.to_numpy(dtype=float)
-            return FeatureStatistics.of_values(columns, rows=len(index))
-        return FeatureStatistics.of_values(columns, labels=labels.tolist(), rows=len(index))
+            return FeatureStatistics.of_values(
+                columns, rows=len(index), bounds=bounds, values_per_example=per_patient
+            )
+        return FeatureStatistics.of_values(
+            columns,
+            labels=labels.tolist(),
+            rows=len(index),
+            bounds=bounds,
+            values_per_example=per_patient,
+        )
 
     def encode(self, index: np.ndarray, standardization: Standardization) -> EncodedExamples:
         """The patients at ``index`` as ``(n, max_steps, width + 1)`` arrays and labels."""
@@ -200,6 +217,7 @@ class SequenceKind:
 
     name = "sequence"
     tasks: tuple[str, ...] = ("binary", "multiclass", "regression")
+    keys: tuple[str, ...] = ("patient", "time", "max_steps")
 
     def check_schema(self, schema: SiteSchema) -> None:
         """Check ``patient``, ``time``, ``max_steps`` and that features are declared."""

@@ -162,6 +162,7 @@ class TableKind:
 
     name = "table"
     tasks: tuple[str, ...] = ("binary", "multiclass", "regression", "survival")
+    keys: tuple[str, ...] = ("event",)
 
     def check_schema(self, schema: SiteSchema) -> None:
         """Check that features are declared, and ``event`` for survival."""

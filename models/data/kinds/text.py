@@ -77,6 +77,7 @@ class TextKind:
 
     name = "text"
     tasks: tuple[str, ...] = ("binary", "multiclass")
+    keys: tuple[str, ...] = ("text", "n_features", "ngram_max")
 
     def check_schema(self, schema: SiteSchema) -> None:
         """Check ``text``, ``n_features``, ``ngram_max``, and that there are no features."""

@@ -71,8 +71,52 @@ def test_query_sends_only_aggregate_statistics(site_config):
     assert not reply.has_error()
     stats = FeatureStatistics.from_flat(dict(reply.content["statistics"]))
     site = load_site(SiteSettings.from_mapping(site_config, "test"))
-    assert stats.rows == len(site.train_index)
+    exact = site.statistics()
+    assert set(stats.total) == set(exact.total)
+    assert stats.total != exact.total  # noisy, never the exact sums
     assert reply.content["schema"]["sha256"] == site.schema_sha256
+    ledger = PrivacyLedger(site_config["state-dir"], 1.0)
+    assert [r.mechanism for r in ledger.releases] == ["gaussian"]
+    assert 0 < reply.content["statistics"]["epsilon"] <= 0.2 + 1e-9
+    again = app(msg, _context(site_config))  # the same run asks again: the same figures
+    assert dict(again.content["statistics"]) == dict(reply.content["statistics"])
+    assert len(PrivacyLedger(site_config["state-dir"], 1.0).releases) == 1
+
+
+PLANTED = "MRN-000123-PLANTED"
+
+
+def test_nothing_a_site_sends_contains_a_planted_identifier(site_config, tmp_path):
+    """Identifiers in a header-less file, in cells, categories and the file's path reach
+    neither the refusal reason nor anything else the coordinator receives."""
+    config, arrays = _round(site_config)
+    lines = open(site_config["data-path"]).read().splitlines()
+    folder = tmp_path / PLANTED
+    folder.mkdir()
+    bad_files = {
+        "no header, a repeated value": "\n".join([f"{PLANTED},1"] * 3 + lines[1:3]),
+        "a cell": "\n".join([lines[0], f"{PLANTED}," + lines[1].split(",", 1)[1], *lines[2:]]),
+        "an unknown label": "\n".join([lines[0], lines[1].rsplit(",", 1)[0] + f",{PLANTED}"]),
+        "a header only": f"{PLANTED},{PLANTED}x",
+    }
+    for why, text in bad_files.items():
+        path = folder / f"{PLANTED}.csv"
+        path.write_text(text + "\n")
+        node_config = {**site_config, "data-path": str(path)}
+        for kind in (MessageType.TRAIN, MessageType.EVALUATE):
+            reply = _send(node_config, kind, config, arrays)
+            assert reply.has_error(), why
+            assert PLANTED not in reply.error.reason, (why, reply.error.reason)
+            assert str(tmp_path) not in reply.error.reason, why
+        query = Message(
+            RecordDict({"config": ConfigRecord({})}), dst_node_id=7, message_type=MessageType.QUERY
+        )
+        reply = app(query, _context(node_config))
+        assert PLANTED not in reply.error.reason, why
+    broken = {**site_config, "schema-path": str(folder / "schema.toml")}
+    reply = _send(broken, MessageType.TRAIN, config, arrays)
+    assert reply.error.code == RefusalCode.SITE_MISCONFIGURED
+    assert PLANTED not in reply.error.reason
 
 
 def test_train_spends_epsilon_in_the_ledger_and_returns_plain_weights(site_config):
@@ -141,7 +185,7 @@ def test_bad_data_is_refused_without_any_cell_value(site_config, tmp_path):
     node_config = {**site_config, "data-path": str(bad)}
     reply = _send(node_config, MessageType.TRAIN, config, arrays)
     assert reply.error.code == RefusalCode.SITE_DATA_INVALID
-    assert f"row 2 column '{header[0]}'" in reply.error.reason
+    assert f"1 × not_a_number in column '{header[0]}' (row 2)" in reply.error.reason
     assert "SECRET-VALUE" not in reply.error.reason
 
 
