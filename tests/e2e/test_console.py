@@ -92,10 +92,14 @@ def world(tmp_path_factory) -> dict:
         root / "console.log",
         tls.ca_cert,
     )
-    hospital = start_console(
-        ["site", "console", "--config", str(site_toml), *tls_args], root / "site.log", tls.ca_cert
-    )
-    try:
+    started: list[ConsoleProcess] = [coordinator]
+    try:  # a console that fails to start must not leave the other one running
+        hospital = start_console(
+            ["site", "console", "--config", str(site_toml), *tls_args],
+            root / "site.log",
+            tls.ca_cert,
+        )
+        started.append(hospital)
         yield {
             "root": root,
             "runs": runs,
@@ -111,7 +115,7 @@ def world(tmp_path_factory) -> dict:
             "hospital": hospital,
         }
     finally:
-        for process in (coordinator, hospital):
+        for process in started:
             process.stop()
             assert not process.managed.alive()
 
