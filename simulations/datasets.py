@@ -309,6 +309,9 @@ def load_dataset(name: str) -> BuiltinDataset:
     return DATASETS[name]()
 
 
+AGE = "age_at_index"  # Fed-TCGA-BRCA's one numeric feature; the others are 0/1 indicators
+
+
 def write_fed_tcga_brca(source: str | Path, out: str | Path) -> Path:
     """Turn FLamby's Fed-TCGA-BRCA files into a ``--data-dir`` folder for a survival federation.
 
@@ -334,11 +337,16 @@ def write_fed_tcga_brca(source: str | Path, out: str | Path) -> Path:
     data = pd.read_csv(source / "brca.csv")
     split = pd.read_csv(source / "train_test_split.csv").set_index("pid")
     features = [c for c in data.columns if c not in ("pid", "E", "T")]
+    # Ranges known without looking at any patient (the statistics are clipped to them):
+    # an age in years, and FLamby's one-hot indicators of the clinical categories.
     schema = SiteSchema(
         name="fed_tcga_brca",
         task="survival",
         label="T",
-        features=tuple(FeatureSpec(name=c, type="numeric") for c in features),
+        features=tuple(
+            FeatureSpec(name=c, type="numeric", min=0.0, max=120.0 if c == AGE else 1.0)
+            for c in features
+        ),
         extra={"kind": "table", "event": "E"},
     )
     schema.save(out / "schema.toml")
