@@ -13,10 +13,17 @@ from flwr.common.config import parse_config_args
 from rich.console import Console
 from rich.table import Table
 
+from cli.console import site_console
 from deploy.process import ManagedProcess
 from deploy.provision import DEFAULT_PORT, ProvisionError, load_federation, provision
 from deploy.superlink import CONNECTION, CoordinatorError, open_coordinator
-from deploy.supernode import check_site, load_site_config, site_ledger, start_site
+from deploy.supernode import (
+    SiteAlreadyRunning,
+    check_site,
+    load_site_config,
+    site_ledger,
+    start_site,
+)
 from models.data.site_config import SiteConfigError
 from privacy.pki import PKIError
 
@@ -24,6 +31,7 @@ console = Console()
 provision_app = typer.Typer(help="Make a federation's keys and certificates.")
 coordinator_app = typer.Typer(help="The coordinator: SuperLink and runs.", no_args_is_help=True)
 site_app = typer.Typer(help="A hospital's agent: check, start, budget.", no_args_is_help=True)
+site_app.command("console")(site_console)
 
 
 def _fail(message: str) -> None:
@@ -80,9 +88,11 @@ def _wait_until_stopped(process: ManagedProcess) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
-        if not process.alive():
-            console.print(process.log_text()[-3000:])
-            _fail(f"{process.name} exited with {process.popen.returncode}")
+        for each in (process, *process.companions):
+            if not each.alive():
+                process.stop()
+                console.print(each.log_text()[-3000:])
+                _fail(f"{each.name} exited with {each.popen.returncode}")
     process.stop()
 
 
@@ -157,11 +167,16 @@ def _site(config: Path):
         _fail(str(err))
 
 
+def _cap(value: float | None) -> str:
+    return "no cap" if value is None else f"cap {value:g}"
+
+
 def _print_budget(summary: dict) -> None:
     console.print(
-        f"privacy budget: ε spent {summary['epsilon_spent']:.3f} of "
+        f"privacy budget: lifetime ε spent {summary['epsilon_spent']:.3f} of "
         f"{summary['epsilon_budget']:g} (δ={summary['delta']:g}), "
-        f"left {summary['epsilon_remaining']:.3f}"
+        f"left {summary['epsilon_remaining']:.3f}; per federation "
+        f"{_cap(summary['epsilon_per_federation'])}, per run {_cap(summary['epsilon_per_run'])}"
     )
 
 
@@ -182,19 +197,43 @@ def site_check(
         for problem in result.problems:
             console.print(f"[red]problem:[/] {problem}")
         _print_budget(result.budget)
+        for digest in result.approved_apps:
+            console.print(f"approved app (FAB sha256): {digest}")
+        if not result.approved_apps:
+            console.print("[yellow]no approved app:[/] the site refuses every run")
         console.print("[green]ok[/]" if result.ok else f"{len(result.problems)} problem(s)")
     if not result.ok:
         raise typer.Exit(1)
 
 
 @site_app.command("start")
-def site_start(config: Path = typer.Option(..., help="The site's site.toml.")) -> None:
-    """Run this site's SuperNode (TLS, authentication key, node config). Stops on Ctrl-C."""
+def site_start(
+    config: Path = typer.Option(..., help="The site's site.toml."),
+    warm: bool = typer.Option(
+        True,
+        "--warm/--flower-isolation",
+        help="The site's own executor (approved apps only, imports once) or Flower's "
+        "default: a fresh flwr-clientapp process per message, running the run's code.",
+    ),
+) -> None:
+    """Run this site's SuperNode (TLS, authentication key, node config). Stops on Ctrl-C.
+
+    By default with the warm site runtime: an executor that imports the site's ClientApp
+    once, runs it only for approved apps, and forks a child per message.
+    """
     cfg = _site(config)
-    process = start_site(cfg)
+    try:
+        process = start_site(cfg, warm=warm)
+    except SiteAlreadyRunning as err:
+        _fail(str(err))
     console.print(
         f"SuperNode for {cfg.name} → {cfg.superlink} (PID {process.pid}); log {process.log_path}"
     )
+    for companion in process.companions:
+        console.print(
+            f"{companion.name} (PID {companion.pid}), approving "
+            f"{len(cfg.approved_apps)} app(s); log {companion.log_path}"
+        )
     _wait_until_stopped(process)
 
 
@@ -203,15 +242,23 @@ def site_budget(
     config: Path = typer.Option(..., help="The site's site.toml."),
     as_json: bool = typer.Option(False, "--json", help="Print the ledger summary as JSON."),
 ) -> None:
-    """ε spent per federation and run, and what is left of the site's budget."""
+    """ε spent per federation and run, the caps, and what is left of the lifetime budget."""
     summary = site_ledger(_site(config)).summary()
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    table = Table("federation", "run", "rounds", "ε after")
+    federations = Table("federation", "runs", "ε of its releases")
+    for fed in summary["federations"]:
+        federations.add_row(fed["federation"], str(fed["runs"]), f"{fed['epsilon']:.3f}")
+    runs = Table("federation", "run", "rounds", "ε of the run", "lifetime ε after")
     for run in summary["runs"]:
-        table.add_row(
-            run["federation"], run["run"], str(run["rounds"]), f"{run['epsilon_after']:.3f}"
+        runs.add_row(
+            run["federation"],
+            run["run"],
+            str(run["rounds"]),
+            f"{run['epsilon']:.3f}",
+            f"{run['epsilon_after']:.3f}",
         )
-    console.print(table)
+    console.print(federations)
+    console.print(runs)
     _print_budget(summary)

@@ -12,19 +12,29 @@ Three handlers:
 
 Refusals are sent as error replies in a closed vocabulary: problem kinds, counts, row
 numbers and the schema's own column names; never a cell, a header the schema does not
-declare, or a path of the site (the full message stays in the site's log).
+declare, or a path of the site (the full message stays in the site's log). The site keeps
+each refusal with that public reason in ``refusals.jsonl`` in its state folder, once its
+settings resolve (a site too misconfigured to name its state folder records nothing).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.secure_aggregation import secure_train_mod
-from client.site import SiteConfigError, SiteData, load_site, resolve_settings
+from client.site import (
+    RefusalRecord,
+    SiteConfigError,
+    SiteData,
+    load_site,
+    record_refusal,
+    resolve_settings,
+)
 from models.data.features import FeatureEncoder, declared_bounds
 from models.data.kinds.registry import load_schema
 from models.data.schema import SchemaError
@@ -101,6 +111,37 @@ def _site(context: Context, simulation_dir: str) -> SiteData:
         ) from err
 
 
+def _record(msg: Message, context: Context, refusal: Refusal) -> None:
+    """Keep ``refusal`` in the site's state folder, if the site's settings resolve.
+
+    The handler already read the message and resolved the settings the same way; a
+    refusal raised before they resolved has no state folder to go to and is not kept.
+    """
+    kind = msg.metadata.message_type.split(".")[0]
+    round_: int | None = None
+    if kind == MessageType.QUERY:
+        asked = StatisticsQuery.from_message(msg)
+        simulation_dir, federation, run = asked.simulation_dir, asked.federation, asked.run
+    else:
+        cfg = RoundConfig.from_record(dict(msg.content[CONFIG]))
+        simulation_dir, federation, run = cfg.simulation_dir, cfg.federation, cfg.run_key
+        round_ = cfg.server_round
+    try:
+        settings = resolve_settings(context.node_config, simulation_dir)
+    except (SiteConfigError, OSError):
+        return
+    record = RefusalRecord(
+        time=datetime.now(UTC).isoformat(timespec="seconds"),
+        message_type=kind,
+        code=refusal.code.name,
+        reason=str(refusal),
+        federation=federation,
+        run=run,
+        round=round_,
+    )
+    record_refusal(settings.state_dir, record)
+
+
 def _handle(
     handler: Callable[[Message, Context], RecordDict],
 ) -> Callable[[Message, Context], Message]:
@@ -111,6 +152,7 @@ def _handle(
             return Message(handler(msg, context), reply_to=msg)
         except Refusal as refusal:
             log.warning("refused %s: %s", msg.metadata.message_type, refusal)
+            _record(msg, context, refusal)
             return Message(Error(code=int(refusal.code), reason=str(refusal)), reply_to=msg)
 
     wrapped.__name__ = handler.__name__
@@ -173,7 +215,7 @@ def _round(msg: Message, context: Context) -> tuple[RoundConfig, SiteData]:
 def train(msg: Message, context: Context) -> RecordDict:
     """Train the global model on the site's data with DP-SGD and reply with the update."""
     cfg, site = _round(msg, context)
-    global_weights = from_array_record(msg.content[ARRAYS])
+    global_weights = from_array_record(msg.content.array_records[ARRAYS])
     request = RoundRequest(
         federation=cfg.federation,
         run=cfg.run_key,
@@ -228,7 +270,7 @@ def evaluate(msg: Message, context: Context) -> RecordDict:
     cfg, site = _round(msg, context)
     inputs, targets = site.encoded(cfg.standardization, "validation")
     model = build_model(cfg.model_spec)
-    set_weights(model, from_array_record(msg.content[ARRAYS]))
+    set_weights(model, from_array_record(msg.content.array_records[ARRAYS]))
     task = task_for(cfg.model_spec)
     encoder = FeatureEncoder(site.schema, cfg.standardization)
     # regression metrics in the label's own units

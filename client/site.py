@@ -5,13 +5,17 @@ Settings come from the SuperNode's ``--node-config`` in deployment (``data-path`
 ``epsilon-per-federation``, ``delta``, ``site-name``) or, in a
 simulation, from the simulation folder's ``sites.json`` entry for the node's
 ``partition-id``. Either way the same keys mean the same thing.
+
+The refusals the site sends are kept, one JSON line each, in ``refusals.jsonl`` in its
+state folder (:func:`record_refusal`), with the public reason only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,9 @@ from models.data.site_config import SiteConfigError
 from privacy.ledger import PrivacyLedger
 
 DEFAULT_VALIDATION_FRACTION = 0.2
+REFUSALS_FILE = "refusals.jsonl"
+
+log = logging.getLogger("fedcare.site")
 
 
 @dataclass(frozen=True)
@@ -196,3 +203,82 @@ def load_site(settings: SiteSettings, seed: int = 0) -> SiteData:
     data = SiteData(settings, schema, examples, np.sort(train_index), np.sort(validation_index))
     _CACHE[key] = data
     return data
+
+
+@dataclass(frozen=True)
+class RefusalRecord:
+    """A refusal the site sent, as its state folder keeps it.
+
+    Parameters
+    ----------
+    time : str
+        When, ISO 8601 in UTC.
+    message_type : str
+        What was refused: ``query``, ``train`` or ``evaluate``.
+    code : str
+        The name of its :class:`~protocol.federation.RefusalCode`.
+    reason : str
+        The public reason, exactly as sent to the coordinator: a closed vocabulary, no
+        value of a record and no path of the site.
+    federation, run : str
+        The federation and run that asked ('' when the message named none).
+    round : int or None
+        The round (None for a query).
+    """
+
+    time: str
+    message_type: str
+    code: str
+    reason: str
+    federation: str
+    run: str
+    round: int | None
+
+    def to_json(self) -> str:
+        """The record as one line of JSON."""
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> RefusalRecord:
+        """A record from a line :meth:`to_json` wrote.
+
+        Parameters
+        ----------
+        line : str
+            One line of ``refusals.jsonl``.
+
+        Raises
+        ------
+        ValueError, KeyError, TypeError
+            The line is not such a record (a write cut short, say).
+        """
+        data = json.loads(line)
+        round_ = data["round"]
+        return cls(
+            time=str(data["time"]),
+            message_type=str(data["message_type"]),
+            code=str(data["code"]),
+            reason=str(data["reason"]),
+            federation=str(data["federation"]),
+            run=str(data["run"]),
+            round=None if round_ is None else int(round_),
+        )
+
+
+def record_refusal(state_dir: Path, record: RefusalRecord) -> None:
+    """Append ``record`` to the site's ``refusals.jsonl``; a failed write is only logged.
+
+    Parameters
+    ----------
+    state_dir : Path
+        The site's state folder.
+    record : RefusalRecord
+        The refusal sent.
+    """
+    path = state_dir / REFUSALS_FILE
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(record.to_json() + "\n")
+    except OSError as err:  # the refusal is sent all the same
+        log.error("refusal not recorded in %s: %s", path, err)

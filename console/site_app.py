@@ -1,7 +1,8 @@
-"""A hospital's console: its ε, its releases and its last data check, on loopback.
+"""A hospital's console: its ε, its releases, its data check and its refusals, on loopback.
 
-No patient data is on it: the ledger holds only accounting figures, and the data check is
-shown as counts by column and kind of problem.
+No patient data is on it: the ledger holds only accounting figures, the data check is
+shown as counts by column and kind of problem, and a refusal as the public reason the
+coordinator received.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, Response
 
-from console.site_view import SiteView, site_view
+from console.site_view import REFUSALS_SHOWN, SiteView, site_view
 from console.web import Frame, Html, api, chart_slot, esc, number, secure, table
 from deploy.supernode import SiteConfig
 from privacy.tokens import TokenStore
@@ -62,11 +63,12 @@ def site_page(view: SiteView) -> HTMLResponse:
     )
     releases = table(
         "releases",
-        ["run", "round", "federation", "σ", "sampling rate", "steps", "lifetime ε after"],
+        ["run", "round", "what", "federation", "σ", "sampling rate", "steps", "lifetime ε after"],
         [
             [
                 r.run,
                 r.round,
+                "DP-SGD" if r.is_training else "statistics",
                 r.federation,
                 number(r.noise_multiplier, 3),
                 number(r.sample_rate, 5),
@@ -88,9 +90,22 @@ def site_page(view: SiteView) -> HTMLResponse:
         ["column", "problem", "count"],
         [[p.column or "whole file", p.problem, p.count] for p in check.problems],
     )
-    refusals = Html(
-        "<p>Refusals this site sent are not recorded at the site (the ClientApp logs them); "
-        "the coordinator's run pages list them by site and reason.</p>"
+    sent = view.refusals
+    refused = Html(
+        f"<h2>refusals sent</h2><p>{sent.total} refusal(s) recorded"
+        f"{f'; {sent.unreadable} unreadable line(s)' if sent.unreadable else ''}"
+        ", each with the reason the coordinator received.</p>"
+    )
+    by_code = table(
+        "refusals by code", ["code", "count"], [[c, n] for c, n in sent.by_code.items()]
+    )
+    recent = table(
+        f"refusals, newest first (at most {REFUSALS_SHOWN})",
+        ["time", "message", "code", "federation", "run", "round", "reason"],
+        [
+            [r.time, r.message_type, r.code, r.federation, r.run, r.round, r.reason]
+            for r in sent.recent
+        ],
     )
     return FRAME.page(
         f"site {view.name}",
@@ -103,7 +118,9 @@ def site_page(view: SiteView) -> HTMLResponse:
             releases,
             data,
             problems,
-            refusals,
+            refused,
+            by_code,
+            recent,
         ],
         "/",
         api="/api/site",

@@ -1,9 +1,10 @@
-"""A hospital's page: its ledger's ε (lifetime, per federation, per run), releases, data check.
+"""A hospital's page: its ledger's ε, releases, data check and the refusals it sent.
 
-Everything comes from the site's own files on each request: the privacy ledger in its
-state folder and the check `fedcare site check` makes. No value of a record is shown: the
-data check is counted by column and kind of problem, with numbers and quoted values
-masked out of the messages.
+Everything comes from the site's own files on each request: the privacy ledger and the
+refusals (``refusals.jsonl``) in its state folder, and the check `fedcare site check`
+makes. No value of a record is shown: the data check is counted by column and kind of
+problem, with numbers and quoted values masked out of the messages, and a refusal shows
+only the public reason the coordinator received.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
+from client.site import REFUSALS_FILE, RefusalRecord
 from console.charts import Chart, Series, Threshold
 from deploy.supernode import SiteConfig, check_site, site_ledger
 from privacy.ledger import Release
@@ -20,6 +23,7 @@ from privacy.ledger import Release
 _PROBLEM = re.compile(r"^.*?(?:, row \d+)?(?:, column '(?P<column>[^']*)')?: (?P<message>.*)$")
 # Quoted text and numbers in a message may be a record's values.
 _VALUE = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+REFUSALS_SHOWN = 50
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,28 @@ class DataCheck:
 
 
 @dataclass(frozen=True)
+class SiteRefusals:
+    """The refusals the site sent, as its state folder keeps them.
+
+    Parameters
+    ----------
+    total : int
+        Refusals recorded.
+    by_code : dict of str to int
+        Refusals per refusal code.
+    recent : list of RefusalRecord
+        The newest ones, newest first (at most ``REFUSALS_SHOWN``).
+    unreadable : int
+        Lines that are no record (a write cut short).
+    """
+
+    total: int
+    by_code: dict[str, int]
+    recent: list[RefusalRecord]
+    unreadable: int
+
+
+@dataclass(frozen=True)
 class SiteView:
     """The site page.
 
@@ -127,6 +153,8 @@ class SiteView:
         Every release, oldest first.
     check : DataCheck
         The data check.
+    refusals : SiteRefusals
+        The refusals it sent.
     chart : Chart
         Lifetime, federation and run ε after each release, with the budget lines.
     """
@@ -143,6 +171,7 @@ class SiteView:
     runs: list[RunEpsilon]
     releases: list[Release]
     check: DataCheck
+    refusals: SiteRefusals
     chart: Chart
 
 
@@ -161,6 +190,30 @@ def count_problems(problems: list[str]) -> list[ProblemCount]:
         message = match.group("message") if match else text
         counts[(column, _VALUE.sub("…", message))] += 1
     return [ProblemCount(c, p, n) for (c, p), n in sorted(counts.items())]
+
+
+def read_refusals(state_dir: Path) -> SiteRefusals:
+    """The refusals in the site's ``refusals.jsonl``, counted by code, the newest listed.
+
+    Parameters
+    ----------
+    state_dir : Path
+        The site's state folder (no file yet: no refusal).
+    """
+    path = state_dir / REFUSALS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    records, unreadable = [], 0
+    for line in lines:
+        try:
+            records.append(RefusalRecord.from_json(line))
+        except (ValueError, KeyError, TypeError):
+            unreadable += 1
+    return SiteRefusals(
+        total=len(records),
+        by_code=dict(sorted(Counter(r.code for r in records).items())),
+        recent=records[::-1][:REFUSALS_SHOWN],
+        unreadable=unreadable,
+    )
 
 
 def site_view(cfg: SiteConfig) -> SiteView:
@@ -215,5 +268,6 @@ def site_view(cfg: SiteConfig) -> SiteView:
         ],
         releases=releases,
         check=DataCheck(checked.rows, checked.label_counts, count_problems(checked.problems)),
+        refusals=read_refusals(cfg.state_dir),
         chart=chart,
     )

@@ -67,12 +67,28 @@ def alive(pid: int) -> bool:
 
 @dataclass
 class ManagedProcess:
-    """A process we started, stopped by its PID (and its own children by theirs)."""
+    """A process we started, stopped by its PID (and its own children by theirs).
+
+    Parameters
+    ----------
+    name : str
+        What it is, for messages.
+    popen : subprocess.Popen
+        The started process (leader of its own process group).
+    log_path : Path, optional
+        Where its output goes.
+    known_children : set of int
+        PIDs of descendants seen so far, stopped by :meth:`stop` whatever their group.
+    companions : list of ManagedProcess
+        Processes that live and die with this one (a SuperNode's site executor): stopped
+        and killed with it, each by its PID.
+    """
 
     name: str
     popen: subprocess.Popen
     log_path: Path | None = None
     known_children: set[int] = field(default_factory=set)
+    companions: list[ManagedProcess] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -86,6 +102,8 @@ class ManagedProcess:
     def remember_children(self) -> None:
         """Note the PIDs of descendants (SuperExec, app processes) so stop() can reap them."""
         self.known_children.update(descendants(self.pid))
+        for companion in self.companions:
+            companion.remember_children()
 
     def log_text(self) -> str:
         """The process's log so far; empty when it has none."""
@@ -126,6 +144,8 @@ class ManagedProcess:
             if alive(child):
                 _signal(child, signal.SIGKILL)
         _signal_group(self.pid, signal.SIGKILL)
+        for companion in self.companions:
+            companion.stop(timeout)
         return self.popen.returncode
 
     def kill(self) -> None:
@@ -135,6 +155,8 @@ class ManagedProcess:
         for child in self.known_children:
             _signal(child, signal.SIGKILL)
         self.popen.wait(timeout=30)
+        for companion in self.companions:
+            companion.kill()
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -13,7 +13,8 @@
         ca.crt                            to verify the SuperLink
         auth.key auth.pub                 this site's SuperNode authentication key pair
         signing.pub                       to verify models the coordinator publishes
-        site.toml                         the agent's configuration (filled in by the site)
+        site.toml                         the agent's configuration (filled in by the site),
+                                          with the approved app's FAB hash
 
 Re-running is safe: an existing private key is reused, never replaced, unless `force`.
 Public artefacts (certificates, copies of public keys, federation.toml) are rewritten from
@@ -22,15 +23,20 @@ the keys; a site's `site.toml` is left alone once it exists (the hospital edits 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from flwr.cli.build import build_fab_from_disk
+
 from privacy import pki
 
+# fedcare's own Flower App (the folder with its pyproject.toml's [tool.flwr.app]).
+FEDCARE_APP = Path(__file__).resolve().parents[1]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_PORT = 8000
 RENEW_BEFORE = timedelta(days=30)
@@ -56,6 +62,8 @@ class ProvisionResult:
         New private keys, private keys kept as they were, public artefacts (re)written.
     server_cert_issued : bool
         Whether the SuperLink's certificate was (re)issued.
+    approved_apps : list of str
+        The FAB hashes written into new site.toml files (empty when none was written).
     """
 
     out_dir: Path
@@ -66,6 +74,7 @@ class ProvisionResult:
     reused: list[Path] = field(default_factory=list)  # private keys kept as they were
     written: list[Path] = field(default_factory=list)  # public artefacts (re)written
     server_cert_issued: bool = False
+    approved_apps: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A few lines for the operator: what was made and who gets which folder."""
@@ -74,6 +83,8 @@ class ProvisionResult:
             f"({', '.join(self.sites)}), SuperLink at {self.superlink_address}",
             f"  new private keys: {len(self.created)}; kept: {len(self.reused)}",
             f"  SuperLink certificate: {'issued' if self.server_cert_issued else 'kept'}",
+            f"  approved apps (FAB sha256) in new site.toml files: "
+            f"{', '.join(self.approved_apps) or '-'}",
             f"  give each site only its folder {self.out_dir / 'sites' / '<site>'}; "
             f"keep {self.out_dir / 'ca'} offline",
         ]
@@ -125,7 +136,45 @@ def _server_cert_ok(
     return pki.cert_sans(cert) == (want_dns, want_ips)
 
 
-def _site_toml(site: str, federation: str, address: str, port: int) -> str:
+def app_fab_sha256(app_dir: str | Path = FEDCARE_APP) -> str:
+    """The hash a run of the Flower App in ``app_dir`` carries.
+
+    The sha256 hex digest of the FAB that ``flwr build`` and ``flwr run`` build from the
+    folder (Flower's build is reproducible: fixed timestamps, filtered files).
+
+    Parameters
+    ----------
+    app_dir : str or Path
+        The app's folder (its ``pyproject.toml`` has ``[tool.flwr.app]``).
+    """
+    return hashlib.sha256(build_fab_from_disk(Path(app_dir))).hexdigest()
+
+
+@dataclass(frozen=True)
+class SiteDefaults:
+    """What a new site.toml starts with; the hospital may change any of it.
+
+    Parameters
+    ----------
+    runtime_port : int
+        The SuperNode's loopback Runtime API port.
+    epsilon_budget : float
+        The site's lifetime ε budget.
+    epsilon_per_run, epsilon_per_federation : float
+        The most one run, and all runs of the federation, may spend.
+    approved_apps : tuple of str
+        FAB hashes of the apps the site takes part in.
+    """
+
+    runtime_port: int = 9094
+    epsilon_budget: float = 8.0
+    epsilon_per_run: float = 8.0
+    epsilon_per_federation: float = 8.0
+    approved_apps: tuple[str, ...] = ()
+
+
+def _site_toml(site: str, federation: str, address: str, d: SiteDefaults) -> str:
+    approved = ", ".join(f'"{h}"' for h in d.approved_apps)
     return f"""\
 # fedcare site configuration for {site!r} in federation {federation!r}.
 # Paths are relative to this file. Fill in [data] before `fedcare site check`.
@@ -151,12 +200,23 @@ schema = ""          # the federation's schema file (required)
 dir = "state"
 
 [privacy]
-epsilon-budget = 8.0 # this site refuses any round that would take it past this budget
+# This site refuses any round that would take it past one of these.
+epsilon-budget = {d.epsilon_budget!r} # over the site's lifetime, every federation and run
+epsilon-per-run = {d.epsilon_per_run!r} # what one run may spend
+epsilon-per-federation = {d.epsilon_per_federation!r} # what all runs of one federation may spend
 delta = 1e-5
 
 [supernode]
 # Loopback port of the SuperNode's local Runtime API (ClientApp <-> SuperNode).
-runtime-port = {port}
+runtime-port = {d.runtime_port}
+
+[runtime]
+# Runs this site takes part in: the sha256 of each approved Flower App Bundle (FAB), as
+# `flwr build` names it. For them the site runs its own installed ClientApp; it never
+# installs or imports a run's code. Any other run gets an error reply (code 105).
+approved-apps = [{approved}]
+client-app = "client.app:app"
+task-poll-interval = 0.1  # seconds between task requests while idle
 """
 
 
@@ -205,6 +265,10 @@ def provision(
     superlink_address: str | None = None,
     port: int = DEFAULT_PORT,
     supernode_runtime_port: int = 9094,
+    approved_apps: Sequence[str] | None = None,
+    epsilon_budget: float = 8.0,
+    epsilon_per_run: float | None = None,
+    epsilon_per_federation: float | None = None,
 ) -> ProvisionResult:
     """Create (or complete) a federation's keys and certificates under `out_dir`.
 
@@ -218,6 +282,11 @@ def provision(
     superlink_address : host:port the sites dial; default the first DNS name (else IP)
         with `port`.
     supernode_runtime_port : the loopback port written into each new site.toml.
+    approved_apps : FAB sha256 digests the new site.toml files approve; default the hash of
+        fedcare's own app folder (:func:`app_fab_sha256`).
+    epsilon_budget, epsilon_per_run, epsilon_per_federation : the new site.toml files'
+        lifetime ε budget and caps per run and per federation (default: the lifetime
+        budget, i.e. no tighter cap).
     """
     federation = _check_name("federation", federation)
     sites = [_check_name("site", s.strip()) for s in sites if s.strip()]
@@ -241,10 +310,20 @@ def provision(
             f"{san_dns + san_ips}: sites would reject the certificate"
         )
 
+    defaults = SiteDefaults(
+        runtime_port=supernode_runtime_port,
+        epsilon_budget=float(epsilon_budget),
+        epsilon_per_run=float(epsilon_per_run or epsilon_budget),
+        epsilon_per_federation=float(epsilon_per_federation or epsilon_budget),
+        approved_apps=tuple(approved_apps or ()),
+    )
     out = Path(out_dir)
     ca_dir, coord_dir, sites_dir = out / "ca", out / "coordinator", out / "sites"
     result = ProvisionResult(
-        out_dir=out, federation=federation, sites=sites, superlink_address=superlink_address
+        out_dir=out,
+        federation=federation,
+        sites=sites,
+        superlink_address=superlink_address,
     )
 
     # --- the CA. A CA certificate without its key means the key was moved offline (or
@@ -322,7 +401,11 @@ def provision(
         _public(coord_dir / "sites" / f"{site}.pub", keys.public_openssh, result)
         site_toml = sdir / "site.toml"
         if force or not site_toml.exists():
-            text = _site_toml(site, federation, superlink_address, supernode_runtime_port)
+            if approved_apps is None and not result.approved_apps:
+                # building the FAB takes seconds: only when a site.toml is written
+                defaults = replace(defaults, approved_apps=(app_fab_sha256(),))
+            result.approved_apps = list(defaults.approved_apps)
+            text = _site_toml(site, federation, superlink_address, defaults)
             pki.write_public(site_toml, text.encode())
             result.written.append(site_toml)
         fingerprints[site] = pki.fingerprint(site_key.public_key())

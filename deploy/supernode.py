@@ -11,25 +11,44 @@ CA as root certificate), the site's authentication key, and the site's settings 
 the ClientApp as node config (`--node-config state/node-config.toml`). Only outbound HTTPS
 to the SuperLink is needed; the SuperNode's own Runtime API listens on loopback
 (`[supernode] runtime-port`).
+
+By default the site runs warm: `flower-supernode --isolation process` plus the site's own
+executor (deploy/site_runtime.py), which imports the ClientApp once, forks a child per
+message and runs only runs whose app is in `[runtime] approved-apps`.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 import tomli_w
+from flwr.proto.fleet_pb2 import DeactivateNodeRequest  # pylint: disable=E0611
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.protobuf.client import ProtobufClientInterceptor
+from flwr.supernode.fleet_http_client import FleetHttpClient
+from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
-from deploy.process import ManagedProcess, bin_dir, spawn
+from deploy.process import ManagedProcess, alive, bin_dir, spawn
+from deploy.site_runtime import DEFAULT_CLIENT_APP, DEFAULT_TASK_POLL_INTERVAL, executor_command
 from deploy.superlink import flower_env
 from models.data.kinds.registry import get_kind, load_schema
 from models.data.schema import SchemaError
 from models.data.site_config import SiteConfigError
 from models.data.tables import DataProblem, SiteDataError
 from privacy.ledger import PrivacyLedger
+from privacy.pki import load_node_auth_private_key
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+NODE_ID_RE = re.compile(r"SuperNode ID: (\d+)")  # what flower-supernode logs on activation
+# Where fedcare's packages are: the executor imports the site's ClientApp from here.
+FEDCARE_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -51,11 +70,20 @@ class SiteConfig:
     state_dir : Path
         The privacy ledger and the SuperNode's files; back it up.
     epsilon_budget, delta : float
-        The most ε this site spends on its data, and δ of its accounting.
+        The most ε this site spends on its data over its lifetime, and δ of its accounting.
     runtime_port : int
         Loopback port of the SuperNode's local Runtime API.
     extra_node_config : dict
         `[node-config]` entries passed to the ClientApp as they are.
+    epsilon_per_run, epsilon_per_federation : float or None
+        Optional caps on ε spent by one run and by one federation (``[privacy]``
+        ``epsilon-per-run``, ``epsilon-per-federation``); None: no such cap is passed.
+    approved_apps : tuple of str
+        sha256 digests of the FABs this site takes part in (``[runtime] approved-apps``).
+    client_app : str
+        The site's installed ClientApp, ``module:attribute`` (``[runtime] client-app``).
+    task_poll_interval : float
+        Seconds between the site executor's task requests while idle.
     """
 
     path: Path
@@ -71,6 +99,11 @@ class SiteConfig:
     delta: float
     runtime_port: int
     extra_node_config: dict = field(default_factory=dict)
+    epsilon_per_run: float | None = None
+    epsilon_per_federation: float | None = None
+    approved_apps: tuple[str, ...] = ()
+    client_app: str = DEFAULT_CLIENT_APP
+    task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL
 
     @property
     def node_config(self) -> dict:
@@ -84,6 +117,12 @@ class SiteConfig:
             "epsilon-budget": float(self.epsilon_budget),
             "delta": float(self.delta),
         }
+        for key, cap in (
+            ("epsilon-per-run", self.epsilon_per_run),
+            ("epsilon-per-federation", self.epsilon_per_federation),
+        ):
+            if cap is not None:
+                cfg[key] = float(cap)
         cfg.update(self.extra_node_config)
         return cfg
 
@@ -93,6 +132,22 @@ def _resolve(base: Path, value: str | None) -> Path | None:
         return None
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base / p).resolve()
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _approved_apps(path: Path, value: object) -> tuple[str, ...]:
+    """``[runtime] approved-apps``: a list of FAB sha256 hex digests."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and SHA256_RE.match(v) for v in value
+    ):
+        raise SiteConfigError(
+            f"{path}: [runtime] approved-apps must be a list of FAB sha256 hex digests "
+            "(64 lower-case hex characters each)"
+        )
+    return tuple(value)
 
 
 def load_site_config(path: str | Path) -> SiteConfig:
@@ -112,6 +167,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
         except KeyError:
             raise SiteConfigError(f"{path}: [{table}] {key} is required") from None
 
+    privacy, runtime = data.get("privacy", {}), data.get("runtime", {})
     cfg = SiteConfig(
         path=path,
         name=str(need("site", "name")),
@@ -122,10 +178,15 @@ def load_site_config(path: str | Path) -> SiteConfig:
         data_path=_resolve(base, data.get("data", {}).get("path")),
         schema_path=_resolve(base, data.get("data", {}).get("schema")),
         state_dir=_resolve(base, data.get("state", {}).get("dir", "state")),
-        epsilon_budget=float(data.get("privacy", {}).get("epsilon-budget", 8.0)),
-        delta=float(data.get("privacy", {}).get("delta", 1e-5)),
+        epsilon_budget=float(privacy.get("epsilon-budget", 8.0)),
+        delta=float(privacy.get("delta", 1e-5)),
         runtime_port=int(data.get("supernode", {}).get("runtime-port", 9094)),
         extra_node_config=dict(data.get("node-config", {})),
+        epsilon_per_run=_optional_float(privacy.get("epsilon-per-run")),
+        epsilon_per_federation=_optional_float(privacy.get("epsilon-per-federation")),
+        approved_apps=_approved_apps(path, runtime.get("approved-apps", [])),
+        client_app=str(runtime.get("client-app", DEFAULT_CLIENT_APP)),
+        task_poll_interval=float(runtime.get("task-poll-interval", DEFAULT_TASK_POLL_INTERVAL)),
     )
     for label, p in (
         ("root-certificates", cfg.root_certificates),
@@ -136,9 +197,21 @@ def load_site_config(path: str | Path) -> SiteConfig:
     return cfg
 
 
-def supernode_command(cfg: SiteConfig, node_config_file: Path) -> list[str]:
-    """`flower-supernode` with TLS to the SuperLink, this site's key and node config."""
-    return [
+def supernode_command(cfg: SiteConfig, node_config_file: Path, warm: bool = True) -> list[str]:
+    """`flower-supernode` with TLS to the SuperLink, this site's key and node config.
+
+    Parameters
+    ----------
+    cfg : SiteConfig
+        The site.
+    node_config_file : Path
+        The ClientApp's node config (see :func:`write_node_config`).
+    warm : bool
+        ``--isolation process``: the site's own executor runs the ClientApp (see
+        deploy/site_runtime.py). Otherwise Flower's default: the SuperNode starts a
+        `flwr-clientapp` process, which installs and imports the run's FAB, per message.
+    """
+    cmd = [
         str(bin_dir() / "flower-supernode"),
         "--superlink",
         cfg.superlink,
@@ -153,6 +226,7 @@ def supernode_command(cfg: SiteConfig, node_config_file: Path) -> list[str]:
         "--node-config",
         str(node_config_file),
     ]
+    return [*cmd, "--isolation", "process"] if warm else cmd
 
 
 def write_node_config(cfg: SiteConfig, overrides: Mapping[str, object] | None = None) -> Path:
@@ -165,13 +239,58 @@ def write_node_config(cfg: SiteConfig, overrides: Mapping[str, object] | None = 
     return path
 
 
+class SiteAlreadyRunning(RuntimeError):
+    """The SuperNode last started from the same state folder is still running."""
+
+
+def release_stale_session(cfg: SiteConfig) -> bool:
+    """After a crash, tell the SuperLink that this site's previous SuperNode is gone.
+
+    The SuperLink refuses to activate a key it counts as online, and counts a SuperNode
+    that stopped without saying goodbye as online until its heartbeats are missing for
+    2 × 30 s (hard-coded in flwr 1.41: ``HEARTBEAT_DEFAULT_INTERVAL``,
+    ``HEARTBEAT_PATIENCE``). A SuperNode deactivates itself when it stops; this sends that
+    deactivation for one that was killed, signed with the site's own key (the SuperLink
+    accepts it only for the node id registered with that key), so a restart takes part at
+    once.
+
+    Parameters
+    ----------
+    cfg : SiteConfig
+        The site; its node id is read from its SuperNode's log in the state folder.
+
+    Returns
+    -------
+    bool
+        Whether the SuperLink deactivated a node (False: none known, or not online).
+    """
+    log = cfg.state_dir / "supernode.log"
+    node_ids = NODE_ID_RE.findall(log.read_text(errors="replace")) if log.exists() else []
+    if not node_ids:
+        return False
+    key = load_node_auth_private_key(cfg.private_key.read_bytes())
+    interceptors: list[ProtobufClientInterceptor] = [
+        RuntimeVersionHttpInterceptor(component_name="SuperNode"),
+        NodeAuthHttpInterceptor(key, key.public_key()),
+    ]
+    try:
+        with FleetHttpClient.from_server_address(
+            cfg.superlink, False, str(cfg.root_certificates), interceptors=interceptors
+        ) as client:
+            client.DeactivateNode(DeactivateNodeRequest(node_id=int(node_ids[-1])))
+    except httpx.HTTPError:
+        return False  # already offline, or the SuperLink is unreachable: nothing to undo
+    return True
+
+
 def start_site(
     cfg: SiteConfig,
     overrides: Mapping[str, object] | None = None,
     max_retries: int | None = None,
     max_wait_time: float | None = None,
+    warm: bool = True,
 ) -> ManagedProcess:
-    """Start this site's SuperNode in the background; the caller stops it by PID.
+    """Start this site's SuperNode (and its executor) in the background; stop it by PID.
 
     Parameters
     ----------
@@ -182,15 +301,56 @@ def start_site(
     max_retries, max_wait_time : optional
         How often / how long the SuperNode retries the SuperLink before it gives up
         (default: for ever).
+    warm : bool
+        Run the warm site runtime (default): the SuperNode with ``--isolation process``
+        and the site executor as its companion process, which exits when the SuperNode
+        does and is stopped (or killed) with it. ``False``: Flower's default isolation.
+
+    Returns
+    -------
+    ManagedProcess
+        The SuperNode; the executor is in its ``companions``.
+
+    Raises
+    ------
+    SiteAlreadyRunning
+        The SuperNode last started from this state folder still runs.
     """
+    pid_file = cfg.state_dir / "supernode.pid"
+    if pid_file.exists() and alive(int(pid_file.read_text())):
+        raise SiteAlreadyRunning(
+            f"site {cfg.name}'s SuperNode runs already (PID {pid_file.read_text()})"
+        )
+    release_stale_session(cfg)
     node_cfg = write_node_config(cfg, overrides)
-    cmd = supernode_command(cfg, node_cfg)
+    cmd = supernode_command(cfg, node_cfg, warm)
     if max_retries is not None:
         cmd += ["--max-retries", str(max_retries)]
     if max_wait_time is not None:
         cmd += ["--max-wait-time", str(max_wait_time)]
     env = flower_env(cfg.state_dir / "flwr-home")
-    return spawn(f"supernode[{cfg.name}]", cmd, env, cfg.state_dir / "supernode.log")
+    supernode = spawn(f"supernode[{cfg.name}]", cmd, env, cfg.state_dir / "supernode.log")
+    pid_file.write_text(str(supernode.pid))
+    if warm:
+        executor = executor_command(
+            sys.executable,
+            f"127.0.0.1:{cfg.runtime_port}",
+            cfg.name,
+            cfg.approved_apps,
+            cfg.client_app,
+            cfg.task_poll_interval,
+            supernode.pid,
+        )
+        supernode.companions.append(
+            spawn(
+                f"site-executor[{cfg.name}]",
+                executor,
+                env,
+                cfg.state_dir / "executor.log",
+                cwd=FEDCARE_ROOT,
+            )
+        )
+    return supernode
 
 
 # ---------------------------------------------------------------- site check and budget
@@ -210,12 +370,15 @@ class SiteCheck:
         Everything wrong with the data or the schema, by row and column where known.
     budget : dict
         The privacy ledger's summary (see ``PrivacyLedger.summary``).
+    approved_apps : tuple of str
+        The FAB hashes whose runs the site takes part in (``[runtime] approved-apps``).
     """
 
     rows: int
     label_counts: dict[str, int]
     problems: list[str]
     budget: dict
+    approved_apps: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -224,8 +387,14 @@ class SiteCheck:
 
 
 def site_ledger(cfg: SiteConfig) -> PrivacyLedger:
-    """The site's privacy ledger (in its state folder), read-only use."""
-    return PrivacyLedger(cfg.state_dir, cfg.epsilon_budget, cfg.delta)
+    """The site's privacy ledger (in its state folder) with its caps, read-only use."""
+    return PrivacyLedger(
+        cfg.state_dir,
+        cfg.epsilon_budget,
+        cfg.delta,
+        epsilon_per_run=cfg.epsilon_per_run,
+        epsilon_per_federation=cfg.epsilon_per_federation,
+    )
 
 
 def check_site(cfg: SiteConfig) -> SiteCheck:
@@ -245,4 +414,4 @@ def check_site(cfg: SiteConfig) -> SiteCheck:
             problems += [str(p) for p in err.problems]
         except (SchemaError, OSError) as err:
             problems.append(str(DataProblem(str(cfg.data_path), None, None, str(err))))
-    return SiteCheck(rows, labels, problems, site_ledger(cfg).summary())
+    return SiteCheck(rows, labels, problems, site_ledger(cfg).summary(), cfg.approved_apps)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import importlib
 import os
+from logging import INFO
 from pathlib import Path
 
 from flwr.app import Context
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
 from privacy.signing import signer_from_file
@@ -65,12 +67,21 @@ def make_server_app(
         if preparer is None and run_settings.mode == "simulation":
             preparer = load_component(run_settings.site_preparer)
         outcome = run_federation(
-            grid, run_settings, progress=progress, signer=run_signer, prepare_sites=preparer
+            grid,
+            run_settings,
+            progress=progress or _flower_log,
+            signer=run_signer,
+            prepare_sites=preparer,
         )
         if outcomes is not None:
             outcomes.append(outcome)
 
     return app
+
+
+def _flower_log(line: str) -> None:
+    """A progress line through Flower's logger: what `flwr log` shows of a run."""
+    flwr_log(INFO, "%s", line)
 
 
 def load_component(reference: str) -> SitePreparer:

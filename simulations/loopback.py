@@ -1,7 +1,7 @@
 """A real deployed federation on one machine, all on loopback.
 
 Provisioned keys, a SuperLink with TLS and SuperNode authentication, one SuperNode per
-hospital.
+hospital (with the warm site runtime, each approving fedcare's own app as provisioned).
 
 Used by tests/e2e/test_deploy_loopback.py and benchmarks/deployed_round.py. Every process is
 started in its own process group and stopped by PID in :meth:`LoopbackFederation.stop`.
@@ -9,16 +9,42 @@ started in its own process group and stopped by PID in :meth:`LoopbackFederation
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flwr.cli.build import build_fab_from_disk
+
 from deploy.process import ManagedProcess, alive, free_loopback_port
-from deploy.provision import provision
+from deploy.provision import FEDCARE_APP, provision
 from deploy.superlink import Coordinator, open_coordinator
 from deploy.supernode import load_site_config, start_site
 from server.settings import RunSettings
 from simulations.prepare import prepare_simulation
+
+
+def snapshot_app(dest: Path, source: Path = FEDCARE_APP) -> tuple[Path, str]:
+    """Freeze the app: unpack its FAB into ``dest``; the folder and the FAB's hash.
+
+    Runs submitted from the snapshot carry the hash the sites approved at provisioning,
+    whatever is edited in ``source`` meanwhile (a rebuild of the unpacked files gives the
+    same bytes: Flower's build is reproducible).
+
+    Parameters
+    ----------
+    dest : Path
+        A new folder, named like the app (``flwr run`` takes its name as the project's).
+    source : Path
+        The app's folder; default fedcare's own.
+    """
+    fab = build_fab_from_disk(source)
+    with zipfile.ZipFile(io.BytesIO(fab)) as bundle:
+        members = [n for n in bundle.namelist() if not n.startswith(".info/")]
+        bundle.extractall(dest, members)
+    return dest, hashlib.sha256(fab).hexdigest()
 
 
 def fill_site_file(
@@ -35,13 +61,15 @@ def fill_site_file(
     runtime_port : int
         A free loopback port for the SuperNode's Runtime API.
     epsilon_budget : float
-        The site's ε budget over all runs (each run plans its noise to fit what is left).
+        The site's ε budget over all runs (each run plans its noise to fit what is left);
+        also its per-run and per-federation caps.
     """
     text = path.read_text()
     text = re.sub(r'(?m)^path = ""', f'path = "{data}"', text)
     text = re.sub(r'(?m)^schema = ""', f'schema = "{schema}"', text)
     text = re.sub(r"(?m)^runtime-port = \d+", f"runtime-port = {runtime_port}", text)
-    text = re.sub(r"(?m)^epsilon-budget = \S+", f"epsilon-budget = {epsilon_budget}", text)
+    for key in ("epsilon-budget", "epsilon-per-run", "epsilon-per-federation"):
+        text = re.sub(rf"(?m)^{key} = \S+", f"{key} = {epsilon_budget}", text)
     path.write_text(text)
 
 
@@ -55,6 +83,8 @@ class LoopbackFederation:
         Holds ``fed/`` (what provisioning made) and ``data/`` (the hospitals' files).
     coordinator : Coordinator
         The SuperLink (started by :func:`start_loopback_federation`).
+    app : Path
+        The snapshot of fedcare's app the sites approve (:func:`snapshot_app`): submit it.
     schema, test_set : Path
         The federation's schema and the coordinator's held-out test set (or None).
     node_ids : dict of str to str
@@ -67,6 +97,7 @@ class LoopbackFederation:
 
     root: Path
     coordinator: Coordinator
+    app: Path
     schema: Path
     test_set: Path | None
     node_ids: dict[str, str] = field(default_factory=dict)  # site -> SuperLink node id
@@ -109,7 +140,8 @@ class LoopbackFederation:
         pids: list[int] = []
         for process in processes:
             process.remember_children()
-            pids += [process.pid, *process.known_children]
+            for each in (process, *process.companions):
+                pids += [each.pid, *each.known_children]
             process.stop()
         return [pid for pid in pids if alive(pid)]
 
@@ -119,10 +151,12 @@ def start_loopback_federation(
     sites: list[str],
     extra_sites: tuple[str, ...] = (),
     epsilon_budget: float = 8.0,
+    warm: bool = True,
 ) -> LoopbackFederation:
     """Provision a federation, split the data among its sites and start it.
 
-    Provisions ``sites`` (and ``extra_sites``, not registered or started), splits
+    Snapshots fedcare's app (the sites approve its hash), provisions ``sites`` (and
+    ``extra_sites``, not registered or started), splits
     scikit-learn's breast cancer data among ``sites``, starts the SuperLink, registers
     ``sites`` and starts their SuperNodes, each with ``epsilon_budget``. The caller calls
     :meth:`LoopbackFederation.stop` when done (also on failure); a failure while starting
@@ -138,6 +172,9 @@ def start_loopback_federation(
         Sites provisioned only (to register or start later).
     epsilon_budget : float
         Each started site's ε budget over all runs.
+    warm : bool
+        Start the sites with the warm site runtime (default) or Flower's default
+        isolation (one ``flwr-clientapp`` process per message).
 
     Returns
     -------
@@ -145,7 +182,8 @@ def start_loopback_federation(
         The running federation.
     """
     port = free_loopback_port()
-    provision("loop", [*sites, *extra_sites], root / "fed", port=port)
+    app, app_hash = snapshot_app(root / "app" / "fedcare")
+    provision("loop", [*sites, *extra_sites], root / "fed", port=port, approved_apps=[app_hash])
     layout = prepare_simulation(RunSettings(sites=len(sites)), root / "data")
     for site, entry in zip(sites, layout.sites, strict=True):
         fill_site_file(
@@ -156,12 +194,12 @@ def start_loopback_federation(
             epsilon_budget,
         )
     coordinator = open_coordinator(root / "fed" / "coordinator", host="127.0.0.1")
-    federation = LoopbackFederation(root, coordinator, layout.schema_path, layout.test_path)
+    federation = LoopbackFederation(root, coordinator, app, layout.schema_path, layout.test_path)
     try:
         coordinator.start()
         federation.node_ids = coordinator.register_sites(sites)
         for site in sites:
-            federation.start(site)
+            federation.start(site, warm=warm)
         coordinator.wait_nodes_online(len(sites), timeout=300)
         for process in federation.nodes.values():
             process.remember_children()  # their SuperExecs, whatever becomes of the parent

@@ -174,7 +174,7 @@ def test_pages_show_the_run_the_ledgers_and_the_signed_model(world, browser):
     assert report["run"] in text
     for entry in world["sites"]:
         ledger = PrivacyLedger(entry["state-dir"], entry["epsilon-budget"], entry["delta"])
-        assert [r.round for r in ledger.releases] == [1, 2]
+        assert [r.round for r in ledger.releases if r.is_training] == [1, 2]
         assert f"{ledger.spent:.3f}" in text  # the site's own ledger says what the page says
     rounds = page.get_by_role("table", name="rounds").inner_text()
     assert [line.split("\t")[0] for line in rounds.splitlines()[2:]] == ["1", "2"]
@@ -219,9 +219,10 @@ def test_site_page_shows_its_ledger_and_data_check(world, browser):
     assert entry["site-name"] in text
     assert f"{ledger.spent:.3f} spent of {ledger.epsilon_budget}" in text
     releases = page.get_by_role("table", name="releases").inner_text().splitlines()[2:]
-    assert len(releases) == len(ledger.releases) == 2
+    assert len(releases) == len(ledger.releases) == 3  # the statistics, then 2 rounds
     for line, release in zip(releases, ledger.releases, strict=True):
         assert f"{release.noise_multiplier:.3f}" in line and f"\t{release.steps}\t" in line
+        assert ("DP-SGD" if release.is_training else "statistics") in line
     assert "0 problem(s)" in text
     _shoot(page, world, "site")
 

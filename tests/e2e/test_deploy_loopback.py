@@ -1,6 +1,7 @@
 """The real deployment on loopback: `fedcare provision`'s federation, a SuperLink with TLS
-and SuperNode authentication, hospitals' SuperNodes, the fedcare app run with `flwr run`,
-SecAgg+ and DP-SGD, and the faults a federation must survive.
+and SuperNode authentication, hospitals' SuperNodes with the warm site runtime (the site's
+own executor, approved apps only), the fedcare app run with `flwr run`, SecAgg+ and
+DP-SGD, and the faults a federation must survive.
 
 Every process is started here, in its own process group, and stopped here by PID (even
 when a test fails); each test's processes use free loopback ports and their own FLWR_HOME.
@@ -13,13 +14,14 @@ import csv
 import dataclasses
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from deploy.process import free_loopback_port
-from deploy.provision import provision
+from deploy.provision import app_fab_sha256, provision
 from deploy.superlink import CoordinatorError
 from deploy.supernode import check_site, load_site_config, site_ledger, start_site
 from privacy.signing import load_verify_key
@@ -33,7 +35,6 @@ from simulations.loopback import (
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 SITES = ["a", "b", "c"]
 TIMINGS: dict[str, float] = {}
 
@@ -80,12 +81,6 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5) -> None:
         time.sleep(poll)
 
 
-def _status(dep: LoopbackFederation, site: str) -> str:
-    """The SuperLink's view of a site's SuperNode: registered, online or offline."""
-    (node,) = [n for n in dep.coordinator.nodes() if n["node-id"] == dep.node_ids[site]]
-    return str(node["status"])
-
-
 def _ledgers_agree_with_report(dep: LoopbackFederation, report: dict, sites: list[str]) -> None:
     """No site's ε counted twice or lost: its own ledger says what the run's report says."""
     spent = report["privacy"]["epsilon_spent"]
@@ -105,7 +100,7 @@ def test_three_rounds_secagg_dp_signed_model_and_a_supernode_killed_mid_round(de
     log_c = dep.nodes["c"].log_path
     seen = log_c.read_text().count("Receiving: train message")
     t0 = time.monotonic()
-    run_id = dep.coordinator.submit(ROOT, dep.run_config("e2e", **{"num-server-rounds": 3}))
+    run_id = dep.coordinator.submit(dep.app, dep.run_config("e2e", **{"num-server-rounds": 3}))
     # SecAgg+ sends 4 TRAIN messages a round; the 3rd asks for the masked update.
     _wait_for(
         lambda: log_c.read_text().count("Receiving: train message") >= seen + 3,
@@ -113,11 +108,12 @@ def test_three_rounds_secagg_dp_signed_model_and_a_supernode_killed_mid_round(de
         "site c to be asked for its masked update",
     )
     dep.nodes["c"].kill()
-    # The SuperLink refuses a second activation of a key it still counts as online; it
-    # counts a SuperNode without heartbeats as offline after about a minute.
-    _wait_for(lambda: _status(dep, "c") != "online", 300, "the SuperLink to see c offline", 2)
+    # Restarted at once: start_site tells the SuperLink that the killed SuperNode is gone
+    # (otherwise it would refuse the key for about a minute, until heartbeats time out).
+    t_kill = time.monotonic()
     dep.start("c")
     dep.coordinator.wait_nodes_online(len(SITES), timeout=300)
+    TIMINGS["rejoin_s"] = time.monotonic() - t_kill
     dep.nodes["c"].remember_children()
     run = dep.coordinator.wait_run(run_id, timeout=1200)
     TIMINGS["e2e_3_rounds_s"] = time.monotonic() - t0
@@ -150,7 +146,7 @@ def test_site_with_invalid_data_reports_the_error_and_the_federation_goes_on(dep
     dep.start("bad")
     try:
         dep.coordinator.wait_nodes_online(len(SITES) + 1, timeout=300)
-        run = dep.coordinator.run(ROOT, dep.run_config("bad", **{"num-server-rounds": 1}))
+        run = dep.coordinator.run(dep.app, dep.run_config("bad", **{"num-server-rounds": 1}))
     finally:
         dep.nodes["bad"].stop()
     assert run["status"] == "finished:completed"
@@ -170,7 +166,7 @@ def test_coordinator_killed_mid_run_resumes_from_its_checkpoint(deployment):
     coordinator = dep.coordinator
     out = dep.root / "resumed"
     config = dep.run_config("resumed", **{"num-server-rounds": 2})
-    coordinator.submit(ROOT, config)
+    coordinator.submit(dep.app, config)
     _wait_for(lambda: Checkpoint.load(out) is not None, 900, "the round 1 checkpoint", 1.0)
     coordinator.process.kill()  # SuperLink, SuperExec and ServerApp, no goodbye
     dep.stopped.append(coordinator.process)
@@ -178,7 +174,7 @@ def test_coordinator_killed_mid_run_resumes_from_its_checkpoint(deployment):
     coordinator.start()  # same state database, same port
     coordinator.wait_nodes_online(len(SITES), timeout=300)
     TIMINGS["coordinator_restart_s"] = time.monotonic() - t0
-    run = coordinator.run(ROOT, {**config, "resume": True}, timeout=1200)
+    run = coordinator.run(dep.app, {**config, "resume": True}, timeout=1200)
     assert run["status"] == "finished:completed"
 
     report = json.loads((out / "report.json").read_text())
@@ -221,4 +217,54 @@ def test_failed_run_makes_coordinator_run_fail(deployment):
     dep = deployment
     config = dep.run_config("failing", **{"schema-path": str(dep.root / "no-such-schema.toml")})
     with pytest.raises(CoordinatorError, match="finished:failed"):
-        dep.coordinator.run(ROOT, config, timeout=600)
+        dep.coordinator.run(dep.app, config, timeout=600)
+
+
+MARKER_CODE = """
+import pathlib as _pathlib
+_pathlib.Path({marker!r}).write_text("the run's own ClientApp code ran")
+"""
+
+
+def test_a_modified_clientapp_is_refused_by_every_site_and_never_runs(deployment, tmp_path):
+    """A run whose FAB carries another ClientApp (one that writes a marker file as soon as
+    any of it is imported) is refused by every site before anything of it runs, and the
+    run fails; the approved app then runs, and a site that approves nothing is reported
+    in the run's report with a refusal (code 105) naming the site and the app's hash."""
+    dep = deployment
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil" / "fedcare"
+    shutil.copytree(dep.app, evil)
+    client_app = evil / "client" / "app.py"
+    client_app.write_text(MARKER_CODE.format(marker=str(marker)) + client_app.read_text())
+    evil_hash = app_fab_sha256(evil)
+    run_id = dep.coordinator.submit(evil, dep.run_config("evil", **{"num-server-rounds": 1}))
+    run = dep.coordinator.wait_run(run_id, timeout=600)
+    assert run["status"] == "finished:failed"  # no site answered the statistics query
+    assert not marker.exists()
+    for site in SITES:
+        executor_log = dep.nodes[site].companions[0].log_text()
+        assert f"query: app {evil_hash[:12]} refused" in executor_log, site
+
+    # Site c now approves nothing: the approved app runs with a and b, c's refusal is
+    # reported by the coordinator under the site's name.
+    site_file = dep.site_file("c")
+    original = site_file.read_text()
+    site_file.write_text(re.sub(r"(?m)^approved-apps = .*$", "approved-apps = []", original))
+    dep.nodes["c"].stop()
+    try:
+        dep.start("c")
+        dep.coordinator.wait_nodes_online(len(SITES), timeout=300)
+        run = dep.coordinator.run(dep.app, dep.run_config("approved", **{"num-server-rounds": 1}))
+    finally:
+        site_file.write_text(original)
+        dep.nodes["c"].stop()
+        dep.start("c")
+    assert run["status"] == "finished:completed"
+    report = json.loads((dep.root / "approved" / "report.json").read_text())
+    (entry,) = report["history"]
+    assert entry["sites_trained"] == len(SITES) - 1
+    (reason,) = entry["refused"].values()
+    approved_hash = app_fab_sha256(dep.app)
+    assert reason.startswith("site c refused the run") and approved_hash in reason
+    assert not marker.exists()

@@ -59,6 +59,11 @@ def test_site_check_and_budget(tmp_path):
     summary = json.loads(done.output)
     assert summary["epsilon_spent"] == ledger.spent > 0
     assert summary["runs"][0]["federation"] == "cardio" and summary["runs"][0]["rounds"] == 1
+    assert summary["runs"][0]["epsilon"] == summary["federations"][0]["epsilon"] == ledger.spent
+    done = runner.invoke(app, ["site", "budget", "--config", str(site_file)])
+    assert done.exit_code == 0, done.output
+    assert "cardio" in done.output and "r1" in done.output
+    assert "lifetime ε spent" in done.output and "per run no cap" in done.output
 
     broken = tmp_path / "broken.csv"
     lines = Path(layout.sites[0]["data-path"]).read_text().splitlines()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -9,7 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
 
 from client.app import app
-from client.site import SiteSettings, load_site
+from client.site import REFUSALS_FILE, RefusalRecord, SiteSettings, load_site
 from models.data.features import FeatureStatistics, Standardization
 from models.families import build_model
 from models.spec import get_weights
@@ -159,6 +161,31 @@ def test_the_whole_plan_fits_the_budget_and_the_next_run_is_refused(site_config)
     assert len(PrivacyLedger(site_config["state-dir"], 1.0).releases) == 2
 
 
+def test_a_refusal_is_kept_at_the_site_with_the_reason_sent(site_config):
+    config, arrays = _round(site_config, num_rounds=1)
+    assert not _send(site_config, MessageType.TRAIN, config, arrays).has_error()
+    config, arrays = _round(site_config, run_key="run-2", server_round=2)
+    reply = _send(site_config, MessageType.TRAIN, config, arrays)
+    assert reply.error.code == RefusalCode.BUDGET_EXCEEDED
+    lines = (Path(site_config["state-dir"]) / REFUSALS_FILE).read_text().splitlines()
+    (record,) = [RefusalRecord.from_json(line) for line in lines]
+    assert (record.message_type, record.code, record.reason) == (
+        "train",
+        "BUDGET_EXCEEDED",
+        reply.error.reason,
+    )
+    assert (record.federation, record.run, record.round) == ("test", "run-2", 2)
+
+
+def test_a_refusal_that_cannot_be_written_is_sent_all_the_same(site_config, tmp_path, caplog):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    config, arrays = _round(site_config, schema_sha256="0" * 64)
+    reply = _send({**site_config, "state-dir": str(blocked)}, MessageType.TRAIN, config, arrays)
+    assert reply.error.code == RefusalCode.SCHEMA_MISMATCH
+    assert "refusal not recorded" in caplog.text
+
+
 def test_evaluate_reports_metrics_on_the_validation_split(site_config):
     config, arrays = _round(site_config)
     reply = _send(site_config, MessageType.EVALUATE, config, arrays)
@@ -198,9 +225,10 @@ def test_delta_must_be_below_one_over_n(site_config):
 
 def test_a_node_without_site_settings_says_how_to_configure_it(site_config):
     config, arrays = _round(site_config)
-    reply = _send({}, MessageType.TRAIN, config, arrays)
+    reply = _send({"state-dir": site_config["state-dir"]}, MessageType.TRAIN, config, arrays)
     assert reply.error.code == RefusalCode.SITE_MISCONFIGURED
     assert "--node-config" in reply.error.reason
+    assert not (Path(site_config["state-dir"]) / REFUSALS_FILE).exists()  # nowhere to keep it
 
 
 def test_a_lifetime_budget_is_shared_by_many_runs_each_under_its_cap(site_config):

@@ -9,14 +9,19 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from client.site import RefusalRecord, record_refusal
 from console.coordinator_app import CoordinatorSources, make_coordinator_app
 from console.runs import FINISHED, IN_PROGRESS, read_run, refusal_counts
+from console.site_app import make_site_app
 from console.site_view import count_problems
 from console.traffic import traffic
 from console.web import esc
+from deploy.supernode import load_site_config
 from privacy.tokens import TokenStore
 from server.federation.checkpoint import Checkpoint
 from server.inference.audit import AuditLog
+from server.settings import RunSettings
+from simulations.prepare import prepare_simulation
 
 
 def _entry(round_: int, sites: list[str], refused: dict[str, str] | None = None) -> dict:
@@ -142,3 +147,52 @@ def test_audit_traffic_counts_per_model_and_status(tmp_path: Path):
     (model,) = counted.models
     assert model.served_version == 2 and model.by_code == {"200 ok": 1, "401 unauthorized": 1}
     assert sorted(s.name for s in counted.chart.series) == ["200", "401"]
+
+
+def test_the_site_page_lists_the_refusals_it_sent_newest_first(tmp_path: Path):
+    (site,) = prepare_simulation(RunSettings(sites=1, epsilon=1.0), tmp_path / "sim").sites
+    (tmp_path / "ca.pem").write_text("")
+    (tmp_path / "site.key").write_text("")
+    toml = tmp_path / "site.toml"
+    toml.write_text(
+        f'[site]\nname = "{site["site-name"]}"\nfederation = "fed"\n'
+        '[superlink]\naddress = "127.0.0.1:9092"\nroot-certificates = "ca.pem"\n'
+        '[auth]\nprivate-key = "site.key"\n'
+        f'[data]\npath = "{site["data-path"]}"\nschema = "{site["schema-path"]}"\n'
+        f'[state]\ndir = "{site["state-dir"]}"\n'
+    )
+    state = Path(site["state-dir"])
+    older = RefusalRecord(
+        "2026-01-01T00:00:00+00:00",
+        "train",
+        "BUDGET_EXCEEDED",
+        "site 'a': <the> budget",
+        "fed",
+        "run-1",
+        2,
+    )
+    newer = RefusalRecord(
+        "2026-01-02T00:00:00+00:00",
+        "query",
+        "SITE_MISCONFIGURED",
+        "site misconfigured: a file of the site could not be read",
+        "fed",
+        "run-2",
+        None,
+    )
+    record_refusal(state, older)
+    record_refusal(state, newer)
+    with (state / "refusals.jsonl").open("a") as handle:
+        handle.write('{"cut short\n')
+    store = TokenStore(tmp_path / "tokens.json")
+    token, _ = store.create("ops", ["console"])
+    http = TestClient(make_site_app(load_site_config(toml), store))
+    bearer = {"Authorization": f"Bearer {token}"}
+    sent = http.get("/api/site", headers=bearer).json()["refusals"]
+    assert (sent["total"], sent["unreadable"]) == (2, 1)
+    assert sent["by_code"] == {"BUDGET_EXCEEDED": 1, "SITE_MISCONFIGURED": 1}
+    assert [RefusalRecord(**r) for r in sent["recent"]] == [newer, older]
+    page = http.get("/", headers=bearer).text
+    assert "no record" not in page and "2 refusal(s) recorded; 1 unreadable line(s)" in page
+    assert esc(older.reason) in page and "<the>" not in page
+    assert page.index(newer.reason) < page.index(esc(older.reason))
