@@ -63,7 +63,9 @@ def test_site_check_and_budget(tmp_path):
     done = runner.invoke(app, ["site", "budget", "--config", str(site_file)])
     assert done.exit_code == 0, done.output
     assert "cardio" in done.output and "r1" in done.output
-    assert "lifetime ε spent" in done.output and "per run no cap" in done.output
+    # provision writes each cap into site.toml (by default the lifetime budget)
+    assert "lifetime ε spent" in done.output and "per run cap 8" in done.output
+    assert summary["epsilon_per_run"] == summary["epsilon_per_federation"] == 8.0
 
     broken = tmp_path / "broken.csv"
     lines = Path(layout.sites[0]["data-path"]).read_text().splitlines()
