@@ -48,7 +48,12 @@ def snapshot_app(dest: Path, source: Path = FEDCARE_APP) -> tuple[Path, str]:
 
 
 def fill_site_file(
-    path: Path, data: Path, schema: Path, runtime_port: int, epsilon_budget: float = 8.0
+    path: Path,
+    data: Path,
+    schema: Path,
+    runtime_port: int,
+    epsilon_budget: float = 8.0,
+    epsilon_per_run: float | None = None,
 ) -> None:
     """What a hospital's IT team does to the provisioned site.toml: point it at the data.
 
@@ -61,15 +66,22 @@ def fill_site_file(
     runtime_port : int
         A free loopback port for the SuperNode's Runtime API.
     epsilon_budget : float
-        The site's ε budget over all runs (each run plans its noise to fit what is left);
-        also its per-run and per-federation caps.
+        The site's ε budget over all runs; also its per-federation cap.
+    epsilon_per_run : float, optional
+        The most one run may spend (each run plans its noise to fit it); by default the
+        whole budget.
     """
     text = path.read_text()
     text = re.sub(r'(?m)^path = ""', f'path = "{data}"', text)
     text = re.sub(r'(?m)^schema = ""', f'schema = "{schema}"', text)
     text = re.sub(r"(?m)^runtime-port = \d+", f"runtime-port = {runtime_port}", text)
-    for key in ("epsilon-budget", "epsilon-per-run", "epsilon-per-federation"):
-        text = re.sub(rf"(?m)^{key} = \S+", f"{key} = {epsilon_budget}", text)
+    per_run = epsilon_budget if epsilon_per_run is None else epsilon_per_run
+    for key, value in (
+        ("epsilon-budget", epsilon_budget),
+        ("epsilon-per-run", per_run),
+        ("epsilon-per-federation", epsilon_budget),
+    ):
+        text = re.sub(rf"(?m)^{key} = \S+", f"{key} = {value}", text)
     path.write_text(text)
 
 
@@ -152,6 +164,7 @@ def start_loopback_federation(
     extra_sites: tuple[str, ...] = (),
     epsilon_budget: float = 8.0,
     warm: bool = True,
+    epsilon_per_run: float | None = None,
 ) -> LoopbackFederation:
     """Provision a federation, split the data among its sites and start it.
 
@@ -172,6 +185,8 @@ def start_loopback_federation(
         Sites provisioned only (to register or start later).
     epsilon_budget : float
         Each started site's ε budget over all runs.
+    epsilon_per_run : float, optional
+        Each started site's cap per run (by default the whole budget).
     warm : bool
         Start the sites with the warm site runtime (default) or Flower's default
         isolation (one ``flwr-clientapp`` process per message).
@@ -192,6 +207,7 @@ def start_loopback_federation(
             layout.schema_path,
             free_loopback_port(),
             epsilon_budget,
+            epsilon_per_run,
         )
     coordinator = open_coordinator(root / "fed" / "coordinator", host="127.0.0.1")
     federation = LoopbackFederation(root, coordinator, app, layout.schema_path, layout.test_path)

@@ -53,10 +53,10 @@ def _corrupt(source: Path, dest: Path) -> None:
 def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     t0 = time.monotonic()
-    # Each run plans its noise to spend what is left of a site's budget; a large budget
-    # leaves room for the module's four runs (σ then stays at the planner's floor, 0.3).
+    # A realistic budget for many runs: each run may spend at most 3 and plans its noise
+    # to fit that; composed over the module's runs, a site's lifetime ε stays below 30.
     dep = start_loopback_federation(
-        root, SITES, extra_sites=("bad", "stranger"), epsilon_budget=1000.0
+        root, SITES, extra_sites=("bad", "stranger"), epsilon_budget=30.0, epsilon_per_run=3.0
     )
     TIMINGS["federation_up_s"] = time.monotonic() - t0
     try:
