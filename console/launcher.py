@@ -6,16 +6,11 @@ operator would, over TLS on a free loopback port, and owns exactly the process i
 
 from __future__ import annotations
 
-import os
 import ssl
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from deploy.process import ManagedProcess, free_loopback_port, spawn
+from deploy.process import ManagedProcess, start_fedcare_server
 
 
 @dataclass
@@ -66,23 +61,8 @@ def start_console(
     RuntimeError
         The child exited or did not answer in time (with its log).
     """
-    port = free_loopback_port()
-    args = [sys.executable, "-m", "cli.main", *command, "--host", "127.0.0.1", "--port", str(port)]
-    root = Path(__file__).resolve().parents[1]  # so `cli.main` imports from this tree
-    managed = spawn("fedcare console", args, os.environ, log, cwd=root)
-    console = ConsoleProcess(managed, f"https://127.0.0.1:{port}")
     verify = ssl.create_default_context(cafile=str(ca_cert))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not managed.alive():
-            raise RuntimeError(
-                f"the console exited ({managed.popen.returncode}):\n{managed.log_text()}"
-            )
-        try:
-            if httpx.get(console.url + "/healthz", verify=verify, timeout=2).status_code == 200:
-                return console
-        except httpx.HTTPError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    console.stop()
-    raise RuntimeError(f"the console did not answer in {timeout:.0f} s:\n{managed.log_text()}")
+    managed, url = start_fedcare_server(
+        "the console", command, log, "/healthz", verify, timeout=timeout
+    )
+    return ConsoleProcess(managed, url)

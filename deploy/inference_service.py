@@ -6,17 +6,12 @@ an operator would, over real TCP, and owns exactly the process it started.
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from deploy.process import ManagedProcess, free_loopback_port, spawn
+from deploy.process import ManagedProcess, start_fedcare_server
 from protocol import inference as wire
 
 
@@ -77,31 +72,20 @@ def start_service(
 
     Raises ``RuntimeError`` with the child's log if it exits or never gets ready.
     """
-    port = free_loopback_port()
-    args = [sys.executable, "-m", "cli.main", "serve", *serve_args]
-    args += ["--host", "127.0.0.1", "--port", str(port)]
     plain = "--insecure-http" in serve_args
-    root = Path(__file__).resolve().parents[1]  # so `cli.main` imports from this tree
-    log.unlink(missing_ok=True)
-    managed = spawn("fedcare serve", args, os.environ, log, cwd=root)
-    process = managed.popen
-    service = ServiceProcess(managed, f"{'http' if plain else 'https'}://127.0.0.1:{port}", log)
     verify: ssl.SSLContext | bool = True
     if not plain:
         verify = ssl.create_default_context(cafile=str(ca_cert) if ca_cert else None)
         if client_cert is not None:
             verify.load_cert_chain(str(client_cert[0]), str(client_cert[1]))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            code = process.returncode
-            raise RuntimeError(f"fedcare serve exited ({code}):\n{service.log_text()}")
-        try:
-            ready = httpx.get(service.url + wire.READY_PATH, verify=verify, timeout=2)
-            if ready.status_code == 200:
-                return service
-        except httpx.HTTPError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    service.stop()
-    raise RuntimeError(f"fedcare serve did not get ready in {timeout:.0f} s:\n{service.log_text()}")
+    log.unlink(missing_ok=True)
+    managed, url = start_fedcare_server(
+        "fedcare serve",
+        ["serve", *serve_args],
+        log,
+        wire.READY_PATH,
+        verify,
+        scheme="http" if plain else "https",
+        timeout=timeout,
+    )
+    return ServiceProcess(managed, url, log)

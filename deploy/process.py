@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 
 def free_loopback_port() -> int:
@@ -193,3 +196,64 @@ def spawn(
     finally:
         log.close()
     return ManagedProcess(name=name, popen=popen, log_path=log_path)
+
+
+def start_fedcare_server(
+    name: str,
+    command: Sequence[str],
+    log_path: Path,
+    health_path: str,
+    verify: ssl.SSLContext | bool,
+    scheme: str = "https",
+    timeout: float = 60.0,
+) -> tuple[ManagedProcess, str]:
+    """Run ``fedcare <command> --host 127.0.0.1 --port <free>`` until ``health_path`` is 200.
+
+    For the demo, benchmarks and end-to-end tests: the real service or console, started the
+    way an operator would, over real TCP, owned by its caller and stopped by its PID.
+
+    Parameters
+    ----------
+    name : str
+        How messages name the child (``fedcare serve``).
+    command : sequence of str
+        The ``fedcare`` command and every option but ``--host``/``--port``.
+    log_path : Path
+        Where the child's output is appended.
+    health_path : str
+        The route that answers 200 once the child is ready.
+    verify : ssl.SSLContext or bool
+        How its TLS certificate is checked (``True`` for plain HTTP).
+    scheme : str
+        ``https``, or ``http`` for a child started without TLS.
+    timeout : float
+        Seconds to wait for ``health_path``.
+
+    Returns
+    -------
+    tuple of (ManagedProcess, str)
+        The child and its base URL.
+
+    Raises
+    ------
+    RuntimeError
+        The child exited or did not answer in time (with its log).
+    """
+    port = free_loopback_port()
+    args = [sys.executable, "-m", "cli.main", *command, "--host", "127.0.0.1", "--port", str(port)]
+    root = Path(__file__).resolve().parents[1]  # so `cli.main` imports from this tree
+    managed = spawn(name, args, os.environ, log_path, cwd=root)
+    url = f"{scheme}://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not managed.alive():
+            code = managed.popen.returncode
+            raise RuntimeError(f"{name} exited ({code}):\n{managed.log_text()}")
+        try:
+            if httpx.get(url + health_path, verify=verify, timeout=2).status_code == 200:
+                return managed, url
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    managed.stop()
+    raise RuntimeError(f"{name} did not answer in {timeout:.0f} s:\n{managed.log_text()}")
