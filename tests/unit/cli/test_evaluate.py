@@ -9,12 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from models.data.features import FeatureEncoder, Standardization
-from models.data.kinds.registry import load_schema
-from models.families import build_model
-from models.spec import ModelSpec, get_weights
 from server.registry import ModelRegistry
-from tests.conftest import write_csv
+from tests.conftest import ward_registry, write_csv
 
 runner = CliRunner()
 WARD = """
@@ -27,13 +23,7 @@ WARD = """
 
 @pytest.fixture
 def registry(tmp_path, ward_schema_path) -> ModelRegistry:
-    schema = load_schema(ward_schema_path)
-    scale = Standardization(mean={"age": 50.0}, std={"age": 10.0})
-    dim = FeatureEncoder(schema, scale).input_dim
-    spec = ModelSpec(kind="logreg", task="binary", input_dim=dim, output_dim=1)
-    registry = ModelRegistry(tmp_path / "registry")
-    registry.register("ward", get_weights(build_model(spec, seed=0)), spec, schema, scale)
-    return registry
+    return ward_registry(tmp_path / "registry", ward_schema_path, (0,))
 
 
 def _evaluate(registry: ModelRegistry, *args: str):

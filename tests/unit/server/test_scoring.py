@@ -5,15 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.data.features import FeatureEncoder, Standardization
-from models.data.kinds.registry import load_schema
 from models.data.tables import load_site_table
-from models.families import build_model, task_for
+from models.families import task_for
 from models.predictor import Predictor
-from models.spec import ModelSpec, get_weights
 from server.registry import ModelRegistry, RegistryError
 from server.scoring import ScoringError, find_version, score_files
-from tests.conftest import write_csv
+from tests.conftest import ward_registry, write_csv
 
 NORTH = """
     age,sex,smoker,outcome
@@ -32,14 +29,7 @@ SOUTH = """
 
 @pytest.fixture
 def registry(tmp_path, ward_schema_path) -> ModelRegistry:
-    schema = load_schema(ward_schema_path)
-    scale = Standardization(mean={"age": 50.0}, std={"age": 10.0})
-    dim = FeatureEncoder(schema, scale).input_dim
-    spec = ModelSpec(kind="logreg", task="binary", input_dim=dim, output_dim=1)
-    registry = ModelRegistry(tmp_path / "registry")
-    for seed in (0, 1):
-        registry.register("ward", get_weights(build_model(spec, seed=seed)), spec, schema, scale)
-    return registry
+    return ward_registry(tmp_path / "registry", ward_schema_path, (0, 1))
 
 
 def test_metrics_per_file_match_the_task_on_the_version_s_own_encoding(tmp_path, registry):
