@@ -7,17 +7,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from cli.output import fail
+
 console = Console()
 
 _TOKENS = typer.Option(..., help="The token store; a token needs the 'console' scope.")
 _CERT = typer.Option(..., help="The console's TLS certificate (PEM).")
 _KEY = typer.Option(..., help="Its private key (PEM).")
 _HOST = typer.Option("127.0.0.1", help="Address to listen on (loopback by default).")
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/] {message}")
-    return typer.Exit(2)
 
 
 def coordinator_console(
@@ -54,7 +51,7 @@ def coordinator_console(
     try:
         app = make_coordinator_app(sources, TokenStore(tokens))
     except (SignatureError, TokenError, OSError) as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     console.print(f"coordinator console at https://{host}:{port}/ (reading {sources.runs_dir})")
     serve(app, host, port, tls_cert, tls_key)
 
@@ -77,6 +74,6 @@ def site_console(
     try:
         app = make_site_app(load_site_config(config), TokenStore(tokens))
     except (SiteConfigError, TokenError) as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     console.print(f"site console at https://{host}:{port}/")
     serve(app, host, port, tls_cert, tls_key)

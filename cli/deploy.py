@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.console import site_console
+from cli.output import fail
 from deploy.process import ManagedProcess
 from deploy.provision import DEFAULT_PORT, ProvisionError, load_federation, provision
 from deploy.superlink import CONNECTION, CoordinatorError, open_coordinator
@@ -32,11 +33,6 @@ provision_app = typer.Typer(help="Make a federation's keys and certificates.")
 coordinator_app = typer.Typer(help="The coordinator: SuperLink and runs.", no_args_is_help=True)
 site_app = typer.Typer(help="A hospital's agent: check, start, budget.", no_args_is_help=True)
 site_app.command("console")(site_console)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}")
-    raise typer.Exit(1)
 
 
 def _split(names: str) -> list[str]:
@@ -78,7 +74,7 @@ def provision_command(
             port=port,
         )
     except (ProvisionError, PKIError) as err:
-        _fail(str(err))
+        raise fail(err) from None
     console.print(result.summary())
 
 
@@ -92,7 +88,7 @@ def _wait_until_stopped(process: ManagedProcess) -> None:
             if not each.alive():
                 process.stop()
                 console.print(each.log_text()[-3000:])
-                _fail(f"{each.name} exited with {each.popen.returncode}")
+                raise fail(f"{each.name} exited with {each.popen.returncode}")
     process.stop()
 
 
@@ -113,12 +109,12 @@ def coordinator_start(
         coordinator = open_coordinator(folder, host=host, port=port)
         coordinator.start()
     except (ProvisionError, CoordinatorError) as err:
-        _fail(str(err))
+        raise fail(err) from None
     try:
         registered = coordinator.register_sites()
     except CoordinatorError as err:
         coordinator.stop()
-        _fail(str(err))
+        raise fail(err) from None
     console.print(
         f"SuperLink up at {coordinator.address} (PID {coordinator.process.pid}); "
         f"log {coordinator.settings.log_path}"
@@ -156,7 +152,7 @@ def coordinator_run(
         config.update(parse_config_args([run_config]) if run_config.strip() else {})
         run = coordinator.run(app_dir.resolve(), config, timeout=timeout)
     except (ProvisionError, CoordinatorError, ValueError) as err:
-        _fail(str(err))
+        raise fail(err) from None
     console.print(f"run {run['run-id']}: {run['status']} in {run.get('elapsed', 0):.0f} s")
 
 
@@ -164,7 +160,7 @@ def _site(config: Path):
     try:
         return load_site_config(config)
     except SiteConfigError as err:
-        _fail(str(err))
+        raise fail(err) from None
 
 
 def _cap(value: float | None) -> str:
@@ -225,7 +221,7 @@ def site_start(
     try:
         process = start_site(cfg, warm=warm)
     except SiteAlreadyRunning as err:
-        _fail(str(err))
+        raise fail(err) from None
     console.print(
         f"SuperNode for {cfg.name} → {cfg.superlink} (PID {process.pid}); log {process.log_path}"
     )

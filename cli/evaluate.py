@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.output import fail, print_warning
 from cli.predict import flatten
 
 console = Console()
@@ -39,13 +40,10 @@ def evaluate(
     try:
         version = find_version(registry, model)
         if not version.signature_path.is_file():
-            console.print(
-                f"[yellow]warning:[/] {version.path} is unsigned; its origin is not verified"
-            )
+            print_warning(f"{version.path} is unsigned; its origin is not verified")
         scores = score_files(version, data)
     except (RegistryError, ScoringError, SchemaError, SiteDataError) as err:
-        console.print(f"[red]error:[/] {err}", highlight=False)
-        raise typer.Exit(1) from err
+        raise fail(err, 1) from None
     keys = sorted({key for score in scores.files for key in score.metrics})
     table = Table(title=f"{scores.model} v{scores.version}")
     table.add_column("file", overflow="fold")

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.output import fail
 from server.inference.config import ServiceConfig
 
 console = Console(stderr=True)
@@ -23,11 +24,6 @@ console = Console(stderr=True)
 SERVE_DEFAULTS = {f.name: f.default for f in fields(ServiceConfig)}
 keys_app = typer.Typer(help="Make the keys of the model registry and the inference service.")
 tokens_app = typer.Typer(help="Bearer tokens of clinical applications (stored hashed).")
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/] {message}", highlight=False)
-    return typer.Exit(2)
 
 
 def _parse_pins(pins: list[str]) -> dict[str, int]:
@@ -127,16 +123,17 @@ def serve(
     """Serve the registry's verified models over HPKE-encrypted, token-guarded HTTPS."""
     if insecure_http:
         if tls_cert or tls_key:
-            raise _fail("--insecure-http and --tls-cert/--tls-key exclude each other")
+            raise fail("--insecure-http and --tls-cert/--tls-key exclude each other", 2)
         if not _is_loopback(host):
-            raise _fail(f"--insecure-http serves only loopback addresses, not {host}")
+            raise fail(f"--insecure-http serves only loopback addresses, not {host}", 2)
     elif not (tls_cert and tls_key):
-        raise _fail(
+        raise fail(
             "TLS is required: give --tls-cert and --tls-key (or --insecure-http on loopback "
-            "for local development)"
+            "for local development)",
+            2,
         )
     if tls_client_ca and insecure_http:
-        raise _fail("--tls-client-ca needs TLS")
+        raise fail("--tls-client-ca needs TLS", 2)
     import torch
     import uvicorn
 
@@ -178,7 +175,7 @@ def serve(
     try:
         app = create_app(config)
     except (KeyringError, SignatureError, TokenError) as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     uvicorn.run(
         app,
         host=host,
@@ -210,7 +207,7 @@ def keys_signing(
     try:
         fingerprint = generate_signing_key(out, force=force)
     except SignatureError as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     console.print(f"signing key {out} (public: {out.with_suffix('.pub')}), {fingerprint}")
 
 
@@ -224,7 +221,7 @@ def keys_hpke_rotate(
     try:
         entry = rotate(keyring)
     except KeyringError as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     print(entry.key_id)
     console.print(f"new current key {entry.key_id} in {keyring}")
 
@@ -240,7 +237,7 @@ def keys_hpke_retire(
     try:
         retire(keyring, key_id)
     except KeyringError as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     console.print(f"retired key {key_id}")
 
 
@@ -254,7 +251,7 @@ def keys_hpke_list(
     try:
         entries = list_keys(keyring)
     except KeyringError as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     table = Table("key id", "created", "state")
     for entry in entries:
         table.add_row(entry.key_id, entry.created, entry.state)
@@ -272,7 +269,7 @@ def keys_storage(
     try:
         key_id = generate_storage_key(out, force=force)
     except SignatureError as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     console.print(f"storage key {out} (id {key_id})")
 
 
@@ -288,7 +285,7 @@ def keys_sign_version(
     try:
         path = sign_version(version, signer_from_file(signing_key))
     except (SignatureError, OSError) as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     console.print(f"signed: {path}")
 
 
@@ -306,7 +303,7 @@ def keys_encrypt_version(
         key, signer = load_storage_key(storage_key), signer_from_file(signing_key)
         encrypt_version_at_rest(version, key, signer)
     except (SignatureError, ValueError, OSError) as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     console.print(f"encrypted at rest and re-signed: {version}")
 
 
@@ -327,7 +324,7 @@ def tokens_create(
     try:
         token, record = TokenStore(store).create(name, scope, rate, burst)
     except TokenError as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     print(token)
     console.print(f"token {record.id} for {name}, scopes {record.scopes} (shown once)")
 
@@ -340,7 +337,7 @@ def tokens_list(store: Path = typer.Option(..., help="The token store file.")) -
     try:
         records = TokenStore(store).list()
     except TokenError as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     table = Table("id", "name", "scopes", "created", "revoked", "rate")
     for r in records:
         rate = f"{r.rate_per_second}/s" if r.rate_per_second else "default"
@@ -359,5 +356,5 @@ def tokens_revoke(
     try:
         TokenStore(store).revoke(token_id)
     except TokenError as err:
-        raise _fail(str(err)) from None
+        raise fail(err, 2) from None
     console.print(f"revoked {token_id}")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.deploy import coordinator_app, provision_app, site_app
+from cli.output import fail, print_error
 from server.settings import CLASS_WEIGHTS, PARTITIONS, STRATEGIES, RunSettings, SettingsError
 
 app = typer.Typer(
@@ -42,20 +43,18 @@ def _check_data_dir(data_dir: Path) -> int:
     try:
         schema = load_schema(data_dir / "schema.toml")
     except SchemaError as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from err
+        raise fail(err, 2) from None
     kind = get_kind(schema)
     files = site_files(data_dir, kind)
     if not files:
-        console.print(f"[red]error:[/] {data_dir}: no site files ({kind.name} data)")
-        raise typer.Exit(2)
+        raise fail(f"{data_dir}: no site files ({kind.name} data)", 2)
     test = find_test_set(data_dir, kind)
     failed = False
     for path in files + ([test] if test else []):
         try:
             kind.load(path, schema)
         except SiteDataError as err:
-            console.print(f"[red]error:[/] {err}", highlight=False)
+            print_error(err)
             failed = True
     if failed:
         raise typer.Exit(2)
@@ -179,8 +178,7 @@ def _run_simulation(settings: RunSettings, verbose: bool) -> dict:
     try:
         outcome = run_simulated_federation(settings, progress=console.print, verbose=verbose)
     except (FederationError, ValueError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from err
+        raise fail(err, 2) from None
     _print_outcome(outcome.report)
     return outcome.report
 

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.output import fail
+
 console = Console(stderr=True)
 
 
@@ -96,8 +98,7 @@ def predict(
                 predictions.extend(result.predictions)
                 version = result.model_version
     except (InferenceError, ValueError) as err:
-        console.print(f"[red]error:[/] {err}", highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(err, 2) from None
     flat = [flatten(p) for p in predictions]
     console.print(f"{len(flat)} predictions from {model} v{version}")
     if out is not None:
