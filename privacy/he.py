@@ -299,7 +299,10 @@ class PublicContext:
             raise HeError(f"{rows} patients take {len(counts)} ciphertexts, not {len(ciphertexts)}")
         vectors = [self._load(data, n, block) for data, n in zip(ciphertexts, counts, strict=True)]
         padding = [0.0] * (block - len(weights[0]) - 1)
-        tiles = [[float(w) for w in row] + [float(b), *padding] for row, b in zip(weights, bias)]
+        tiles = [
+            [float(w) for w in row] + [float(b), *padding]
+            for row, b in zip(weights, bias, strict=True)
+        ]
         if not all(any(tile) for tile in tiles):
             raise HeError("an output of the model has no non-zero weight")
         scores = []

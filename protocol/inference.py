@@ -1005,7 +1005,8 @@ def parse_he_response(body: Any) -> tuple[InferenceResponse, HeScores]:
     he = body.get("he") if isinstance(body, dict) else None
     if not isinstance(he, dict):
         raise ValueError("the response has no he object")
-    scores, labels, rows, block = he.get("scores"), he.get("labels"), he.get("rows"), he.get("block")
+    scores, labels = he.get("scores"), he.get("labels")
+    rows, block = he.get("rows"), he.get("block")
     if (
         not isinstance(scores, list)
         or not scores

@@ -23,7 +23,9 @@ def test_the_parameters_reach_128_bits_and_the_public_context_is_the_documented_
     assert len(secret.public_bytes()) < 100
 
 
-@pytest.mark.parametrize(("columns", "block"), [(1, 2), (2, 4), (3, 4), (30, 32), (31, 32), (32, 64)])
+@pytest.mark.parametrize(
+    ("columns", "block"), [(1, 2), (2, 4), (3, 4), (30, 32), (31, 32), (32, 64)]
+)
 def test_a_block_holds_the_columns_and_the_constant_slot(columns, block):
     assert he.block_width(columns) == block
     assert he.patients_per_ciphertext(block) == 2048 // block
@@ -50,14 +52,16 @@ def test_many_ciphertexts_and_a_wide_model_keep_the_precision(secret):
     """130 patients of 30 columns (three ciphertexts), weights as folded standardization
     makes them (large for small-spread features), values up to a few thousand."""
     public = he.PublicContext(secret.public_bytes())
-    rows = [[((i * 7 + j * 13) % 97) * (1 + 40 * (j % 3)) / 10 for j in range(30)] for i in range(130)]
+    rows = [
+        [((i * 7 + j * 13) % 97) * (1 + 40 * (j % 3)) / 10 for j in range(30)] for i in range(130)
+    ]
     weights = [[(-1) ** j * (0.01 + (j % 5) * 3.7) for j in range(30)]]
     ciphertexts = secret.encrypt_rows(rows)
     assert len(ciphertexts) == 3
     [output] = public.linear_scores(ciphertexts, 130, weights, [-2.5])
     got = secret.decrypt_scores(output, 130, 32)
-    expected = [sum(w * x for w, x in zip(weights[0], row)) - 2.5 for row in rows]
-    assert max(abs(g - e) for g, e in zip(got, expected)) < 1e-4
+    expected = [sum(w * x for w, x in zip(weights[0], row, strict=True)) - 2.5 for row in rows]
+    assert max(abs(g - e) for g, e in zip(got, expected, strict=True)) < 1e-4
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00" * 50, b"garbage" * 100, b"\xff" * 5000])
