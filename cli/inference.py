@@ -22,6 +22,8 @@ from server.inference.config import ServiceConfig
 console = Console(stderr=True)
 # `fedcare serve`'s defaults are ServiceConfig's (the record its options fill in).
 SERVE_DEFAULTS = {f.name: f.default for f in fields(ServiceConfig)}
+# Seconds an idle HTTP connection stays open (uvicorn's default, stated in INFERENCE.md).
+KEEP_ALIVE_SECONDS = 5
 keys_app = typer.Typer(help="Make the keys of the model registry and the inference service.")
 tokens_app = typer.Typer(help="Bearer tokens of clinical applications (stored hashed).")
 
@@ -190,6 +192,7 @@ def serve(
         server_header=False,
         http="h11",  # the parser whose header-size limit uvicorn exposes
         h11_max_incomplete_event_size=config.max_header_bytes,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 
 
