@@ -260,12 +260,35 @@ class TimedSecretContext(he.SecretContext):
             self.decrypt_cpu += time.process_time() - started
 
 
+@dataclass
+class Timed:
+    """Requests of one kind, one at a time: their wall-clock seconds and the CPU seconds
+    the service process and this process spent on them."""
+
+    walls: list[float]
+    client_cpu: float = 0.0
+    service_cpu: float = 0.0
+
+    def run(self, call, service_pid: int):
+        """Make one request with ``call()``, timed; return what it returned."""
+        cpu_before = (process_cpu_seconds(service_pid), time.process_time())
+        started = time.perf_counter()
+        result = call()
+        self.walls.append(time.perf_counter() - started)
+        self.service_cpu += process_cpu_seconds(service_pid) - cpu_before[0]
+        self.client_cpu += time.process_time() - cpu_before[1]
+        return result
+
+
 def measure_he(
     url: str, token: str, ca: Path | None, rows: list[dict], requests: int, service_pid: int
 ) -> HeMeasurement:
     """``requests`` homomorphic requests of ``len(rows)`` patients, one after the other,
-    after one that sends the context and is not counted; checked against the sealed route."""
+    after one that sends the context and is not counted; each followed by the same rows
+    through the sealed route of the same model (the baseline), whose predictions the HE
+    ones are checked against."""
     patients = len(rows)
+    homomorphic, sealed = Timed([]), Timed([])
     with (
         InferenceClient(url, token, LINEAR, ca_cert=ca, mode="he", timeout=300) as client,
         InferenceClient(url, token, LINEAR, ca_cert=ca, timeout=300) as plain,
@@ -274,24 +297,9 @@ def measure_he(
         expected = [p["probability"] for p in plain.predict(rows[: min(patients, 256)])]
         client.infer(rows)  # context sent and cached, connection and key configuration
         timed.encrypt_cpu = timed.decrypt_cpu = 0.0
-        client_cpu = service_cpu = 0.0
-        walls = []
-        # The baseline, interleaved request by request: the same rows through the sealed
-        # route (features inside HPKE) of the same model.
-        sealed = {"wall": [], "client": 0.0, "service": 0.0}
         for _ in range(requests):
-            cpu_before = (process_cpu_seconds(service_pid), time.process_time())
-            started = time.perf_counter()
-            result = client.infer(rows)
-            walls.append(time.perf_counter() - started)
-            service_cpu += process_cpu_seconds(service_pid) - cpu_before[0]
-            client_cpu += time.process_time() - cpu_before[1]
-            cpu_before = (process_cpu_seconds(service_pid), time.process_time())
-            started = time.perf_counter()
-            plain.infer(rows)
-            sealed["wall"].append(time.perf_counter() - started)
-            sealed["service"] += process_cpu_seconds(service_pid) - cpu_before[0]
-            sealed["client"] += time.process_time() - cpu_before[1]
+            result = homomorphic.run(lambda: client.infer(rows), service_pid)
+            sealed.run(lambda: plain.infer(rows), service_pid)
         encrypt_cpu, decrypt_cpu = timed.encrypt_cpu, timed.decrypt_cpu
         width = len(client.metadata(refresh=False)["parameters"]["he"]["columns"])
         size = sum(len(c) for c in timed.encrypt_rows([[0.0] * width] * patients))
@@ -301,25 +309,25 @@ def measure_he(
     def ms(seconds: float, per: int = 1) -> float:
         return round(seconds * 1000 / requests / per, 2 if per == 1 else 4)
 
-    wall = sum(walls)
+    wall, median = sum(homomorphic.walls), statistics.median(homomorphic.walls)
     return HeMeasurement(
         patients=patients,
         requests=requests,
         wall_ms_per_request=ms(wall),
-        wall_ms_p50=round(statistics.median(walls) * 1000, 2),
+        wall_ms_p50=round(median * 1000, 2),
         wall_ms_per_patient=ms(wall, patients),
         client_encrypt_cpu_ms=ms(encrypt_cpu),
         client_decrypt_cpu_ms=ms(decrypt_cpu),
-        client_cpu_ms=ms(client_cpu),
-        client_cpu_ms_per_patient=ms(client_cpu, patients),
-        service_cpu_ms=ms(service_cpu),
-        service_cpu_ms_per_patient=ms(service_cpu, patients),
+        client_cpu_ms=ms(homomorphic.client_cpu),
+        client_cpu_ms_per_patient=ms(homomorphic.client_cpu, patients),
+        service_cpu_ms=ms(homomorphic.service_cpu),
+        service_cpu_ms_per_patient=ms(homomorphic.service_cpu, patients),
         request_mb=round(size * 4 / 3 / 1e6, 1),  # base64 of the ciphertexts
         max_abs_error=float(f"{error:.2g}"),
-        sealed_wall_ms_p50=round(statistics.median(sealed["wall"]) * 1000, 2),
-        sealed_client_cpu_ms=ms(sealed["client"]),
-        sealed_service_cpu_ms=ms(sealed["service"]),
-        he_over_sealed_p50=round(statistics.median(walls) / statistics.median(sealed["wall"]), 2),
+        sealed_wall_ms_p50=round(statistics.median(sealed.walls) * 1000, 2),
+        sealed_client_cpu_ms=ms(sealed.client_cpu),
+        sealed_service_cpu_ms=ms(sealed.service_cpu),
+        he_over_sealed_p50=round(median / statistics.median(sealed.walls), 2),
     )
 
 
