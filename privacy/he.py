@@ -18,7 +18,7 @@ slot ``j`` of a patient's block comes back as ``w_j · x_j`` and the constant sl
 intercept ``b``; the client sums its block. One plaintext multiplication per ciphertext
 and output: no rotation, hence no Galois key, no relinearization key, no public key —
 the public context is the parameters alone (under 100 bytes), and a request is one
-ciphertext per 128 patients of 30 features, not one per feature column.
+ciphertext per 64 patients of 30 features, not one per feature column.
 
 **Parameters** (fixed): CKKS, polynomial modulus degree N = 4096 (2048 slots),
 coefficient modulus primes of 55, 38 and 16 bits (109 bits: the HomomorphicEncryption.org
