@@ -22,6 +22,8 @@ from server.inference.config import ServiceConfig
 console = Console(stderr=True)
 # `fedcare serve`'s defaults are ServiceConfig's (the record its options fill in).
 SERVE_DEFAULTS = {f.name: f.default for f in fields(ServiceConfig)}
+# Seconds an idle HTTP connection stays open (uvicorn's default, stated in INFERENCE.md).
+KEEP_ALIVE_SECONDS = 5
 keys_app = typer.Typer(help="Make the keys of the model registry and the inference service.")
 tokens_app = typer.Typer(help="Bearer tokens of clinical applications (stored hashed).")
 
@@ -190,6 +192,7 @@ def serve(
         server_header=False,
         http="h11",  # the parser whose header-size limit uvicorn exposes
         h11_max_incomplete_event_size=config.max_header_bytes,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 
 
@@ -209,6 +212,40 @@ def keys_signing(
     except SignatureError as err:
         raise fail(err, 2) from None
     console.print(f"signing key {out} (public: {out.with_suffix('.pub')}), {fingerprint}")
+
+
+@keys_app.command("tls")
+def keys_tls(
+    federation_dir: Path = typer.Option(
+        ..., help="The folder `fedcare provision` made (its ca/ holds the CA key)."
+    ),
+    dns: str = typer.Option(
+        "localhost", "--san-dns", help="Comma-separated DNS names clients reach the service by."
+    ),
+    ip: str = typer.Option(
+        "127.0.0.1", "--san-ip", help="Comma-separated IP addresses clients reach it by."
+    ),
+    force: bool = typer.Option(False, help="Make a new key and certificate anyway."),
+) -> None:
+    """Issue the inference service's TLS certificate from the federation's CA.
+
+    Writes <federation-dir>/inference/tls.crt, tls.key and ca.crt: run `fedcare serve
+    --tls-cert …/tls.crt --tls-key …/tls.key`; clients verify it with `--ca-cert …/ca.crt`.
+    """
+    from deploy.provision import ProvisionError, issue_service_cert
+    from privacy.pki import PKIError
+
+    try:
+        issued = issue_service_cert(
+            federation_dir,
+            [d for d in dns.split(",") if d.strip()],
+            [i for i in ip.split(",") if i.strip()],
+            force=force,
+        )
+    except (ProvisionError, PKIError) as err:
+        raise fail(err, 2) from None
+    state = "issued" if issued.issued else "kept (it still fits)"
+    console.print(f"certificate {issued.cert} {state}; key {issued.key}; CA {issued.ca_cert}")
 
 
 @keys_app.command("hpke-rotate")
@@ -277,16 +314,29 @@ def keys_storage(
 def keys_sign_version(
     version: Path = typer.Argument(..., help="A registry version folder, e.g. reg/ward/v0001."),
     signing_key: Path = typer.Option(..., help="The coordinator's private signing key."),
+    previous_key: Path | None = typer.Option(
+        None,
+        help="Re-sign: the public key the version is signed with now. Its signature and "
+        "files are checked under it before the new signature replaces the old one.",
+    ),
+    storage_key: Path | None = typer.Option(
+        None, help="Re-sign: the storage key of a version encrypted at rest."
+    ),
 ) -> None:
-    """Sign a version registered without a key (a coordinator signs at registration)."""
-    from privacy.signing import SignatureError, signer_from_file
-    from server.registry import sign_version
+    """Sign a version registered without a key, or re-sign one with a new signing key."""
+    from privacy.signing import SignatureError, load_storage_key, load_verify_key, signer_from_file
+    from server.registry import resign_version, sign_version
 
     try:
-        path = sign_version(version, signer_from_file(signing_key))
-    except (SignatureError, OSError) as err:
+        signer = signer_from_file(signing_key)
+        if previous_key is None:
+            path = sign_version(version, signer)
+        else:
+            stored = load_storage_key(storage_key) if storage_key else None
+            path = resign_version(version, signer, load_verify_key(previous_key), stored)
+    except (SignatureError, ValueError, OSError) as err:
         raise fail(err, 2) from None
-    console.print(f"signed: {path}")
+    console.print(f"{'re-signed' if previous_key else 'signed'}: {path}")
 
 
 @keys_app.command("encrypt-version")

@@ -9,6 +9,9 @@
         signing.key signing.pub           Ed25519 key that signs registry manifests
         sites/<site>.pub                  every site's SuperNode public key (to register)
         federation.toml                   names, address, fingerprints
+      inference/              the inference service's host (`fedcare keys tls`, later)
+        ca.crt                            for its clients to verify it
+        tls.crt tls.key                   its TLS certificate, issued by the CA
       sites/<site>/           one hospital; holds nothing of another participant's secrets
         ca.crt                            to verify the SuperLink
         auth.key auth.pub                 this site's SuperNode authentication key pair
@@ -418,6 +421,90 @@ def provision(
         result,
     )
     return result
+
+
+# ------------------------------------------------------- the inference service's TLS
+
+
+@dataclass(frozen=True)
+class ServiceCertificate:
+    """The inference service's TLS files, as :func:`issue_service_cert` left them.
+
+    Parameters
+    ----------
+    cert, key, ca_cert : Path
+        Its certificate, its private key (mode 0600) and the federation CA's certificate
+        (what its clients pass as ``--ca-cert``).
+    issued : bool
+        Whether the certificate was (re)issued (False: the existing one still fits).
+    key_created : bool
+        Whether the private key is new.
+    """
+
+    cert: Path
+    key: Path
+    ca_cert: Path
+    issued: bool
+    key_created: bool
+
+
+def issue_service_cert(
+    out_dir: str | Path,
+    san_dns: Sequence[str] = ("localhost",),
+    san_ips: Sequence[str] = ("127.0.0.1",),
+    force: bool = False,
+) -> ServiceCertificate:
+    """Issue the inference service's TLS certificate from a provisioned federation's CA.
+
+    Writes ``out_dir/inference/{tls.key, tls.crt, ca.crt}``. As for the SuperLink's, an
+    existing key is reused (unless ``force``) and the certificate is issued again only
+    when it does not verify under the CA, does not match the key, has other names or
+    expires within 30 days.
+
+    Parameters
+    ----------
+    out_dir : path
+        The folder :func:`provision` made (its ``ca/`` must hold the CA key).
+    san_dns, san_ips : sequence of str
+        The names and addresses by which clinical applications reach the service.
+    force : bool
+        Make a new key and certificate even if the existing ones fit.
+    """
+    out = Path(out_dir)
+    ca_key_path, ca_cert_path = out / "ca" / "ca.key", out / "ca" / "ca.crt"
+    if not ca_cert_path.exists():
+        raise ProvisionError(f"{ca_cert_path} not found: run `fedcare provision` first")
+    san_dns = [d.strip() for d in san_dns if d.strip()]
+    san_ips = [i.strip() for i in san_ips if i.strip()]
+    pki.parse_sans(san_dns, san_ips)  # validates (raises PKIError)
+    ca_cert = pki.load_cert(ca_cert_path.read_bytes())
+    folder = out / "inference"
+    key_path, cert_path = folder / "tls.key", folder / "tls.crt"
+    scratch = ProvisionResult(out_dir=out, federation="", sites=[], superlink_address="")
+    key_pem = _private(key_path, lambda: pki.ec_key_to_pem(pki.generate_ec_key()), force, scratch)
+    key = pki.load_pem_private_key(key_pem)
+    _public(folder / "ca.crt", pki.cert_to_pem(ca_cert), scratch)
+    issued = force or not _server_cert_ok(cert_path, key, ca_cert, san_dns, san_ips)
+    if issued:
+        if not ca_key_path.exists():
+            raise ProvisionError(
+                f"the inference service's certificate must be (re)issued but the CA key "
+                f"{ca_key_path} is absent: bring the CA key back into that folder and re-run"
+            )
+        ca_key = pki.load_pem_private_key(ca_key_path.read_bytes())
+        if not pki.public_keys_match(ca_key, ca_cert):
+            raise ProvisionError(f"{ca_key_path} is not the key of {ca_cert_path}")
+        cert = pki.issue_server_cert(
+            ca_key, ca_cert, key, "fedcare inference service", san_dns, san_ips
+        )
+        _public(cert_path, pki.cert_to_pem(cert), scratch)
+    return ServiceCertificate(
+        cert=cert_path,
+        key=key_path,
+        ca_cert=folder / "ca.crt",
+        issued=issued,
+        key_created=key_path in scratch.created,
+    )
 
 
 # ------------------------------------------------------------------- reading it back

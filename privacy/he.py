@@ -2,21 +2,33 @@
 
 The only module of fedcare that touches TenSEAL. Two recipes, one per side of the wire:
 
-- :class:`SecretContext` (the client): a fresh CKKS key pair whose secret key never
-  leaves the object; it encrypts one feature column per ciphertext (up to
-  :data:`PARAMETERS.slots` patients in the slots) and decrypts the scores that come back.
+- :class:`SecretContext` (the client): a fresh CKKS secret key that never leaves the
+  object; it packs patients into ciphertexts in *blocks* and decrypts the products that
+  come back, summing each block into a score.
 - :class:`PublicContext` (the service): a context loaded from :meth:`SecretContext.public_bytes`,
-  checked to hold no secret key and the protocol's parameters, that computes
-  ``score_k = sum_j w_kj * column_j + b_k`` on the ciphertexts. That needs one plaintext
-  multiplication per column and no rotation, so neither Galois nor relinearization keys
-  (nor even the public key) are sent: the public context is the parameters alone.
+  checked to hold no secret key and the protocol's parameters, that multiplies each
+  ciphertext slot by slot with the model's tiled weights.
 
-Parameters (fixed, ``docs/PROTOCOL.md`` section 10): CKKS, polynomial modulus degree 8192,
-coefficient modulus primes of 60, 40, 40 and 60 bits (200 bits; the HE standard allows 218
-at 8192 for 128-bit classical security, and SEAL refuses to build or load anything weaker,
-its ``sec_level`` being ``tc128``), scale 2^40. A fresh ciphertext uses the three data
-primes (140 bits); multiplying by a plaintext weight and rescaling drops one, which leaves
-100 bits for values of scale 2^40: scores up to about 2^59 in magnitude.
+**Block layout** (``docs/PROTOCOL.md`` section 11). A patient's encoded features
+``x_0 … x_{d-1}`` and a constant 1 fill one block of ``block_width(d)`` slots (the least
+power of two above ``d``; the rest of the block is 0); a ciphertext holds
+``slots // block`` patients one after the other. The service multiplies each ciphertext
+by the plaintext vector that repeats ``[w_0 … w_{d-1}, b, 0 …]`` once per patient, so
+slot ``j`` of a patient's block comes back as ``w_j · x_j`` and the constant slot as the
+intercept ``b``; the client sums its block. One plaintext multiplication per ciphertext
+and output: no rotation, hence no Galois key, no relinearization key, no public key —
+the public context is the parameters alone (under 100 bytes), and a request is one
+ciphertext per 64 patients of 30 features, not one per feature column.
+
+**Parameters** (fixed): CKKS, polynomial modulus degree N = 4096 (2048 slots),
+coefficient modulus primes of 55, 38 and 16 bits (109 bits: the HomomorphicEncryption.org
+standard's largest modulus for 128-bit classical security at N = 4096; SEAL refuses
+anything weaker at its default ``tc128``), scale 2^36, symmetric (secret-key) encryption.
+Fresh ciphertexts carry the two data primes (93 bits); the 16-bit prime is SEAL's special
+prime, used only by key switching, which this protocol never does. The product is not
+rescaled: it stays at scale 2^72 on 93 bits, so every slot value (a product ``w_j · x_j``
+or an intercept) must be below 2^20 in magnitude (:data:`MAX_SLOT_VALUE`); measured
+error of a 30-feature score: under 5e-6.
 
 Every failure is a :class:`HeError` whose message quotes no value.
 """
@@ -36,7 +48,7 @@ class HeError(ValueError):
 
 @dataclass(frozen=True)
 class HeParameters:
-    """The CKKS parameters of the protocol (one set, version 1).
+    """The CKKS parameters of the protocol (one set, version 2).
 
     Parameters
     ----------
@@ -45,31 +57,38 @@ class HeParameters:
     coeff_mod_bit_sizes : tuple of int
         The bit sizes of the coefficient modulus primes (the last is SEAL's special prime).
     scale_bits : int
-        log2 of the encoding scale.
+        log2 of the encoding scale of a fresh ciphertext (and of the service's weights).
     security_bits : int
         The classical security level the parameters reach (HE standard, SEAL ``tc128``).
     """
 
-    poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
-    scale_bits: int = 40
+    poly_modulus_degree: int = 4096
+    coeff_mod_bit_sizes: tuple[int, ...] = (55, 38, 16)
+    scale_bits: int = 36
     security_bits: int = 128
 
     @property
     def slots(self) -> int:
-        """How many values (patients) one ciphertext holds: N / 2."""
+        """How many values one ciphertext holds: N / 2."""
         return self.poly_modulus_degree // 2
 
     @property
     def data_primes(self) -> int:
-        """How many primes a fresh ciphertext carries (all but the special prime)."""
+        """How many primes a ciphertext carries (all but the special prime)."""
         return len(self.coeff_mod_bit_sizes) - 1
+
+    @property
+    def data_bits(self) -> int:
+        """The bits of a ciphertext's modulus (the data primes together)."""
+        return sum(self.coeff_mod_bit_sizes[:-1])
 
 
 PARAMETERS = HeParameters()
 SCHEME = "CKKS"
 # The most bytes a serialized public context may have; the parameters alone are ~100.
 MAX_CONTEXT_BYTES = 4096
+# A product at scale 2^72 on a 93-bit modulus: every slot value must stay below this.
+MAX_SLOT_VALUE = 2.0 ** (PARAMETERS.data_bits - 1 - 2 * PARAMETERS.scale_bits)
 
 
 def context_id(public_bytes: bytes) -> str:
@@ -83,11 +102,49 @@ def context_id(public_bytes: bytes) -> str:
     return hashlib.sha256(public_bytes).hexdigest()[:32]
 
 
-class SecretContext:
-    """The client's CKKS context: encrypts feature columns, decrypts scores.
+def block_width(columns: int) -> int:
+    """Slots per patient for ``columns`` encoded features: the least power of two > columns.
 
-    A new key pair is drawn for every instance; the secret key is in no serialization
-    this class offers.
+    Parameters
+    ----------
+    columns : int
+        The encoded features of one patient (the block adds one slot holding 1).
+    """
+    if not 1 <= columns < PARAMETERS.slots:
+        raise HeError(f"a patient has 1 to {PARAMETERS.slots - 1} encoded columns")
+    return 1 << columns.bit_length()
+
+
+def patients_per_ciphertext(block: int) -> int:
+    """How many patients one ciphertext holds with blocks of ``block`` slots.
+
+    Parameters
+    ----------
+    block : int
+        :func:`block_width` of the model's columns.
+    """
+    return PARAMETERS.slots // block
+
+
+def ciphertext_patients(rows: int, block: int) -> list[int]:
+    """The patients in each ciphertext of a request of ``rows`` patients (all full but the last).
+
+    Parameters
+    ----------
+    rows : int
+        The patients of the request.
+    block : int
+        :func:`block_width` of the model's columns.
+    """
+    per = patients_per_ciphertext(block)
+    return [min(per, rows - start) for start in range(0, rows, per)]
+
+
+class SecretContext:
+    """The client's CKKS context: encrypts patients in blocks, decrypts their scores.
+
+    A new secret key is drawn for every instance; it is in no serialization this class
+    offers.
     """
 
     def __init__(self) -> None:
@@ -95,6 +152,7 @@ class SecretContext:
             ts.SCHEME_TYPE.CKKS,
             PARAMETERS.poly_modulus_degree,
             coeff_mod_bit_sizes=list(PARAMETERS.coeff_mod_bit_sizes),
+            encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
         )
         self._context.global_scale = 2.0**PARAMETERS.scale_bits
         self._public = self._context.serialize(
@@ -113,37 +171,50 @@ class SecretContext:
         """:func:`context_id` of :meth:`public_bytes`."""
         return context_id(self._public)
 
-    def encrypt_columns(self, columns: Sequence[Sequence[float]]) -> list[bytes]:
-        """One serialized ciphertext per column, each holding every patient's value.
+    def encrypt_rows(self, rows: Sequence[Sequence[float]]) -> list[bytes]:
+        """The serialized ciphertexts of the patients ``rows``, in blocks.
 
         Parameters
         ----------
-        columns : sequence of sequence of float
-            Per encoded feature, one value per patient (at most ``PARAMETERS.slots``).
+        rows : sequence of sequence of float
+            Per patient, its encoded columns (the same number for every patient).
         """
-        if not columns or not columns[0]:
-            raise HeError("nothing to encrypt")
-        if len({len(c) for c in columns}) != 1 or len(columns[0]) > PARAMETERS.slots:
-            raise HeError(f"every column must have the same 1 to {PARAMETERS.slots} values")
-        return [ts.ckks_vector(self._context, list(column)).serialize() for column in columns]
+        if not rows or len({len(row) for row in rows}) != 1:
+            raise HeError("every patient must have the same, non-zero number of columns")
+        block = block_width(len(rows[0]))
+        padding = [1.0] + [0.0] * (block - len(rows[0]) - 1)
+        per = patients_per_ciphertext(block)
+        out = []
+        for start in range(0, len(rows), per):
+            slots = [value for row in rows[start : start + per] for value in (*row, *padding)]
+            out.append(ts.ckks_vector(self._context, slots).serialize())
+        return out
 
-    def decrypt(self, ciphertext: bytes, count: int) -> list[float]:
-        """The first ``count`` values of a score ciphertext.
+    def decrypt_scores(self, ciphertexts: Sequence[bytes], rows: int, block: int) -> list[float]:
+        """Each patient's score: the sum of its block, over the ciphertexts of one output.
 
         Parameters
         ----------
-        ciphertext : bytes
-            A serialized ciphertext the service computed on this context's columns.
-        count : int
-            How many patients it holds.
+        ciphertexts : sequence of bytes
+            The service's products, one per request ciphertext, in order.
+        rows : int
+            How many patients the request held.
+        block : int
+            The slots per patient.
         """
-        try:
-            values = ts.ckks_vector_from(self._context, ciphertext).decrypt()
-        except (ValueError, RuntimeError, TypeError):
-            raise HeError("a score ciphertext does not decrypt under this context") from None
-        if len(values) < count:
-            raise HeError(f"a score ciphertext holds {len(values)} values, not {count}")
-        return values[:count]
+        counts = ciphertext_patients(rows, block)
+        if len(ciphertexts) != len(counts):
+            raise HeError(f"{len(ciphertexts)} score ciphertexts for {len(counts)} sent")
+        scores: list[float] = []
+        for data, count in zip(ciphertexts, counts, strict=True):
+            try:
+                values = ts.ckks_vector_from(self._context, data).decrypt()
+            except (ValueError, RuntimeError, TypeError):
+                raise HeError("a score ciphertext does not decrypt under this context") from None
+            if len(values) != count * block:
+                raise HeError(f"a score ciphertext holds {len(values)} values, not {count * block}")
+            scores.extend(sum(values[i : i + block]) for i in range(0, len(values), block))
+        return scores
 
 
 class PublicContext:
@@ -167,16 +238,13 @@ class PublicContext:
             raise HeError("the public context does not parse as a TenSEAL CKKS context") from None
         if context.is_private() or context.has_secret_key():
             raise HeError("the context holds a secret key; send only the public context")
-        parms = context.seal_context().data.key_context_data().parms()
-        if (
-            parms.scheme() != ts.SCHEME_TYPE.CKKS.value
-            or parms.poly_modulus_degree() != PARAMETERS.poly_modulus_degree
-            or context.global_scale != 2.0**PARAMETERS.scale_bits
-        ):
+        if not _has_protocol_parameters(context):
             raise HeError(
-                f"the context must be CKKS with N={PARAMETERS.poly_modulus_degree} and "
-                f"scale 2^{PARAMETERS.scale_bits}"
+                f"the context must be CKKS with N={PARAMETERS.poly_modulus_degree}, "
+                f"primes of {list(PARAMETERS.coeff_mod_bit_sizes)} bits and scale "
+                f"2^{PARAMETERS.scale_bits}"
             )
+        context.auto_rescale = False  # the product keeps scale 2^72 (module docstring)
         self._context = context
         self.id = context_id(public_bytes)
 
@@ -184,61 +252,89 @@ class PublicContext:
         """Whether the context holds a secret key (never: the constructor refuses it)."""
         return bool(self._context.is_private())
 
-    def _load(self, data: bytes, rows: int) -> ts.CKKSVector:
+    def _load(self, data: bytes, patients: int, block: int) -> ts.CKKSVector:
         try:
             vector = ts.ckks_vector_from(self._context, data)
         except (ValueError, RuntimeError, TypeError):
-            raise HeError("a column is not a CKKS ciphertext of this context") from None
+            raise HeError("a ciphertext is not a CKKS ciphertext of this context") from None
         parts = vector.ciphertext()
         # One fresh, two-polynomial ciphertext at the top level, of the agreed scale.
         if (
-            vector.size() != rows
+            vector.size() != patients * block
             or len(parts) != 1
             or parts[0].size() != 2
             or parts[0].coeff_modulus_size() != PARAMETERS.data_primes
             or parts[0].scale != 2.0**PARAMETERS.scale_bits
         ):
-            raise HeError(f"a column is not a fresh ciphertext of {rows} values")
+            raise HeError(f"a ciphertext is not a fresh one of {patients} patients")
         return vector
 
     def linear_scores(
         self,
-        columns: Sequence[bytes],
+        ciphertexts: Sequence[bytes],
         rows: int,
         weights: Sequence[Sequence[float]],
         bias: Sequence[float],
-    ) -> list[bytes]:
-        """``sum_j weights[k][j] * columns[j] + bias[k]`` for every output ``k``, encrypted.
+    ) -> list[list[bytes]]:
+        """Per model output ``k``, per ciphertext: its blocks times ``[weights[k], bias[k]]``.
 
         Parameters
         ----------
-        columns : sequence of bytes
-            One serialized ciphertext per input column, each of ``rows`` values.
+        ciphertexts : sequence of bytes
+            The request's ciphertexts (:func:`ciphertext_patients` of ``rows`` patients).
         rows : int
-            How many patients each ciphertext holds (1 to ``PARAMETERS.slots``).
+            How many patients the request holds.
         weights : sequence of sequence of float
             ``[k][d]``: one row of column weights per output.
         bias : sequence of float
             One intercept per output.
         """
-        if not 1 <= rows <= PARAMETERS.slots:
-            raise HeError(f"a request holds 1 to {PARAMETERS.slots} patients")
-        if any(len(w) != len(columns) for w in weights) or len(bias) != len(weights):
+        if not weights or any(len(w) != len(weights[0]) for w in weights):
             raise HeError("the weights do not fit the columns")
-        vectors = [self._load(data, rows) for data in columns]
-        # A weight that encodes to the zero plaintext would make SEAL refuse the product
-        # ("transparent" ciphertext); leaving its term out changes the score by < 2^-41·x.
-        smallest = 2.0 ** -(PARAMETERS.scale_bits + 1)
-        kept = [[(j, float(w)) for j, w in enumerate(row) if abs(w) > smallest] for row in weights]
-        if not all(kept):
+        if len(bias) != len(weights):
+            raise HeError("one intercept per output is needed")
+        block = block_width(len(weights[0]))
+        counts = ciphertext_patients(rows, block)
+        if len(ciphertexts) != len(counts):
+            raise HeError(f"{rows} patients take {len(counts)} ciphertexts, not {len(ciphertexts)}")
+        vectors = [self._load(data, n, block) for data, n in zip(ciphertexts, counts, strict=True)]
+        padding = [0.0] * (block - len(weights[0]) - 1)
+        tiles = [
+            [float(w) for w in row] + [float(b), *padding]
+            for row, b in zip(weights, bias, strict=True)
+        ]
+        if not all(any(tile) for tile in tiles):
             raise HeError("an output of the model has no non-zero weight")
         scores = []
         try:
-            for terms, intercept in zip(kept, bias, strict=True):
-                total = vectors[terms[0][0]] * terms[0][1]
-                for j, weight in terms[1:]:
-                    total = total + vectors[j] * weight
-                scores.append((total + float(intercept)).serialize())
+            for tile in tiles:
+                scores.append(
+                    [(v * (tile * n)).serialize() for v, n in zip(vectors, counts, strict=True)]
+                )
         except (ValueError, RuntimeError, TypeError):
             raise HeError("the encrypted linear score could not be computed") from None
         return scores
+
+
+def _has_protocol_parameters(context: ts.Context) -> bool:
+    """Whether a context is CKKS with :data:`PARAMETERS`: N, the primes' bits, the scale.
+
+    SEAL's modulus chain gives each level's total bits: all primes (key level), the data
+    primes (first level), and one prime fewer per level down.
+    """
+    seal = context.seal_context().data
+    key = seal.key_context_data()
+    parms = key.parms()
+    if (
+        parms.scheme() != ts.SCHEME_TYPE.CKKS.value
+        or parms.poly_modulus_degree() != PARAMETERS.poly_modulus_degree
+        or context.global_scale != 2.0**PARAMETERS.scale_bits
+    ):
+        return False
+    totals, level = [], key
+    while level is not None:
+        totals.append(level.total_coeff_modulus_bit_count())
+        level = level.next_context_data()
+    sizes = PARAMETERS.coeff_mod_bit_sizes
+    expected = [sum(sizes)] + [sum(sizes[: len(sizes) - 1 - i]) for i in range(len(sizes) - 1)]
+    return totals == expected

@@ -329,11 +329,48 @@ def sign_version(path: str | Path, signer: Callable[[bytes], bytes]) -> Path:
     """Sign an already registered version folder that has no ``manifest.sig`` yet.
 
     For registries written without a key (a researcher's simulation); a coordinator
-    signs at registration instead. An existing signature is never replaced.
+    signs at registration instead. An existing signature is never replaced here: see
+    :func:`resign_version`.
     """
     path = Path(path)
     if (path / SIGNATURE).exists():
-        raise SignatureError(f"{path}: already signed; refusing to replace {SIGNATURE}")
+        raise SignatureError(
+            f"{path}: already signed; to replace its signature give the key that signed it "
+            "(re-signing)"
+        )
+    return _write_signature(path, signer)
+
+
+def resign_version(
+    path: str | Path,
+    signer: Callable[[bytes], bytes],
+    previous_key: VerifyKey,
+    storage_key: bytes | None = None,
+) -> Path:
+    """Replace a signed version's signature, after checking it under the key that made it.
+
+    For a coordinator that moves to a new signing key: every file must still match the
+    manifest, and the manifest its signature under ``previous_key``; only then is the
+    manifest signed with ``signer`` (the same bytes: nothing else of the version
+    changes). Raises :class:`SignatureError` naming what does not check out.
+
+    Parameters
+    ----------
+    path : path
+        The version folder.
+    signer : callable
+        The new key's signing function.
+    previous_key : VerifyKey
+        The public key the version is signed with now.
+    storage_key : bytes, optional
+        The key of files encrypted at rest (they are decrypted to be checked).
+    """
+    verify_version_bytes(path, previous_key, storage_key=storage_key)
+    return _write_signature(Path(path), signer)
+
+
+def _write_signature(path: Path, signer: Callable[[bytes], bytes]) -> Path:
+    """Sign ``path``'s manifest and put the signature in place atomically."""
     tmp = path / (SIGNATURE + ".tmp")
     tmp.write_bytes(signer((path / MANIFEST).read_bytes()))
     os.replace(tmp, path / SIGNATURE)

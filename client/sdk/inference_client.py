@@ -13,9 +13,10 @@ key, checks that it answers this request, and returns the predictions.
 
 With ``mode="he"`` (``pip install fedcare-sdk[he]``, linear models only) the features are
 not sent at all: the client one-hot encodes them from the schema the metadata publishes,
-encrypts each encoded column under a CKKS key that never leaves this object
-(:mod:`privacy.he`), and the service computes the encrypted linear score inside the same
-HPKE envelope; the client decrypts it and applies the link (sigmoid, softmax, identity or
+packs each patient's encoded columns into a block of a CKKS ciphertext under a key that
+never leaves this object (:mod:`privacy.he`), and the service multiplies them by the
+model's weights inside the same HPKE envelope; the client decrypts the products, sums
+each patient's block into its score and applies the link (sigmoid, softmax, identity or
 exp), so the host never sees a feature value or a prediction. Every failure is
 an :class:`InferenceError` subclass saying what went wrong. ``docs/PROTOCOL.md`` is the
 wire format this implements.
@@ -401,30 +402,33 @@ class InferenceClient:
                 code=wire.HE_NOT_SUPPORTED.code,
             )
         try:
-            columns = wire.encode_he_columns(parameters["schema"], rows)
+            encoded = wire.encode_he_rows(parameters["schema"], rows)
         except wire.ApiError as err:
             raise InvalidInput(err.message, 0, err.code, **err.details) from None
         if self._he is None:
             self._he = he.SecretContext()
-        batch = int(offer["max_rows"])
+        batch, names = int(offer["max_rows"]), tuple(offer["columns"])
+        block = he.block_width(len(names))
         predictions: list[dict[str, Any]] = []
         result = InferenceResult(self.model, "", predictions)
         for start in range(0, len(rows), batch):
-            chunk = [column[start : start + batch] for column in columns]
-            result = self._he_once(chunk, tuple(offer["columns"]))
+            result = self._he_once(encoded[start : start + batch], names, block)
             predictions.extend(result.predictions)
         return InferenceResult(result.model_name, result.model_version, predictions)
 
-    def _he_once(self, columns: list[list[float]], names: tuple[str, ...]) -> InferenceResult:
+    def _he_once(
+        self, encoded: list[list[float]], names: tuple[str, ...], block: int
+    ) -> InferenceResult:
         """One homomorphic request; its context is resent once if the service lost it."""
         secret = self._he
-        data = tuple(secret.encrypt_columns(columns))
-        count = len(columns[0])
+        data = tuple(secret.encrypt_rows(encoded))
+        count = len(encoded)
         for attempt in range(2):
             request = wire.HeRequest(
                 context_id=secret.context_id,
                 context=None if self._context_sent else secret.public_bytes(),
                 rows=count,
+                block=block,
                 columns=names,
                 data=data,
             )
@@ -449,17 +453,19 @@ class InferenceClient:
                 self._context_sent = False
                 continue
             self._context_sent = True
-            return self._he_result(answer, request_id, count)
+            return self._he_result(answer, request_id, count, block)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    def _he_result(self, answer: Any, request_id: str, count: int) -> InferenceResult:
-        """Decrypt a homomorphic response's scores and apply its link."""
+    def _he_result(self, answer: Any, request_id: str, count: int, block: int) -> InferenceResult:
+        """Decrypt a homomorphic response's products, sum each patient's block, apply the link."""
         try:  # privacy.he.HeError is a ValueError
             header, scores = wire.parse_he_response(answer)
-            values = [self._he.decrypt(c, count) for c in scores.scores]
+            if scores.rows != count or scores.block != block:
+                raise ValueError("it holds another number of patients or another block")
+            values = [self._he.decrypt_scores(o, count, block) for o in scores.scores]
         except ValueError as err:
             raise ProtocolViolation(f"the homomorphic response does not parse: {err}") from None
-        if header.id != request_id or header.model_name != self.model or scores.rows != count:
+        if header.id != request_id or header.model_name != self.model:
             raise ProtocolViolation("the response answers another request or model")
         predictions = wire.he_predictions(scores.link, values, scores.labels)
         return InferenceResult(header.model_name, header.model_version, predictions)

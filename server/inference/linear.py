@@ -73,6 +73,11 @@ def not_linear_reason(model: ServedModel) -> str:
         return f"model '{model.name}' reads '{predictor.schema.kind}' data, not a table"
     if task not in wire.HE_LINKS and task != "survival":
         return f"model '{model.name}' has the task '{task}', which has no link"
+    if len(predictor.encoder.column_names) >= he.PARAMETERS.slots // 2:
+        return (
+            f"model '{model.name}' has {len(predictor.encoder.column_names)} encoded columns; "
+            f"homomorphic inference packs fewer than {he.PARAMETERS.slots // 2} per patient"
+        )
     return ""
 
 
@@ -203,6 +208,12 @@ def he_scores(
         raise wire.INVALID_INPUT.error(
             "he.columns are not the model's encoded columns; fetch the metadata again"
         )
+    block = he.block_width(len(linear.columns))
+    if request.block != block:
+        raise wire.MALFORMED_REQUEST.error(
+            f"he.block must be {block} for {len(linear.columns)} columns (docs/PROTOCOL.md "
+            "section 11)"
+        )
     try:
         scores = context.linear_scores(request.data, request.rows, linear.weights, linear.bias)
     except he.HeError as err:
@@ -210,9 +221,10 @@ def he_scores(
     return wire.HeScores(
         context_id=context.id,
         rows=request.rows,
+        block=block,
         link=linear.link,
         labels=linear.labels,
-        scores=tuple(scores),
+        scores=tuple(tuple(output) for output in scores),
     )
 
 
@@ -229,12 +241,21 @@ def he_offer(model: ServedModel, max_rows: int, ttl: float) -> wire.HeOffer:
         Seconds a sent context stays cached.
     """
     reason = not_linear_reason(model)
+    columns = model.predictor.encoder.column_names
+    layout = {}
+    if not reason:
+        block = he.block_width(len(columns))
+        layout = {"block": block, "patients_per_ciphertext": he.patients_per_ciphertext(block)}
     parameters = {
         "scheme": he.SCHEME,
         "poly_modulus_degree": he.PARAMETERS.poly_modulus_degree,
         "coeff_mod_bit_sizes": list(he.PARAMETERS.coeff_mod_bit_sizes),
         "scale_bits": he.PARAMETERS.scale_bits,
         "security_bits": he.PARAMETERS.security_bits,
+        "encryption": "symmetric",
+        "layout": "blocks",
+        **layout,
+        "max_slot_value": he.MAX_SLOT_VALUE,
         "context_ttl": ttl,
         "max_context_bytes": he.MAX_CONTEXT_BYTES,
     }
@@ -242,8 +263,8 @@ def he_offer(model: ServedModel, max_rows: int, ttl: float) -> wire.HeOffer:
     return wire.HeOffer(
         offered=not reason,
         reason=reason,
-        columns=tuple(model.predictor.encoder.column_names),
+        columns=tuple(columns),
         link=link,
-        max_rows=min(max_rows, he.PARAMETERS.slots),
+        max_rows=max_rows,
         parameters=parameters,
     )

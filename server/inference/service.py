@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from models.data.kinds.base import RowError
-from privacy import he, hpke
+from privacy import hpke
 from privacy.signing import load_storage_key, load_verify_key
 from privacy.tokens import RateLimiter, TokenRecord, TokenStore
 from protocol import inference as wire
@@ -235,7 +235,7 @@ class InferenceService:
         linear = self.linear(model)
         if header.explain:
             raise _not_explainable(model, "a homomorphic request carries no attributions")
-        request = wire.parse_he_request(decoded, self.he_max_rows)
+        request = wire.parse_he_request(decoded, self.config.max_rows)
         if request.context is not None:
             context = self.contexts.put(request.context_id, request.context)
         else:
@@ -243,11 +243,6 @@ class InferenceService:
         scores = he_scores(linear, context, request)
         payload = wire.build_he_response(model.name, model.version, header.id, scores)
         return payload, request.rows
-
-    @property
-    def he_max_rows(self) -> int:
-        """The most patients one homomorphic request may carry."""
-        return min(self.config.max_rows, he.PARAMETERS.slots)
 
     def answer(self, caller: Caller, body: bytes, sealed: bool, homomorphic: bool = False) -> Reply:
         """Open, check, predict and seal one request.

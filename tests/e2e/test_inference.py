@@ -20,6 +20,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from cli.inference import KEEP_ALIVE_SECONDS
 from cli.predict import predict
 from client.sdk import (
     AuthenticationError,
@@ -42,6 +43,8 @@ from protocol import inference as wire
 from server.inference.keyring import rotate
 from server.registry import ModelRegistry
 from tests.conftest import SCHEMA_TOML
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 # Feature values no log may ever contain (distinctive, so a leak cannot hide).
 SENTINEL_AGES = [73.31415926, 41.27182818, 58.16180339]
@@ -374,6 +377,30 @@ def raw_request(service: Service, head: bytes) -> bytes:
             while chunk := tls.recv(65536):
                 chunks.append(chunk)
     return b"".join(chunks)
+
+
+def test_an_idle_connection_is_closed_after_the_documented_keep_alive(service):
+    """INFERENCE.md states the keep-alive timeout; the real service keeps an idle
+    connection that long (a second request on it is answered) and then closes it."""
+    import socket
+
+    assert f"open for {KEEP_ALIVE_SECONDS} seconds" in (DOCS / "INFERENCE.md").read_text()
+    host, port = service.url.removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=str(service.fed.tls.ca_cert))
+    probe = f"GET /v2/health/live HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=KEEP_ALIVE_SECONDS + 10) as sock:
+        with context.wrap_socket(sock, server_hostname=host) as tls:
+            for _ in range(2):
+                tls.sendall(probe)
+                answer = b""
+                while not answer.endswith(b'{"live":true}'):  # head and body, one or more reads
+                    answer += tls.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 200")
+                time.sleep(KEEP_ALIVE_SECONDS / 2)  # idle, but not for long enough
+            idle = time.monotonic()
+            assert tls.recv(65536) == b""  # the service closed it
+            waited = time.monotonic() - idle + KEEP_ALIVE_SECONDS / 2
+    assert KEEP_ALIVE_SECONDS - 1 <= waited <= KEEP_ALIVE_SECONDS + 10
 
 
 @pytest.mark.parametrize(

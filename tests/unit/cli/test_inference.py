@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
+import ssl
+import threading
 from dataclasses import MISSING, fields
 
 import pytest
@@ -14,6 +17,7 @@ from typer.testing import CliRunner, Result
 
 from cli.inference import _parse_pins, keys_app, serve, tokens_app
 from cli.predict import predict
+from deploy.provision import provision
 from models.data.features import FeatureEncoder, Standardization
 from models.data.kinds.registry import load_schema
 from models.families import build_model
@@ -22,7 +26,7 @@ from privacy import signing
 from privacy.tokens import TokenStore
 from server.inference.config import ServiceConfig
 from server.inference.keyring import list_keys
-from server.registry import ModelRegistry
+from server.registry import ModelRegistry, verify_version_bytes
 from tests.e2e.test_inference import make_federation, start_service
 
 app = typer.Typer()
@@ -74,6 +78,63 @@ def test_sign_version_and_encrypt_version(tmp_path):
     assert run.exit_code == 0, run.stderr
     manifest = json.loads((unsigned / "manifest.json").read_text())
     assert manifest["at_rest"]["cipher"] == "AES-256-GCM"
+
+
+def test_sign_version_re_signs_only_under_the_key_that_signed_it(tmp_path):
+    fed = make_federation(tmp_path)
+    version = fed.register(seed=1)
+    new_key = tmp_path / "new-signing.key"
+    signing.generate_signing_key(new_key)
+    args = ["keys", "sign-version", str(version), "--signing-key", str(new_key)]
+    refused = fedcare(*args)
+    assert refused.exit_code == 2 and "already signed" in refused.stderr
+    wrong = fedcare(*args, "--previous-key", str(new_key.with_suffix(".pub")))
+    assert wrong.exit_code == 2 and "does not verify" in wrong.stderr
+    run = fedcare(*args, "--previous-key", str(fed.verify_key))
+    assert run.exit_code == 0 and "re-signed" in run.stderr
+    new_public = signing.load_verify_key(new_key.with_suffix(".pub"))
+    verify_version_bytes(version, new_public)
+    with pytest.raises(signing.SignatureError):
+        verify_version_bytes(version, signing.load_verify_key(fed.verify_key))
+    # A version whose files changed is not re-signed, whatever key is given.
+    tampered = fed.register(seed=2)
+    (tampered / "schema.toml").write_text((tampered / "schema.toml").read_text() + "\n")
+    again = fedcare(
+        "keys", "sign-version", str(tampered), "--signing-key", str(new_key),
+        "--previous-key", str(fed.verify_key),
+    )  # fmt: skip
+    assert again.exit_code == 2 and "does not match its sha256" in again.stderr
+
+
+def test_keys_tls_issues_a_certificate_a_client_verifies_by_the_federation_ca(tmp_path):
+    """A real TLS handshake: a server on the issued certificate and key, a client that
+    trusts only the federation's CA and checks the name."""
+    out = tmp_path / "fed"
+    provision("demo", ["a"], out, approved_apps=["ab" * 32])
+    run = fedcare("keys", "tls", "--federation-dir", str(out), "--san-dns", "localhost")
+    assert run.exit_code == 0 and "issued" in run.stderr, run.stderr
+    folder = out / "inference"
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(folder / "tls.crt", folder / "tls.key")
+    client = ssl.create_default_context(cafile=str(folder / "ca.crt"))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def accept() -> None:
+            conn, _ = listener.accept()
+            with server.wrap_socket(conn, server_side=True) as tls:
+                tls.sendall(b"ok")
+
+        thread = threading.Thread(target=accept)
+        thread.start()
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            with client.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert tls.recv(2) == b"ok"
+        thread.join()
+    kept = fedcare("keys", "tls", "--federation-dir", str(out), "--san-dns", "localhost")
+    assert kept.exit_code == 0 and "kept" in kept.stderr
+    missing = fedcare("keys", "tls", "--federation-dir", str(tmp_path / "none"))
+    assert missing.exit_code == 2 and "fedcare provision" in missing.stderr
 
 
 def test_serve_refuses_plain_http_without_the_flag(tmp_path):

@@ -6,6 +6,7 @@ import shutil
 import stat
 import subprocess
 import tomllib
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from client.site import resolve_settings
-from deploy.provision import ProvisionError, load_federation, provision
+from deploy.provision import ProvisionError, issue_service_cert, load_federation, provision
 from deploy.superlink import write_connection
 from deploy.supernode import load_site_config, supernode_command, write_node_config
 from models.data.site_config import SiteConfigError
@@ -291,3 +292,36 @@ def test_connection_is_read_back_by_flwr(prov, tmp_path, monkeypatch):
     conn = read_superlink_connection("fedcare")
     assert conn.address == "127.0.0.1:18600" and not conn.insecure
     assert Path(conn.root_certificates) == (out / "coordinator" / "ca.crt").resolve()
+
+
+def test_the_inference_service_certificate_comes_from_the_federation_ca(prov):
+    out, _ = prov
+    issued = issue_service_cert(out, ["inference.example"], ["10.0.0.5"])
+    assert issued.issued and issued.key_created
+    assert _files(out / "inference") == {"ca.crt", "tls.crt", "tls.key"}
+    assert stat.S_IMODE(issued.key.stat().st_mode) == 0o600
+    assert issued.ca_cert.read_bytes() == (out / "ca" / "ca.crt").read_bytes()
+    cert = pki.load_cert(issued.cert.read_bytes())
+    ca = pki.load_cert(issued.ca_cert.read_bytes())
+    store = Store([ca])
+    for name in (x509.DNSName("inference.example"), x509.IPAddress(ip_address("10.0.0.5"))):
+        PolicyBuilder().store(store).build_server_verifier(name).verify(cert, [])
+    assert pki.public_keys_match(pki.load_pem_private_key(issued.key.read_bytes()), cert)
+    # Re-running keeps what still fits; other names re-issue it for the same key.
+    again = issue_service_cert(out, ["inference.example"], ["10.0.0.5"])
+    assert not again.issued and not again.key_created
+    key = issued.key.read_bytes()
+    renamed = issue_service_cert(out, ["scoring.example"], [])
+    assert renamed.issued and issued.key.read_bytes() == key
+    assert pki.cert_sans(pki.load_cert(renamed.cert.read_bytes())) == ({"scoring.example"}, set())
+
+
+def test_the_inference_certificate_needs_a_provisioned_ca_and_its_key(tmp_path, prov):
+    with pytest.raises(ProvisionError, match="run `fedcare provision` first"):
+        issue_service_cert(tmp_path / "nothing")
+    out, _ = prov
+    shutil.move(out / "ca" / "ca.key", tmp_path / "offline.key")
+    with pytest.raises(ProvisionError, match="CA key .* is absent"):
+        issue_service_cert(out)
+    with pytest.raises(pki.PKIError, match="not an IP address"):
+        issue_service_cert(out, [], ["inference"])

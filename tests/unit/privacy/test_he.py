@@ -1,8 +1,9 @@
-"""privacy/he.py: the CKKS recipe's public context, checks and encrypted linear score."""
+"""privacy/he.py: the CKKS recipe's public context, checks, block layout and linear score."""
 
 from __future__ import annotations
 
 import pytest
+import tenseal as ts
 
 from privacy import he
 
@@ -12,19 +13,55 @@ def secret() -> he.SecretContext:
     return he.SecretContext()
 
 
-def test_the_public_context_is_the_documented_vector_and_holds_no_key(secret):
+def test_the_parameters_reach_128_bits_and_the_public_context_is_the_documented_vector(secret):
+    # HomomorphicEncryption.org standard, classical 128 bits: N=4096 allows 109 bits.
+    assert he.PARAMETERS.poly_modulus_degree == 4096
+    assert sum(he.PARAMETERS.coeff_mod_bit_sizes) <= 109
     public = he.PublicContext(secret.public_bytes())
     assert not public.is_private() and public.id == secret.context_id
-    assert secret.context_id == "15c4fbb197739c85607b12f0f9fd1c4d"
+    assert secret.context_id == "4d37a467bcd08159cf87f6bf39f400d1"
+    assert len(secret.public_bytes()) < 100
+
+
+@pytest.mark.parametrize(
+    ("columns", "block"), [(1, 2), (2, 4), (3, 4), (30, 32), (31, 32), (32, 64)]
+)
+def test_a_block_holds_the_columns_and_the_constant_slot(columns, block):
+    assert he.block_width(columns) == block
+    assert he.patients_per_ciphertext(block) == 2048 // block
+
+
+def test_patients_fill_ciphertexts_in_order():
+    assert he.ciphertext_patients(1, 32) == [1]
+    assert he.ciphertext_patients(64, 32) == [64]
+    assert he.ciphertext_patients(130, 32) == [64, 64, 2]
 
 
 def test_the_linear_score_decrypts_to_the_plaintext_one(secret):
     public = he.PublicContext(secret.public_bytes())
-    columns = secret.encrypt_columns([[1.0, 2.0], [3.0, 4.0]])
-    scores = public.linear_scores(columns, 2, [[0.5, 0.0], [1.0, -1.0]], [1.0, 0.0])
-    first, second = (secret.decrypt(score, 2) for score in scores)
-    assert first == pytest.approx([1.5, 2.0], abs=1e-6)
-    assert second == pytest.approx([-2.0, -2.0], abs=1e-6)
+    rows = [[1.0, 3.0], [2.0, 4.0], [-1.5, 1e3]]
+    ciphertexts = secret.encrypt_rows(rows)
+    assert len(ciphertexts) == 1
+    scores = public.linear_scores(ciphertexts, 3, [[0.5, 0.0], [1.0, -1.0]], [1.0, 0.0])
+    first, second = (secret.decrypt_scores(output, 3, 4) for output in scores)
+    assert first == pytest.approx([1.5, 2.0, 0.25], abs=1e-6)
+    assert second == pytest.approx([-2.0, -2.0, -1001.5], abs=1e-6)
+
+
+def test_many_ciphertexts_and_a_wide_model_keep_the_precision(secret):
+    """130 patients of 30 columns (three ciphertexts), weights as folded standardization
+    makes them (large for small-spread features), values up to a few thousand."""
+    public = he.PublicContext(secret.public_bytes())
+    rows = [
+        [((i * 7 + j * 13) % 97) * (1 + 40 * (j % 3)) / 10 for j in range(30)] for i in range(130)
+    ]
+    weights = [[(-1) ** j * (0.01 + (j % 5) * 3.7) for j in range(30)]]
+    ciphertexts = secret.encrypt_rows(rows)
+    assert len(ciphertexts) == 3
+    [output] = public.linear_scores(ciphertexts, 130, weights, [-2.5])
+    got = secret.decrypt_scores(output, 130, 32)
+    expected = [sum(w * x for w, x in zip(weights[0], row, strict=True)) - 2.5 for row in rows]
+    assert max(abs(g - e) for g, e in zip(got, expected, strict=True)) < 1e-4
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00" * 50, b"garbage" * 100, b"\xff" * 5000])
@@ -38,12 +75,30 @@ def test_a_context_with_the_secret_key_is_refused(secret):
         he.PublicContext(secret._context.serialize(save_secret_key=True))
 
 
+@pytest.mark.parametrize(
+    ("degree", "bits", "scale"),
+    [(8192, [60, 40, 40, 60], 40), (4096, [55, 38, 16], 30), (4096, [40, 40, 29], 36)],
+)
+def test_a_context_of_other_parameters_is_refused(degree, bits, scale):
+    context = ts.context(ts.SCHEME_TYPE.CKKS, degree, coeff_mod_bit_sizes=bits)
+    context.global_scale = 2.0**scale
+    data = context.serialize(
+        save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+    )
+    with pytest.raises(he.HeError, match="must be CKKS with N=4096"):
+        he.PublicContext(data)
+
+
 def test_ciphertexts_that_do_not_fit_are_refused(secret):
     public = he.PublicContext(secret.public_bytes())
-    columns = secret.encrypt_columns([[1.0, 2.0]])
-    with pytest.raises(he.HeError, match="fresh ciphertext of 3"):
-        public.linear_scores(columns, 3, [[1.0]], [0.0])
-    with pytest.raises(he.HeError, match="a column is not"):
+    ciphertexts = secret.encrypt_rows([[1.0], [2.0]])
+    with pytest.raises(he.HeError, match="not a fresh one of 3"):
+        public.linear_scores(ciphertexts, 3, [[1.0]], [0.0])
+    with pytest.raises(he.HeError, match="take 2 ciphertexts"):
+        public.linear_scores(ciphertexts, 1025, [[1.0]], [0.0])
+    with pytest.raises(he.HeError, match="is not a"):
         public.linear_scores([b"x" * 100], 2, [[1.0]], [0.0])
     with pytest.raises(he.HeError, match="no non-zero weight"):
-        public.linear_scores(columns, 2, [[0.0]], [0.0])
+        public.linear_scores(ciphertexts, 2, [[0.0]], [0.0])
+    with pytest.raises(he.HeError, match="does not decrypt|holds"):
+        secret.decrypt_scores([ciphertexts[0]], 3, 2)

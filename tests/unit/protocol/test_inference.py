@@ -265,3 +265,49 @@ def test_the_error_codes_are_the_documented_table():
         "row": 0,
         "feature": "age",
     }
+
+
+# ------------------------------------------------------------ homomorphic encoding
+
+HE_SCHEMA = {
+    "age": {"type": "numeric", "min": 0, "max": 120},
+    "dose": {"type": "numeric"},
+    "sex": {"type": "categorical", "categories": ["F", "M"]},
+    "smoker": {"type": "binary"},
+}
+
+
+def test_he_rows_are_encoded_in_column_order_with_one_hot_categories():
+    assert wire.he_columns(HE_SCHEMA) == ["age", "dose", "sex=F", "sex=M", "smoker"]
+    rows = [
+        {"age": 61, "dose": 2.5, "sex": "M", "smoker": "yes"},
+        {"age": 47.5, "dose": -1e30, "sex": "F", "smoker": 0},
+    ]
+    assert wire.encode_he_rows(HE_SCHEMA, rows) == [
+        [61.0, 2.5, 0.0, 1.0, 1.0],
+        [47.5, -1e30, 1.0, 0.0, 0.0],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("row", "code", "feature"),
+    [
+        ({"age": 121}, "out_of_range", "age"),
+        ({"age": -0.5}, "out_of_range", "age"),
+        ({"dose": 1e39}, "out_of_range", "dose"),
+        ({"dose": float("nan")}, "not_finite", "dose"),
+        ({"dose": float("inf")}, "not_finite", "dose"),
+        ({"dose": True}, "invalid_input", "dose"),
+        ({"dose": "3"}, "invalid_input", "dose"),
+        ({"sex": "X"}, "invalid_input", "sex"),
+        ({"smoker": 2}, "invalid_input", "smoker"),
+        ({"dose": None}, "invalid_input", "dose"),
+        ({"weight": 70}, "invalid_input", "weight"),
+    ],
+)
+def test_he_rows_refuse_what_the_plaintext_route_refuses_naming_row_and_feature(row, code, feature):
+    good = {"age": 50, "dose": 1.0, "sex": "F", "smoker": 1}
+    with pytest.raises(wire.ApiError) as refused:
+        wire.encode_he_rows(HE_SCHEMA, [good, {**good, **row}])
+    assert refused.value.code == code
+    assert refused.value.details == {"row": 1, "feature": feature}
