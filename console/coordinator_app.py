@@ -13,13 +13,14 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 
-from console.federation import FederationView, federation_view
+from console.federation import NEVER_CONNECTED, FederationView, SiteRow, federation_view
 from console.runs import FINISHED, IN_PROGRESS, RunDetail, RunSummary, read_run, run_detail
 from console.runs import run_folders as find_run_folders
 from console.traffic import Traffic, traffic
 from console.versions import MetricDiff, VersionRow, metric_diff, version_rows
 from console.web import Frame, Html, api, chart_slot, esc, link, number, path_part, secure, table
-from privacy.signing import VerifyKey, load_verify_key
+from deploy.nodes import OFFLINE, ONLINE
+from privacy.signing import VerifyKey, load_storage_key, load_verify_key
 from privacy.tokens import TokenStore
 
 FRAME = Frame(
@@ -46,6 +47,8 @@ class CoordinatorSources:
         The inference service's audit log.
     coordinator_dir : Path or None
         The provisioned coordinator folder, for the SuperLink's nodes.
+    storage_key : Path or None
+        The registry's storage key file, to verify versions encrypted at rest.
     """
 
     runs_dir: Path
@@ -53,6 +56,7 @@ class CoordinatorSources:
     verify_key: Path | None = None
     audit_log: Path | None = None
     coordinator_dir: Path | None = None
+    storage_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ class CoordinatorConsole:
         self.key: VerifyKey | None = (
             load_verify_key(sources.verify_key) if sources.verify_key else None
         )
+        self.storage_key: bytes | None = (
+            load_storage_key(sources.storage_key) if sources.storage_key else None
+        )
 
     def runs(self) -> list[RunSummary]:
         """Every run, newest first."""
@@ -109,8 +116,7 @@ class CoordinatorConsole:
 
     def federation(self) -> FederationView:
         """Sites, their ε in the newest run, and the SuperLink's nodes."""
-        runs = self.runs()
-        return federation_view(self.sources.coordinator_dir, runs[0] if runs else None)
+        return federation_view(self.sources.coordinator_dir, self.runs())
 
     def traffic(self) -> Traffic:
         """The audit log, counted."""
@@ -132,7 +138,7 @@ class CoordinatorConsole:
                 registries.append(Path(run.path) / "registry")
         unique = list(dict.fromkeys(p.resolve() for p in registries))
         served = {m.model: m.served_version for m in self.traffic().models if m.served_version}
-        versions = version_rows(unique, self.key, served)
+        versions = version_rows(unique, self.key, served, self.storage_key)
         by_key = {v.key: v for v in versions}
         if a in by_key and b in by_key:
             return ModelsView(versions, metric_diff(by_key[a], by_key[b]), a, b)
@@ -151,6 +157,12 @@ def _headline(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {number(metrics[k])}" for k in keys)
 
 
+def _last_seen(site: SiteRow) -> str:
+    if site.status == ONLINE:
+        return f"heartbeat {site.last_seen}" if site.last_seen else ""
+    return f"went offline {site.last_seen}" if site.last_seen else ""
+
+
 def federation_page(view: FederationView) -> HTMLResponse:
     """The federation page.
 
@@ -159,34 +171,51 @@ def federation_page(view: FederationView) -> HTMLResponse:
     view : FederationView
         Its data.
     """
-    counts = (
-        f"{len(view.nodes)} registered, {view.count('online')} online, "
-        f"{view.count('offline')} offline"
+    counts = ", ".join(
+        f"{view.count(status)} {status}" for status in (ONLINE, OFFLINE, NEVER_CONNECTED)
     )
     intro = Html(
         f"<p>federation <strong>{esc(view.federation or 'not provisioned here')}</strong>; "
-        f"{esc(view.superlink)}{'; ' + esc(counts) if view.nodes else ''}.</p>"
-        + (
-            f"<p>ε as last reported in the newest run, "
-            f"{link('/runs/' + path_part(view.newest_run), view.newest_run).text}.</p>"
-            if view.newest_run
-            else "<p>no run yet.</p>"
-        )
+        f"{esc(view.superlink)}; sites: {esc(counts)}.</p>"
+        "<p>A site is matched to its SuperNode by the key it authenticates with. Its ε is "
+        "the one in its last training reply of the newest run it took part in "
+        "(over everything it ever released); what is left is known only when that run "
+        "set one budget for all sites: a deployed site keeps its budget to itself.</p>"
     )
     sites = table(
         "sites",
-        ["site", "provisioned", "ε spent (newest run)"],
+        ["site", "status", "last seen", "online since", "node id", "ε spent", "ε left", "run"],
         [
-            [s.name, "yes" if s.provisioned else "no", number(s.epsilon_spent, 3)]
+            [
+                s.name,
+                Html(f'<span class="{_status_class(s.status)}">{esc(s.status)}</span>'),
+                _last_seen(s) or None,
+                s.online_since or None,
+                s.node_id or None,
+                number(s.epsilon.spent, 3) if s.epsilon else None,
+                number(s.epsilon.left, 3) if s.epsilon else None,
+                link("/runs/" + path_part(s.epsilon.run), s.epsilon.run) if s.epsilon else None,
+            ]
             for s in view.sites
         ],
     )
-    nodes = table(
-        "SuperNodes",
-        ["node id", "status", "last seen"],
-        [[n.node_id, n.status, n.last_seen or None] for n in view.nodes],
-    )
-    return FRAME.page("federation", [intro, sites, nodes], "/", api="/api/federation")
+    parts = [intro, sites]
+    if view.strangers:
+        parts.append(
+            table(
+                "SuperNodes of no provisioned site",
+                ["node id", "registered as", "key fingerprint", "status", "registered at"],
+                [
+                    [n.node_id, n.name or None, n.fingerprint, n.status, n.registered_at]
+                    for n in view.strangers
+                ],
+            )
+        )
+    return FRAME.page("federation", parts, "/", api="/api/federation")
+
+
+def _status_class(status: str) -> str:
+    return {ONLINE: "ok", OFFLINE: "warn"}.get(status, "")
 
 
 def runs_page(runs: list[RunSummary]) -> HTMLResponse:

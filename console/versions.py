@@ -11,6 +11,7 @@ from server.registry import ModelRegistry, ModelVersion, RegistryError, verify_v
 
 VERIFIED = "verified"
 NOT_CHECKED = "not checked (no verify key given)"
+NO_STORAGE_KEY = "give the console the registry's storage key (--storage-key) to check them"
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,13 @@ class MetricDiff:
     change: float | None
 
 
-def signature_state(version: ModelVersion, key: VerifyKey | None) -> str:
+def signature_state(
+    version: ModelVersion, key: VerifyKey | None, storage_key: bytes | None = None
+) -> str:
     """``verified``, or why not: the signature and every listed file, checked with ``key``.
+
+    Weights encrypted at rest verify only when they decrypt with ``storage_key`` (the
+    registry checks the signature, each file's sha256, then decrypts).
 
     Parameters
     ----------
@@ -97,18 +103,28 @@ def signature_state(version: ModelVersion, key: VerifyKey | None) -> str:
         The version.
     key : VerifyKey or None
         The coordinator's public signing key; None reports that nothing was checked.
+    storage_key : bytes or None
+        The registry's storage key, for versions encrypted at rest.
     """
     if key is None:
         return NOT_CHECKED
     try:
-        verify_version_bytes(version.path, key)
+        verify_version_bytes(version.path, key, storage_key)
     except SignatureError as err:
-        return f"not verified: {err}"
+        hint = (
+            f" ({NO_STORAGE_KEY})"
+            if storage_key is None and version.manifest.get("at_rest")
+            else ""
+        )
+        return f"not verified: {err}{hint}"
     return VERIFIED
 
 
 def version_rows(
-    registries: list[Path], key: VerifyKey | None, served: dict[str, int]
+    registries: list[Path],
+    key: VerifyKey | None,
+    served: dict[str, int],
+    storage_key: bytes | None = None,
 ) -> list[VersionRow]:
     """Every complete version of every model in ``registries``, newest registration first.
 
@@ -120,6 +136,8 @@ def version_rows(
         The coordinator's public signing key.
     served : dict of str to int
         The version the inference service last answered with, per model name.
+    storage_key : bytes or None
+        The registry's storage key, for versions encrypted at rest.
     """
     rows = []
     for root in registries:
@@ -145,7 +163,7 @@ def version_rows(
                         delta=privacy.get("delta"),
                         epsilon_budget=privacy.get("epsilon_budget"),
                         epsilon_per_site=dict(privacy.get("epsilon_per_site", {})),
-                        signature=signature_state(v, key),
+                        signature=signature_state(v, key, storage_key),
                         served=served.get(v.name) == v.version,
                     )
                 )
