@@ -7,6 +7,7 @@ them with ``Authorization: Bearer <console token>``.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,10 +158,30 @@ def _headline(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {number(metrics[k])}" for k in keys)
 
 
-def _last_seen(site: SiteRow) -> str:
-    if site.status == ONLINE:
-        return f"heartbeat {site.last_seen}" if site.last_seen else ""
-    return f"went offline {site.last_seen}" if site.last_seen else ""
+def _when(stamp: str) -> str:
+    """An ISO 8601 time as ``2026-12-04 16:56:08Z`` ('' stays '')."""
+    if not stamp:
+        return ""
+    return dt.datetime.fromisoformat(stamp).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _last_seen(site: SiteRow, now: str) -> str:
+    if not site.last_seen:
+        return ""
+    what = "heartbeat" if site.status == ONLINE else "went offline"
+    text = f"{what} {_when(site.last_seen)}"
+    if now:  # both times are the SuperLink's
+        ago = dt.datetime.fromisoformat(now) - dt.datetime.fromisoformat(site.last_seen)
+        text += f" ({_duration(ago.total_seconds())} ago)"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
 
 
 def federation_page(view: FederationView) -> HTMLResponse:
@@ -176,7 +197,8 @@ def federation_page(view: FederationView) -> HTMLResponse:
     )
     intro = Html(
         f"<p>federation <strong>{esc(view.federation or 'not provisioned here')}</strong>; "
-        f"{esc(view.superlink)}; sites: {esc(counts)}.</p>"
+        f"{esc(view.superlink)}"
+        f"{'; its clock ' + esc(_when(view.now)) if view.now else ''}; sites: {esc(counts)}.</p>"
         "<p>A site is matched to its SuperNode by the key it authenticates with. Its ε is "
         "the one in its last training reply of the newest run it took part in "
         "(over everything it ever released); what is left is known only when that run "
@@ -189,8 +211,8 @@ def federation_page(view: FederationView) -> HTMLResponse:
             [
                 s.name,
                 Html(f'<span class="{_status_class(s.status)}">{esc(s.status)}</span>'),
-                _last_seen(s) or None,
-                s.online_since or None,
+                _last_seen(s, view.now) or None,
+                _when(s.online_since) or None,
                 s.node_id or None,
                 number(s.epsilon.spent, 3) if s.epsilon else None,
                 number(s.epsilon.left, 3) if s.epsilon else None,
@@ -206,7 +228,7 @@ def federation_page(view: FederationView) -> HTMLResponse:
                 "SuperNodes of no provisioned site",
                 ["node id", "registered as", "key fingerprint", "status", "registered at"],
                 [
-                    [n.node_id, n.name or None, n.fingerprint, n.status, n.registered_at]
+                    [n.node_id, n.name or None, n.fingerprint, n.status, _when(n.registered_at)]
                     for n in view.strangers
                 ],
             )

@@ -96,13 +96,16 @@ class FederationView:
     strangers : list of SuperLinkNode
         Nodes whose key is no provisioned site's.
     superlink : str
-        Where the node states come from (the SuperLink and its clock), or why there are none.
+        Where the node states come from, or why there are none.
+    now : str
+        The SuperLink's clock when it answered ('' without an answer).
     """
 
     federation: str
     sites: list[SiteRow]
     strangers: list[SuperLinkNode]
     superlink: str
+    now: str = ""
 
     def count(self, status: str) -> int:
         """How many sites have ``status``.
@@ -181,12 +184,12 @@ def site_row(
     )
 
 
-def _nodes(coordinator_dir: Path) -> tuple[list[SuperLinkNode] | None, str]:
+def _nodes(coordinator_dir: Path) -> tuple[list[SuperLinkNode] | None, str, str]:
     try:
         listing = list_nodes(open_coordinator(coordinator_dir), timeout=SUPERLINK_TIMEOUT)
     except (CoordinatorError, ProvisionError, OSError) as err:
-        return None, f"SuperLink not reachable: {err}"
-    return listing.nodes, f"SuperLink at {listing.address} (its clock: {listing.now})"
+        return None, f"SuperLink not reachable: {err}", ""
+    return listing.nodes, f"SuperLink at {listing.address}", listing.now
 
 
 def federation_view(coordinator_dir: Path | None, runs: list[RunSummary]) -> FederationView:
@@ -202,14 +205,14 @@ def federation_view(coordinator_dir: Path | None, runs: list[RunSummary]) -> Fed
     epsilon = last_reported_epsilon(runs)
     fed: FederationFile | None = None
     nodes: list[SuperLinkNode] | None = None
-    superlink = "no coordinator folder configured (--dir)"
+    superlink, now = "no coordinator folder configured (--dir)", ""
     if coordinator_dir is not None:
         try:
             fed = load_federation(coordinator_dir)
         except ProvisionError as err:
             superlink = f"coordinator folder unreadable: {err}"
         else:
-            nodes, superlink = _nodes(coordinator_dir)
+            nodes, superlink, now = _nodes(coordinator_dir)
     provisioned = fed.fingerprints if fed else {}
     sites = []
     for name in sorted({*provisioned, *epsilon}):
@@ -222,4 +225,4 @@ def federation_view(coordinator_dir: Path | None, runs: list[RunSummary]) -> Fed
         sites.append(site_row(name, True, node, status, epsilon.get(name)))
     known = set(provisioned.values())
     strangers = [n for n in nodes or [] if n.fingerprint not in known and n.status != UNREGISTERED]
-    return FederationView(fed.federation if fed else "", sites, strangers, superlink)
+    return FederationView(fed.federation if fed else "", sites, strangers, superlink, now)

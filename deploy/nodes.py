@@ -105,7 +105,14 @@ def _key_fingerprint(pem: bytes) -> str:
         return ""
 
 
-def _node(info: NodeInfo) -> SuperLinkNode:
+def node_record(info: NodeInfo) -> SuperLinkNode:
+    """The record of one ``NodeInfo`` of a ``ListNodes`` answer.
+
+    Parameters
+    ----------
+    info : NodeInfo
+        The SuperLink's node.
+    """
     heartbeat = ""
     if info.status == ONLINE and info.HasField("online_until"):
         at = info.online_until - HEARTBEAT_PATIENCE * info.heartbeat_interval
@@ -145,4 +152,4 @@ def list_nodes(coordinator: Coordinator, timeout: float = 10.0) -> NodeListing:
             answer = client.ListNodes(ListNodesRequest())
     except (httpx.HTTPError, ValueError, OSError) as err:
         raise CoordinatorError(f"the SuperLink at {address} did not list its nodes: {err}") from err
-    return NodeListing(address, answer.now, [_node(n) for n in answer.nodes_info])
+    return NodeListing(address, answer.now, [node_record(n) for n in answer.nodes_info])
