@@ -18,7 +18,14 @@ from console.federation import NEVER_CONNECTED, FederationView, SiteRow, federat
 from console.runs import FINISHED, IN_PROGRESS, RunDetail, RunSummary, read_run, run_detail
 from console.runs import run_folders as find_run_folders
 from console.traffic import Traffic, traffic
-from console.versions import MetricDiff, VersionRow, metric_diff, version_rows
+from console.versions import (
+    MetricDiff,
+    Serving,
+    VersionRow,
+    ask_service,
+    metric_diff,
+    version_rows,
+)
 from console.web import Frame, Html, api, chart_slot, esc, link, number, path_part, secure, table
 from deploy.nodes import OFFLINE, ONLINE
 from privacy.signing import VerifyKey, load_storage_key, load_verify_key
@@ -28,6 +35,7 @@ FRAME = Frame(
     "fedcare coordinator console",
     (("/", "federation"), ("/runs", "runs"), ("/models", "models"), ("/inference", "inference")),
 )
+SERVED = "served"
 # The metrics a runs list shows first, when a run has them.
 HEADLINE_METRICS = ("roc_auc", "accuracy", "c_index", "mse", "mae")
 
@@ -50,6 +58,10 @@ class CoordinatorSources:
         The provisioned coordinator folder, for the SuperLink's nodes.
     storage_key : Path or None
         The registry's storage key file, to verify versions encrypted at rest.
+    service : str or None
+        The inference service's base URL, to ask which versions it serves.
+    service_ca : Path or None
+        The CA of the service's TLS certificate.
     """
 
     runs_dir: Path
@@ -58,6 +70,8 @@ class CoordinatorSources:
     audit_log: Path | None = None
     coordinator_dir: Path | None = None
     storage_key: Path | None = None
+    service: str | None = None
+    service_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -70,12 +84,15 @@ class ModelsView:
         Every version, newest first.
     diff : list of MetricDiff
         The metrics of the two versions compared (empty when none are).
+    served_by : str
+        How the served versions are known (the service asked, or the audit log).
     a, b : str
         The compared versions' keys ('' when none).
     """
 
     versions: list[VersionRow]
     diff: list[MetricDiff]
+    served_by: str
     a: str = ""
     b: str = ""
 
@@ -123,6 +140,17 @@ class CoordinatorConsole:
         """The audit log, counted."""
         return traffic(self.sources.audit_log)
 
+    def serving(self) -> Serving:
+        """The versions served: the service asked now, else the audit log's last answers."""
+        note = ""
+        if self.sources.service:
+            try:
+                return ask_service(self.sources.service, self.sources.service_ca)
+            except ValueError as err:
+                note = f" ({err})"
+        answered = {m.model: m.served_version for m in self.traffic().models if m.served_version}
+        return Serving(answered, f"the audit log (last answered){note}")
+
     def models(self, a: str = "", b: str = "") -> ModelsView:
         """Every registry version, and the metrics diff of versions ``a`` and ``b``.
 
@@ -138,12 +166,12 @@ class CoordinatorConsole:
             elif (Path(run.path) / "registry").is_dir():
                 registries.append(Path(run.path) / "registry")
         unique = list(dict.fromkeys(p.resolve() for p in registries))
-        served = {m.model: m.served_version for m in self.traffic().models if m.served_version}
-        versions = version_rows(unique, self.key, served, self.storage_key)
+        serving = self.serving()
+        versions = version_rows(unique, self.key, serving.versions, self.storage_key)
         by_key = {v.key: v for v in versions}
         if a in by_key and b in by_key:
-            return ModelsView(versions, metric_diff(by_key[a], by_key[b]), a, b)
-        return ModelsView(versions, [])
+            return ModelsView(versions, metric_diff(by_key[a], by_key[b]), serving.source, a, b)
+        return ModelsView(versions, [], serving.source)
 
 
 # ------------------------------------------------------------------ pages
@@ -299,12 +327,21 @@ def run_page(detail: RunDetail) -> HTMLResponse:
     )
     rounds = table(
         "rounds",
-        ["round", "sites trained", "wall time (s)", "test set", "sites' validation", "refused"],
+        [
+            "round",
+            "sites trained",
+            "wall time (s)",
+            "sites' training (s)",
+            "test set",
+            "sites' validation",
+            "refused",
+        ],
         [
             [
                 r.round,
                 r.sites_trained,
                 number(r.wall_seconds, 2),
+                number(r.train_seconds, 2),
                 _headline(r.global_test) or None,
                 _headline(r.federated_evaluation) or None,
                 len(r.refused),
@@ -378,12 +415,12 @@ def models_page(view: ModelsView) -> HTMLResponse:
                 esc(v.delta),
                 _epsilon_text(v.epsilon_per_site),
                 Html(f'<span class="{"ok" if v.verified else "warn"}">{esc(v.signature)}</span>'),
-                "served (audit log)" if v.served else "",
+                SERVED if v.served else "",
             ]
             for v in view.versions
         ],
     )
-    parts = [versions]
+    parts = [Html(f"<p>served versions as known from {esc(view.served_by)}.</p>"), versions]
     if len(view.versions) > 1:
         parts.append(_version_form(view))
     if view.diff:

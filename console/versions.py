@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from privacy.signing import SignatureError, VerifyKey
+from protocol.inference import READY_PATH
 from server.registry import ModelRegistry, ModelVersion, RegistryError, verify_version_bytes
 
 VERIFIED = "verified"
 NOT_CHECKED = "not checked (no verify key given)"
+# The inference service answers its readiness route at once; a stuck one must not hang a page.
+SERVICE_TIMEOUT = 5.0
 NO_STORAGE_KEY = "give the console the registry's storage key (--storage-key) to check them"
 
 
@@ -46,7 +52,7 @@ class VersionRow:
     signature : str
         ``verified``, why not, or that no key was given.
     served : bool
-        Whether the inference service answered with this version last (audit log).
+        Whether the inference service serves this version (see :class:`Serving`).
     """
 
     key: str
@@ -87,6 +93,48 @@ class MetricDiff:
     a: float | None
     b: float | None
     change: float | None
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Which version of each model the inference service serves, and how that is known.
+
+    Parameters
+    ----------
+    versions : dict of str to int
+        Per model name, its served version.
+    source : str
+        ``the inference service at <url>`` (its readiness route, asked now), ``the audit
+        log (last answered)``, or why neither says.
+    """
+
+    versions: dict[str, int]
+    source: str
+
+
+def ask_service(url: str, ca_cert: Path | None) -> Serving:
+    """The versions the running service serves, from its readiness route (no token needed).
+
+    Parameters
+    ----------
+    url : str
+        The service's base URL, e.g. ``https://inference.hospital.example:8443``.
+    ca_cert : Path or None
+        The CA its TLS certificate chains to (None: the system's).
+
+    Raises
+    ------
+    ValueError
+        The service did not answer, or answered something else, with what happened.
+    """
+    verify = ssl.create_default_context(cafile=str(ca_cert) if ca_cert else None)
+    try:
+        reply = httpx.get(url.rstrip("/") + READY_PATH, verify=verify, timeout=SERVICE_TIMEOUT)
+        models = reply.json()["models"]
+        versions = {str(name): int(version) for name, version in models.items()}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"the inference service at {url} did not say: {err}") from err
+    return Serving(versions, f"the inference service at {url}")
 
 
 def signature_state(
@@ -135,7 +183,7 @@ def version_rows(
     key : VerifyKey or None
         The coordinator's public signing key.
     served : dict of str to int
-        The version the inference service last answered with, per model name.
+        The version the inference service serves, per model name (:class:`Serving`).
     storage_key : bytes or None
         The registry's storage key, for versions encrypted at rest.
     """
