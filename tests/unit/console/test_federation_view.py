@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from console.coordinator_app import CoordinatorSources, make_coordinator_app
+from console.coordinator_app import CoordinatorConsole, CoordinatorSources, make_coordinator_app
 from console.federation import (
     NEVER_CONNECTED,
     NO_SUPERLINK,
@@ -33,6 +33,7 @@ from privacy.signing import (
     signer_from_file,
 )
 from privacy.tokens import TokenStore
+from server.inference.audit import AuditLog
 from server.registry import encrypt_version_at_rest, sign_version
 from tests.conftest import ward_registry
 
@@ -153,3 +154,15 @@ def test_versions_encrypted_at_rest_verify_with_the_storage_key_only(
         "versions"
     ]
     assert row["signature"] == VERIFIED
+
+
+def test_served_versions_come_from_the_audit_log_when_the_service_does_not_answer(
+    tmp_path: Path,
+):
+    AuditLog(tmp_path / "audit.jsonl").record("abcdefabcdef", "ward", 3, 2, 200, "ok", 1.0)
+    url = f"https://127.0.0.1:{free_loopback_port()}"  # nothing listens there
+    sources = CoordinatorSources(tmp_path / "runs", audit_log=tmp_path / "audit.jsonl", service=url)
+    serving = CoordinatorConsole(sources).serving()
+    assert serving.versions == {"ward": 3}
+    said = "the audit log (last answered) (the inference service at"
+    assert serving.source.startswith(f"{said} {url} did not say")
