@@ -17,12 +17,13 @@ from fastapi.responses import HTMLResponse, Response
 from console.federation import NEVER_CONNECTED, FederationView, SiteRow, federation_view
 from console.runs import FINISHED, IN_PROGRESS, RunDetail, RunSummary, read_run, run_detail
 from console.runs import run_folders as find_run_folders
-from console.traffic import Traffic, traffic
+from console.traffic import Traffic, last_answered, traffic
 from console.versions import (
     MetricDiff,
     Serving,
     VersionRow,
     ask_service,
+    mark_served,
     metric_diff,
     version_rows,
 )
@@ -140,15 +141,21 @@ class CoordinatorConsole:
         """The audit log, counted."""
         return traffic(self.sources.audit_log)
 
-    def serving(self) -> Serving:
-        """The versions served: the service asked now, else the audit log's last answers."""
+    def serving(self, models: set[str]) -> Serving:
+        """The versions served: the service asked now, else the audit log's last answers.
+
+        Parameters
+        ----------
+        models : set of str
+            The model names to look for in the audit log.
+        """
         note = ""
         if self.sources.service:
             try:
                 return ask_service(self.sources.service, self.sources.service_ca)
             except ValueError as err:
                 note = f" ({err})"
-        answered = {m.model: m.served_version for m in self.traffic().models if m.served_version}
+        answered = last_answered(self.sources.audit_log, models)
         return Serving(answered, f"the audit log (last answered){note}")
 
     def models(self, a: str = "", b: str = "") -> ModelsView:
@@ -166,8 +173,9 @@ class CoordinatorConsole:
             elif (Path(run.path) / "registry").is_dir():
                 registries.append(Path(run.path) / "registry")
         unique = list(dict.fromkeys(p.resolve() for p in registries))
-        serving = self.serving()
-        versions = version_rows(unique, self.key, serving.versions, self.storage_key)
+        versions = version_rows(unique, self.key, self.storage_key)
+        serving = self.serving({v.name for v in versions})
+        versions = mark_served(versions, serving.versions)
         by_key = {v.key: v for v in versions}
         if a in by_key and b in by_key:
             return ModelsView(versions, metric_diff(by_key[a], by_key[b]), serving.source, a, b)

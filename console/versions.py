@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -67,7 +67,7 @@ class VersionRow:
     epsilon_budget: float | None
     epsilon_per_site: dict[str, float]
     signature: str
-    served: bool
+    served: bool = False
 
     @property
     def verified(self) -> bool:
@@ -169,10 +169,7 @@ def signature_state(
 
 
 def version_rows(
-    registries: list[Path],
-    key: VerifyKey | None,
-    served: dict[str, int],
-    storage_key: bytes | None = None,
+    registries: list[Path], key: VerifyKey | None, storage_key: bytes | None = None
 ) -> list[VersionRow]:
     """Every complete version of every model in ``registries``, newest registration first.
 
@@ -182,8 +179,6 @@ def version_rows(
         Registry folders.
     key : VerifyKey or None
         The coordinator's public signing key.
-    served : dict of str to int
-        The version the inference service serves, per model name (:class:`Serving`).
     storage_key : bytes or None
         The registry's storage key, for versions encrypted at rest.
     """
@@ -212,10 +207,22 @@ def version_rows(
                         epsilon_budget=privacy.get("epsilon_budget"),
                         epsilon_per_site=dict(privacy.get("epsilon_per_site", {})),
                         signature=signature_state(v, key, storage_key),
-                        served=served.get(v.name) == v.version,
                     )
                 )
     return sorted(rows, key=lambda r: (r.created, r.version), reverse=True)
+
+
+def mark_served(rows: list[VersionRow], served: dict[str, int]) -> list[VersionRow]:
+    """``rows`` with ``served`` set on the version served of each model.
+
+    Parameters
+    ----------
+    rows : list of VersionRow
+        The versions.
+    served : dict of str to int
+        The version served, per model name (:class:`Serving`).
+    """
+    return [replace(r, served=served.get(r.name) == r.version) for r in rows]
 
 
 def metric_diff(a: VersionRow, b: VersionRow) -> list[MetricDiff]:

@@ -132,7 +132,7 @@ def test_versions_encrypted_at_rest_verify_with_the_storage_key_only(
     encrypt_version_at_rest(version.path, load_storage_key(tmp_path / "storage.key"), signer)
 
     def state(storage_key: bytes | None) -> str:
-        (row,) = version_rows([registry.root], verify, {}, storage_key)
+        (row,) = version_rows([registry.root], verify, storage_key)
         return row.signature
 
     without = state(None)
@@ -162,7 +162,7 @@ def test_served_versions_come_from_the_audit_log_when_the_service_does_not_answe
     AuditLog(tmp_path / "audit.jsonl").record("abcdefabcdef", "ward", 3, 2, 200, "ok", 1.0)
     url = f"https://127.0.0.1:{free_loopback_port()}"  # nothing listens there
     sources = CoordinatorSources(tmp_path / "runs", audit_log=tmp_path / "audit.jsonl", service=url)
-    serving = CoordinatorConsole(sources).serving()
+    serving = CoordinatorConsole(sources).serving({"ward"})
     assert serving.versions == {"ward": 3}
     said = "the audit log (last answered) (the inference service at"
     assert serving.source.startswith(f"{said} {url} did not say")
