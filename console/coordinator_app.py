@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from console.federation import NEVER_CONNECTED, FederationView, SiteRow, federation_view
 from console.runs import FINISHED, IN_PROGRESS, RunDetail, RunSummary, read_run, run_detail
 from console.runs import run_folders as find_run_folders
-from console.traffic import Traffic, last_answered, traffic
+from console.traffic import AuditReader, Traffic, last_answered, traffic
 from console.versions import (
     MetricDiff,
     Serving,
@@ -115,6 +115,7 @@ class CoordinatorConsole:
         self.storage_key: bytes | None = (
             load_storage_key(sources.storage_key) if sources.storage_key else None
         )
+        self.audit = AuditReader(sources.audit_log)
 
     def runs(self) -> list[RunSummary]:
         """Every run, newest first."""
@@ -139,7 +140,7 @@ class CoordinatorConsole:
 
     def traffic(self) -> Traffic:
         """The audit log, counted."""
-        return traffic(self.sources.audit_log)
+        return traffic(self.audit)
 
     def serving(self, models: set[str]) -> Serving:
         """The versions served: the service asked now, else the audit log's last answers.
