@@ -2,9 +2,15 @@
 
 Writes a run folder as the round loop would (``report.json`` with 100 rounds, 20 sites'
 ε, metrics and a few refusals), a registry with 5 signed versions and an audit log of
-10,000 requests, starts the real console (`fedcare console`, TLS, a console token) as a
-child on a loopback port, and times each page and JSON route over HTTPS: the median and
-the 95th percentile of 20 loads, after one warm-up load. Goal: every page ≤ 300 ms.
+10,000 requests; provisions those 20 sites, starts a real SuperLink (TLS, SuperNode
+authentication) with all 20 keys registered and 2 SuperNodes connected, starts the real
+console (`fedcare console --dir …`, TLS, a console token) as a child on a loopback port,
+and times each page and JSON route over HTTPS: the median and the 95th percentile of 20
+loads, after one warm-up load. Goal: every page ≤ 300 ms.
+
+Side by side, the federation page's SuperLink part both ways: the Control API asked
+in-process (``deploy.nodes.list_nodes``, what the page does) against one
+``flwr supernode list --format json`` process (what it did before), alternated.
 
     .venv/bin/python benchmarks/console_pages.py [--loads 20] [--out benchmarks/results]
 """
@@ -27,6 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from console.launcher import start_console  # noqa: E402
+from deploy.nodes import list_nodes  # noqa: E402
+from deploy.process import ManagedProcess, free_loopback_port  # noqa: E402
+from deploy.provision import provision  # noqa: E402
+from deploy.superlink import CONNECTION, Coordinator, open_coordinator  # noqa: E402
+from deploy.supernode import load_site_config, start_site  # noqa: E402
 from models.data.features import Standardization  # noqa: E402
 from models.data.kinds.registry import load_schema  # noqa: E402
 from models.families import build_model  # noqa: E402
@@ -36,8 +47,11 @@ from privacy.tokens import TokenStore  # noqa: E402
 from server.inference.audit import AuditLog  # noqa: E402
 from server.registry import ModelRegistry  # noqa: E402
 from server.settings import RunSettings  # noqa: E402
+from simulations.loopback import fill_site_file  # noqa: E402
 
 ROUNDS, SITES, VERSIONS, REQUESTS = 100, 20, 5, 10_000
+CONNECTED = 2  # SuperNodes started (the other sites are registered, never connected)
+LISTINGS = 5  # SuperLink listings timed each way
 GOAL_MS = 300.0
 SCHEMA = """
 [dataset]
@@ -53,8 +67,11 @@ max = 120
 """
 
 
+SITE_NAMES = [f"hospital-{i:02d}" for i in range(SITES)]
+
+
 def write_run(out: Path, registry: Path) -> None:
-    sites = [f"hospital-{i:02d}" for i in range(SITES)]
+    sites = SITE_NAMES
     history = []
     for r in range(1, ROUNDS + 1):
         refused = (
@@ -128,6 +145,46 @@ def write_audit(path: Path) -> None:
     log.close()
 
 
+def start_superlink(work: Path) -> tuple[Coordinator, list[ManagedProcess]]:
+    """Provision the run's sites, start the SuperLink, register all, connect CONNECTED."""
+    fed = work / "fed"
+    provision("bench", SITE_NAMES, fed, port=free_loopback_port(), approved_apps=[])
+    coordinator = open_coordinator(fed / "coordinator", host="127.0.0.1")
+    coordinator.start()
+    nodes: list[ManagedProcess] = []
+    try:
+        coordinator.register_sites()
+        for site in SITE_NAMES[:CONNECTED]:
+            site_toml = fed / "sites" / site / "site.toml"
+            # no data: a SuperNode connects without reading it (no run is sent here)
+            fill_site_file(site_toml, work / "none.csv", work / "schema.toml", free_loopback_port())
+            nodes.append(start_site(load_site_config(site_toml), warm=False))
+        coordinator.wait_nodes_online(CONNECTED, timeout=300)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        coordinator.stop()
+        raise
+    return coordinator, nodes
+
+
+def time_listings(coordinator: Coordinator) -> dict[str, float]:
+    """The SuperLink's nodes via the Control API in-process vs a `flwr` process, alternated."""
+    api, cli = [], []
+    for _ in range(LISTINGS):
+        t0 = time.perf_counter()
+        assert len(list_nodes(coordinator).nodes) == SITES
+        api.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        assert len(coordinator.flwr_json("supernode", "list", CONNECTION)["nodes"]) == SITES
+        cli.append((time.perf_counter() - t0) * 1000)
+    return {
+        "control_api_median_ms": round(statistics.median(api), 1),
+        "flwr_cli_median_ms": round(statistics.median(cli), 1),
+        "cli_over_api": round(statistics.median(cli) / statistics.median(api), 1),
+    }
+
+
 def time_route(client: httpx.Client, url: str, loads: int) -> dict[str, float]:
     client.get(url).raise_for_status()  # warm-up: imports, first TLS session
     times = []
@@ -158,6 +215,7 @@ def main() -> None:
         write_audit(work / "audit.jsonl")
         tls = make_local_tls(work / "tls")
         token, _ = TokenStore(work / "tokens.json").create("bench", ["console"])
+        coordinator, supernodes = start_superlink(work)
         console = start_console(
             [
                 "console",
@@ -167,6 +225,8 @@ def main() -> None:
                 str(work / "signing.pub"),
                 "--audit-log",
                 str(work / "audit.jsonl"),
+                "--dir",
+                str(work / "fed" / "coordinator"),
                 "--tokens",
                 str(work / "tokens.json"),
                 "--tls-cert",
@@ -179,6 +239,7 @@ def main() -> None:
         )
         routes = [
             "/",
+            "/api/federation",
             "/runs",
             "/runs/synthetic-100x20",
             "/api/runs/synthetic-100x20",
@@ -191,13 +252,20 @@ def main() -> None:
             verify = ssl.create_default_context(cafile=str(tls.ca_cert))
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(base_url=console.url, verify=verify, headers=headers) as client:
+                federation = client.get("/api/federation").json()
                 figures = {route: time_route(client, route, args.loads) for route in routes}
+            listings = time_listings(coordinator)
         finally:
             console.stop()
+            for node in supernodes:
+                node.stop()
+            coordinator.stop()
+    states = [site["status"] for site in federation["sites"]]
     load = os.getloadavg()
     worst = max(f["p95_ms"] for f in figures.values())
     result = {
         "run": {"rounds": ROUNDS, "sites": SITES, "versions": VERSIONS, "audit_requests": REQUESTS},
+        "superlink": {"registered": SITES, "online": states.count("online"), **listings},
         "loads_per_route": args.loads,
         "load_average": [round(x, 2) for x in load],
         "cpus": os.cpu_count(),
@@ -210,6 +278,11 @@ def main() -> None:
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
     for route, f in figures.items():
         print(f"  {route:32s} median {f['median_ms']:7.1f} ms  p95 {f['p95_ms']:7.1f} ms")
+    print(
+        f"SuperLink: {SITES} registered, {states.count('online')} online on the page; "
+        f"listing via Control API {listings['control_api_median_ms']:.1f} ms vs flwr CLI "
+        f"{listings['flwr_cli_median_ms']:.1f} ms (CLI ÷ API {listings['cli_over_api']:.1f})"
+    )
     print(
         f"worst p95 {worst:.1f} ms: "
         f"{'meets' if worst <= GOAL_MS else 'misses'} the {GOAL_MS:.0f} ms goal"

@@ -29,6 +29,13 @@ def coordinator_console(
     coordinator_dir: Path | None = typer.Option(
         None, "--dir", help="The provisioned coordinator folder (the SuperLink's nodes)."
     ),
+    storage_key: Path | None = typer.Option(
+        None, help="The registry's storage key, to verify versions encrypted at rest."
+    ),
+    service: str | None = typer.Option(
+        None, help="The inference service's URL, to ask which versions it serves."
+    ),
+    service_ca: Path | None = typer.Option(None, help="The CA of the service's certificate."),
     tokens: Path = _TOKENS,
     tls_cert: Path = _CERT,
     tls_key: Path = _KEY,
@@ -47,6 +54,9 @@ def coordinator_console(
         verify_key=verify_key,
         audit_log=audit_log,
         coordinator_dir=coordinator_dir,
+        storage_key=storage_key,
+        service=service,
+        service_ca=service_ca,
     )
     try:
         app = make_coordinator_app(sources, TokenStore(tokens))

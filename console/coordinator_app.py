@@ -7,25 +7,36 @@ them with ``Authorization: Bearer <console token>``.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 
-from console.federation import FederationView, federation_view
+from console.federation import NEVER_CONNECTED, FederationView, SiteRow, federation_view
 from console.runs import FINISHED, IN_PROGRESS, RunDetail, RunSummary, read_run, run_detail
 from console.runs import run_folders as find_run_folders
-from console.traffic import Traffic, traffic
-from console.versions import MetricDiff, VersionRow, metric_diff, version_rows
+from console.traffic import AuditReader, Traffic, last_answered, traffic
+from console.versions import (
+    MetricDiff,
+    Serving,
+    VersionRow,
+    ask_service,
+    mark_served,
+    metric_diff,
+    version_rows,
+)
 from console.web import Frame, Html, api, chart_slot, esc, link, number, path_part, secure, table
-from privacy.signing import VerifyKey, load_verify_key
+from deploy.nodes import OFFLINE, ONLINE
+from privacy.signing import VerifyKey, load_storage_key, load_verify_key
 from privacy.tokens import TokenStore
 
 FRAME = Frame(
     "fedcare coordinator console",
     (("/", "federation"), ("/runs", "runs"), ("/models", "models"), ("/inference", "inference")),
 )
+SERVED = "served"
 # The metrics a runs list shows first, when a run has them.
 HEADLINE_METRICS = ("roc_auc", "accuracy", "c_index", "mse", "mae")
 
@@ -46,6 +57,12 @@ class CoordinatorSources:
         The inference service's audit log.
     coordinator_dir : Path or None
         The provisioned coordinator folder, for the SuperLink's nodes.
+    storage_key : Path or None
+        The registry's storage key file, to verify versions encrypted at rest.
+    service : str or None
+        The inference service's base URL, to ask which versions it serves.
+    service_ca : Path or None
+        The CA of the service's TLS certificate.
     """
 
     runs_dir: Path
@@ -53,6 +70,9 @@ class CoordinatorSources:
     verify_key: Path | None = None
     audit_log: Path | None = None
     coordinator_dir: Path | None = None
+    storage_key: Path | None = None
+    service: str | None = None
+    service_ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -65,12 +85,15 @@ class ModelsView:
         Every version, newest first.
     diff : list of MetricDiff
         The metrics of the two versions compared (empty when none are).
+    served_by : str
+        How the served versions are known (the service asked, or the audit log).
     a, b : str
         The compared versions' keys ('' when none).
     """
 
     versions: list[VersionRow]
     diff: list[MetricDiff]
+    served_by: str
     a: str = ""
     b: str = ""
 
@@ -89,6 +112,10 @@ class CoordinatorConsole:
         self.key: VerifyKey | None = (
             load_verify_key(sources.verify_key) if sources.verify_key else None
         )
+        self.storage_key: bytes | None = (
+            load_storage_key(sources.storage_key) if sources.storage_key else None
+        )
+        self.audit = AuditReader(sources.audit_log)
 
     def runs(self) -> list[RunSummary]:
         """Every run, newest first."""
@@ -109,12 +136,28 @@ class CoordinatorConsole:
 
     def federation(self) -> FederationView:
         """Sites, their ε in the newest run, and the SuperLink's nodes."""
-        runs = self.runs()
-        return federation_view(self.sources.coordinator_dir, runs[0] if runs else None)
+        return federation_view(self.sources.coordinator_dir, self.runs())
 
     def traffic(self) -> Traffic:
         """The audit log, counted."""
-        return traffic(self.sources.audit_log)
+        return traffic(self.audit)
+
+    def serving(self, models: set[str]) -> Serving:
+        """The versions served: the service asked now, else the audit log's last answers.
+
+        Parameters
+        ----------
+        models : set of str
+            The model names to look for in the audit log.
+        """
+        note = ""
+        if self.sources.service:
+            try:
+                return ask_service(self.sources.service, self.sources.service_ca)
+            except ValueError as err:
+                note = f" ({err})"
+        answered = last_answered(self.sources.audit_log, models)
+        return Serving(answered, f"the audit log (last answered){note}")
 
     def models(self, a: str = "", b: str = "") -> ModelsView:
         """Every registry version, and the metrics diff of versions ``a`` and ``b``.
@@ -131,12 +174,13 @@ class CoordinatorConsole:
             elif (Path(run.path) / "registry").is_dir():
                 registries.append(Path(run.path) / "registry")
         unique = list(dict.fromkeys(p.resolve() for p in registries))
-        served = {m.model: m.served_version for m in self.traffic().models if m.served_version}
-        versions = version_rows(unique, self.key, served)
+        versions = version_rows(unique, self.key, self.storage_key)
+        serving = self.serving({v.name for v in versions})
+        versions = mark_served(versions, serving.versions)
         by_key = {v.key: v for v in versions}
         if a in by_key and b in by_key:
-            return ModelsView(versions, metric_diff(by_key[a], by_key[b]), a, b)
-        return ModelsView(versions, [])
+            return ModelsView(versions, metric_diff(by_key[a], by_key[b]), serving.source, a, b)
+        return ModelsView(versions, [], serving.source)
 
 
 # ------------------------------------------------------------------ pages
@@ -151,6 +195,32 @@ def _headline(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {number(metrics[k])}" for k in keys)
 
 
+def _when(stamp: str) -> str:
+    """An ISO 8601 time as ``2026-12-04 16:56:08Z`` ('' stays '')."""
+    if not stamp:
+        return ""
+    return dt.datetime.fromisoformat(stamp).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _last_seen(site: SiteRow, now: str) -> str:
+    if not site.last_seen:
+        return ""
+    what = "heartbeat" if site.status == ONLINE else "went offline"
+    text = f"{what} {_when(site.last_seen)}"
+    if now:  # both times are the SuperLink's
+        ago = dt.datetime.fromisoformat(now) - dt.datetime.fromisoformat(site.last_seen)
+        text += f" ({_duration(ago.total_seconds())} ago)"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
 def federation_page(view: FederationView) -> HTMLResponse:
     """The federation page.
 
@@ -159,34 +229,52 @@ def federation_page(view: FederationView) -> HTMLResponse:
     view : FederationView
         Its data.
     """
-    counts = (
-        f"{len(view.nodes)} registered, {view.count('online')} online, "
-        f"{view.count('offline')} offline"
+    counts = ", ".join(
+        f"{view.count(status)} {status}" for status in (ONLINE, OFFLINE, NEVER_CONNECTED)
     )
     intro = Html(
         f"<p>federation <strong>{esc(view.federation or 'not provisioned here')}</strong>; "
-        f"{esc(view.superlink)}{'; ' + esc(counts) if view.nodes else ''}.</p>"
-        + (
-            f"<p>ε as last reported in the newest run, "
-            f"{link('/runs/' + path_part(view.newest_run), view.newest_run).text}.</p>"
-            if view.newest_run
-            else "<p>no run yet.</p>"
-        )
+        f"{esc(view.superlink)}"
+        f"{'; its clock ' + esc(_when(view.now)) if view.now else ''}; sites: {esc(counts)}.</p>"
+        "<p>A site is matched to its SuperNode by the key it authenticates with. Its ε is "
+        "the one in its last training reply of the newest run it took part in "
+        "(over everything it ever released); what is left is known only when that run "
+        "set one budget for all sites: a deployed site keeps its budget to itself.</p>"
     )
     sites = table(
         "sites",
-        ["site", "provisioned", "ε spent (newest run)"],
+        ["site", "status", "last seen", "online since", "node id", "ε spent", "ε left", "run"],
         [
-            [s.name, "yes" if s.provisioned else "no", number(s.epsilon_spent, 3)]
+            [
+                s.name,
+                Html(f'<span class="{_status_class(s.status)}">{esc(s.status)}</span>'),
+                _last_seen(s, view.now) or None,
+                _when(s.online_since) or None,
+                s.node_id or None,
+                number(s.epsilon.spent, 3) if s.epsilon else None,
+                number(s.epsilon.left, 3) if s.epsilon else None,
+                link("/runs/" + path_part(s.epsilon.run), s.epsilon.run) if s.epsilon else None,
+            ]
             for s in view.sites
         ],
     )
-    nodes = table(
-        "SuperNodes",
-        ["node id", "status", "last seen"],
-        [[n.node_id, n.status, n.last_seen or None] for n in view.nodes],
-    )
-    return FRAME.page("federation", [intro, sites, nodes], "/", api="/api/federation")
+    parts = [intro, sites]
+    if view.strangers:
+        parts.append(
+            table(
+                "SuperNodes of no provisioned site",
+                ["node id", "registered as", "key fingerprint", "status", "registered at"],
+                [
+                    [n.node_id, n.name or None, n.fingerprint, n.status, _when(n.registered_at)]
+                    for n in view.strangers
+                ],
+            )
+        )
+    return FRAME.page("federation", parts, "/", api="/api/federation")
+
+
+def _status_class(status: str) -> str:
+    return {ONLINE: "ok", OFFLINE: "warn"}.get(status, "")
 
 
 def runs_page(runs: list[RunSummary]) -> HTMLResponse:
@@ -248,12 +336,21 @@ def run_page(detail: RunDetail) -> HTMLResponse:
     )
     rounds = table(
         "rounds",
-        ["round", "sites trained", "wall time (s)", "test set", "sites' validation", "refused"],
+        [
+            "round",
+            "sites trained",
+            "wall time (s)",
+            "sites' training (s)",
+            "test set",
+            "sites' validation",
+            "refused",
+        ],
         [
             [
                 r.round,
                 r.sites_trained,
                 number(r.wall_seconds, 2),
+                number(r.train_seconds, 2),
                 _headline(r.global_test) or None,
                 _headline(r.federated_evaluation) or None,
                 len(r.refused),
@@ -327,12 +424,12 @@ def models_page(view: ModelsView) -> HTMLResponse:
                 esc(v.delta),
                 _epsilon_text(v.epsilon_per_site),
                 Html(f'<span class="{"ok" if v.verified else "warn"}">{esc(v.signature)}</span>'),
-                "served (audit log)" if v.served else "",
+                SERVED if v.served else "",
             ]
             for v in view.versions
         ],
     )
-    parts = [versions]
+    parts = [Html(f"<p>served versions as known from {esc(view.served_by)}.</p>"), versions]
     if len(view.versions) > 1:
         parts.append(_version_form(view))
     if view.diff:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from console.charts import Chart, Series, Threshold
+from protocol.federation import TRAIN_SECONDS
 from server.federation.checkpoint import CHECKPOINT_DIR, Checkpoint
 from server.federation.report import REPORT_FILE
 
@@ -62,6 +63,9 @@ class RoundRecord:
         Each site's ε spent, as last reported.
     refused : dict of str to str or None
         The sites that did not train, with their reasons.
+    train_seconds : float or None
+        The sites' local training time (their mean, weighted by examples, as the round
+        aggregated their replies); None when not recorded.
     """
 
     round: int
@@ -71,6 +75,7 @@ class RoundRecord:
     federated_evaluation: dict[str, float]
     epsilon: dict[str, float]
     refused: dict[str, str | None]
+    train_seconds: float | None = None
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> RoundRecord:
@@ -89,6 +94,7 @@ class RoundRecord:
             federated_evaluation=dict(entry.get("federated_evaluation") or {}),
             epsilon=dict(entry.get("epsilon") or {}),
             refused=dict(entry.get("refused") or {}),
+            train_seconds=(entry.get("train") or {}).get(TRAIN_SECONDS),
         )
 
 
@@ -317,8 +323,12 @@ def run_charts(summary: RunSummary, rounds: list[RoundRecord]) -> list[Chart]:
     ]
     budget = [Threshold("budget", summary.epsilon_budget)] if summary.epsilon_budget else []
     charts.append(Chart("epsilon", "ε spent per site", "round", "ε", epsilon, budget))
-    wall = Series("wall time", [(float(r.round), r.wall_seconds) for r in rounds])
-    charts.append(Chart("wall", "round wall time", "round", "seconds", [wall]))
+    wall = Series("round wall time", [(float(r.round), r.wall_seconds) for r in rounds])
+    training = Series(
+        "sites' local training (mean)",
+        [(float(r.round), r.train_seconds) for r in rounds if r.train_seconds is not None],
+    )
+    charts.append(Chart("wall", "where a round's time went", "round", "seconds", [wall, training]))
     return charts
 
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import httpx
+
 from privacy.signing import SignatureError, VerifyKey
+from protocol.inference import READY_PATH
 from server.registry import ModelRegistry, ModelVersion, RegistryError, verify_version_bytes
 
 VERIFIED = "verified"
 NOT_CHECKED = "not checked (no verify key given)"
+# The inference service answers its readiness route at once; a stuck one must not hang a page.
+SERVICE_TIMEOUT = 5.0
+NO_STORAGE_KEY = "give the console the registry's storage key (--storage-key) to check them"
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,7 @@ class VersionRow:
     signature : str
         ``verified``, why not, or that no key was given.
     served : bool
-        Whether the inference service answered with this version last (audit log).
+        Whether the inference service serves this version (see :class:`Serving`).
     """
 
     key: str
@@ -60,7 +67,7 @@ class VersionRow:
     epsilon_budget: float | None
     epsilon_per_site: dict[str, float]
     signature: str
-    served: bool
+    served: bool = False
 
     @property
     def verified(self) -> bool:
@@ -88,8 +95,55 @@ class MetricDiff:
     change: float | None
 
 
-def signature_state(version: ModelVersion, key: VerifyKey | None) -> str:
+@dataclass(frozen=True)
+class Serving:
+    """Which version of each model the inference service serves, and how that is known.
+
+    Parameters
+    ----------
+    versions : dict of str to int
+        Per model name, its served version.
+    source : str
+        ``the inference service at <url>`` (its readiness route, asked now), ``the audit
+        log (last answered)``, or why neither says.
+    """
+
+    versions: dict[str, int]
+    source: str
+
+
+def ask_service(url: str, ca_cert: Path | None) -> Serving:
+    """The versions the running service serves, from its readiness route (no token needed).
+
+    Parameters
+    ----------
+    url : str
+        The service's base URL, e.g. ``https://inference.hospital.example:8443``.
+    ca_cert : Path or None
+        The CA its TLS certificate chains to (None: the system's).
+
+    Raises
+    ------
+    ValueError
+        The service did not answer, or answered something else, with what happened.
+    """
+    verify = ssl.create_default_context(cafile=str(ca_cert) if ca_cert else None)
+    try:
+        reply = httpx.get(url.rstrip("/") + READY_PATH, verify=verify, timeout=SERVICE_TIMEOUT)
+        models = reply.json()["models"]
+        versions = {str(name): int(version) for name, version in models.items()}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"the inference service at {url} did not say: {err}") from err
+    return Serving(versions, f"the inference service at {url}")
+
+
+def signature_state(
+    version: ModelVersion, key: VerifyKey | None, storage_key: bytes | None = None
+) -> str:
     """``verified``, or why not: the signature and every listed file, checked with ``key``.
+
+    Weights encrypted at rest verify only when they decrypt with ``storage_key`` (the
+    registry checks the signature, each file's sha256, then decrypts).
 
     Parameters
     ----------
@@ -97,18 +151,25 @@ def signature_state(version: ModelVersion, key: VerifyKey | None) -> str:
         The version.
     key : VerifyKey or None
         The coordinator's public signing key; None reports that nothing was checked.
+    storage_key : bytes or None
+        The registry's storage key, for versions encrypted at rest.
     """
     if key is None:
         return NOT_CHECKED
     try:
-        verify_version_bytes(version.path, key)
+        verify_version_bytes(version.path, key, storage_key)
     except SignatureError as err:
-        return f"not verified: {err}"
+        hint = (
+            f" ({NO_STORAGE_KEY})"
+            if storage_key is None and version.manifest.get("at_rest")
+            else ""
+        )
+        return f"not verified: {err}{hint}"
     return VERIFIED
 
 
 def version_rows(
-    registries: list[Path], key: VerifyKey | None, served: dict[str, int]
+    registries: list[Path], key: VerifyKey | None, storage_key: bytes | None = None
 ) -> list[VersionRow]:
     """Every complete version of every model in ``registries``, newest registration first.
 
@@ -118,8 +179,8 @@ def version_rows(
         Registry folders.
     key : VerifyKey or None
         The coordinator's public signing key.
-    served : dict of str to int
-        The version the inference service last answered with, per model name.
+    storage_key : bytes or None
+        The registry's storage key, for versions encrypted at rest.
     """
     rows = []
     for root in registries:
@@ -145,11 +206,23 @@ def version_rows(
                         delta=privacy.get("delta"),
                         epsilon_budget=privacy.get("epsilon_budget"),
                         epsilon_per_site=dict(privacy.get("epsilon_per_site", {})),
-                        signature=signature_state(v, key),
-                        served=served.get(v.name) == v.version,
+                        signature=signature_state(v, key, storage_key),
                     )
                 )
     return sorted(rows, key=lambda r: (r.created, r.version), reverse=True)
+
+
+def mark_served(rows: list[VersionRow], served: dict[str, int]) -> list[VersionRow]:
+    """``rows`` with ``served`` set on the version served of each model.
+
+    Parameters
+    ----------
+    rows : list of VersionRow
+        The versions.
+    served : dict of str to int
+        The version served, per model name (:class:`Serving`).
+    """
+    return [replace(r, served=served.get(r.name) == r.version) for r in rows]
 
 
 def metric_diff(a: VersionRow, b: VersionRow) -> list[MetricDiff]:

@@ -17,13 +17,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from console.coordinator_app import SERVED
 from console.launcher import ConsoleProcess, start_console
+from deploy.inference_service import ServiceProcess, start_service
 from models.data.kinds.registry import load_schema
 from privacy.ledger import PrivacyLedger
 from privacy.signing import generate_signing_key, make_local_tls, signer_from_file
 from privacy.tokens import TokenStore
 from server.federation.checkpoint import Checkpoint
 from server.inference.audit import AuditLog
+from server.inference.keyring import rotate
 from server.registry import ModelRegistry
 from server.settings import RunSettings
 from simulations.runner import run_simulated_federation
@@ -78,22 +81,44 @@ def world(tmp_path_factory) -> dict:
     )
     tls_args = ["--tokens", str(root / "tokens.json"), "--tls-cert", str(tls.server_cert)]
     tls_args += ["--tls-key", str(tls.server_key)]
-    coordinator = start_console(
+    # the real inference service over the same registry: it serves v1, the newest signed one
+    rotate(root / "keyring")
+    service = start_service(
         [
-            "console",
-            "--runs",
-            str(runs),
+            "--registry",
+            str(v1.path.parents[1]),
             "--verify-key",
             str(root / "keys" / "signing.pub"),
+            "--keyring",
+            str(root / "keyring"),
             "--audit-log",
-            str(root / "audit.jsonl"),
+            str(root / "service-audit.jsonl"),
             *tls_args,
         ],
-        root / "console.log",
-        tls.ca_cert,
+        root / "service.log",
+        ca_cert=tls.ca_cert,
     )
-    started: list[ConsoleProcess] = [coordinator]
-    try:  # a console that fails to start must not leave the other one running
+    started: list[ConsoleProcess | ServiceProcess] = [service]
+    try:  # whatever fails to start must not leave the others running
+        coordinator = start_console(
+            [
+                "console",
+                "--runs",
+                str(runs),
+                "--verify-key",
+                str(root / "keys" / "signing.pub"),
+                "--audit-log",
+                str(root / "audit.jsonl"),
+                "--service",
+                service.url,
+                "--service-ca",
+                str(tls.ca_cert),
+                *tls_args,
+            ],
+            root / "console.log",
+            tls.ca_cert,
+        )
+        started.append(coordinator)
         hospital = start_console(
             ["site", "console", "--config", str(site_toml), *tls_args],
             root / "site.log",
@@ -113,6 +138,7 @@ def world(tmp_path_factory) -> dict:
             "app_token": app_token,
             "coordinator": coordinator,
             "hospital": hospital,
+            "service": service,
         }
     finally:
         for process in started:
@@ -144,11 +170,12 @@ def _signed_in(browser, console: ConsoleProcess, token: str, width: int = 1200):
     return page
 
 
-def _shoot(page, world, name: str) -> None:
+def _shoot(page, world, name: str, docs: bool = True) -> None:
     path = world["root"] / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    DOCS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, DOCS / f"{name}.png")
+    if docs:
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOCS / f"{name}.png")
 
 
 def _charts_drawn(page, count: int) -> None:
@@ -162,7 +189,8 @@ def test_pages_show_the_run_the_ledgers_and_the_signed_model(world, browser):
     text = page.inner_text("main")
     for site, eps in report["privacy"]["epsilon_spent"].items():
         assert site in text and f"{eps:.3f}" in text
-    _shoot(page, world, "federation")
+    # docs/console/federation.png comes from test_console_federation.py (a real SuperLink)
+    _shoot(page, world, "federation-no-superlink", docs=False)
 
     page.get_by_role("link", name="runs", exact=True).click()
     page.wait_for_url("**/runs")
@@ -182,12 +210,17 @@ def test_pages_show_the_run_the_ledgers_and_the_signed_model(world, browser):
     _shoot(page, world, "run")
 
     page.get_by_role("link", name="models").click()
+    page.wait_for_url("**/models")
+    assert f"served versions as known from the inference service at {world['service'].url}" in (
+        page.inner_text("main")
+    )
     versions = page.get_by_role("table", name="registry versions")
-    v1_row = versions.get_by_role("row").filter(has_text="served (audit log)").inner_text()
+    rows = {r.split("\t")[1]: r for r in versions.get_by_role("row").all_inner_texts()[1:]}
+    v1_row, v2_row = rows["1"], rows["2"]
+    assert v1_row.endswith(f"\t{SERVED}")  # what the running service's ready route says
     assert "verified" in v1_row and "not verified" not in v1_row
     assert f"{report['final']['roc_auc']:.4f}" in v1_row
-    v2_row = versions.get_by_role("row").filter(has_text="not verified").inner_text()
-    assert "manifest.sig" in v2_row and "\t2\t" in v2_row
+    assert "not verified" in v2_row and "manifest.sig" in v2_row and not v2_row.endswith(SERVED)
     page.get_by_label("compare").select_option(index=1)  # v1 (newest first)
     page.get_by_label("with").select_option(index=0)  # v2
     page.get_by_role("button", name="compare metrics").press("Enter")

@@ -14,7 +14,7 @@ from console.coordinator_app import CoordinatorSources, make_coordinator_app
 from console.runs import FINISHED, IN_PROGRESS, read_run, refusal_counts
 from console.site_app import make_site_app
 from console.site_view import count_problems
-from console.traffic import traffic
+from console.traffic import AuditReader, last_answered, lines_from_end, traffic
 from console.web import esc
 from deploy.supernode import load_site_config
 from privacy.tokens import TokenStore
@@ -142,11 +142,47 @@ def test_audit_traffic_counts_per_model_and_status(tmp_path: Path):
     log.close()
     with (tmp_path / "audit.jsonl").open("a") as handle:
         handle.write('{"cut short\n')
-    counted = traffic(tmp_path / "audit.jsonl")
+    reader = AuditReader(tmp_path / "audit.jsonl")
+    counted = traffic(reader)
     assert counted.total == 2 and counted.unreadable == 1
     (model,) = counted.models
     assert model.served_version == 2 and model.by_code == {"200 ok": 1, "401 unauthorized": 1}
     assert sorted(s.name for s in counted.chart.series) == ["200", "401"]
+    # read as it grows: the appended part only, a line being written waits for its newline
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.record("t1", "m", 3, 1, 200, "ok", 1.0)
+    log.close()
+    with (tmp_path / "audit.jsonl").open("a") as handle:
+        handle.write('{"time": "2026-')
+    counted = traffic(reader)
+    assert counted.total == 3 and counted.unreadable == 1
+    assert counted.models[0].served_version == 3
+    # rotated: a new, shorter file is read from its start
+    (tmp_path / "audit.jsonl").unlink()
+    AuditLog(tmp_path / "audit.jsonl").record("t1", "m", 4, 1, 200, "ok", 1.0)
+    counted = traffic(reader)
+    assert counted.total == 1 and counted.models[0].served_version == 4
+    (tmp_path / "audit.jsonl").unlink()
+    assert traffic(reader).total == 0 and traffic(AuditReader(None)).total == 0
+
+
+def test_the_last_answered_versions_read_from_the_end_agree_with_the_whole_log(tmp_path: Path):
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    for i in range(200):
+        log.record("t1", "a" if i % 3 else "b", i // 10, 1, 200, "ok", 1.0)
+    log.record("t1", "a", None, 1, 429, "rate_limited", 1.0)
+    log.record("t1", "c", None, 1, 401, "unauthorized", 1.0)  # never answered
+    log.close()
+    with path.open("a") as handle:
+        handle.write('{"cut short\n')
+    whole = {
+        m.model: m.served_version for m in traffic(AuditReader(path)).models if m.served_version
+    }
+    assert last_answered(path, {"a", "b", "c"}) == whole == {"a": 19, "b": 19}
+    assert last_answered(path, {"b"}) == {"b": 19} and last_answered(None, {"a"}) == {}
+    lines = path.read_text().splitlines()
+    assert list(lines_from_end(path, block=7)) == lines[::-1]
 
 
 def test_the_site_page_lists_the_refusals_it_sent_newest_first(tmp_path: Path):
