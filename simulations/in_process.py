@@ -31,6 +31,14 @@ FIRST_NODE_ID = 7_000_001
 NODE_ID_STRIDE = 104_729
 
 
+def simulated_node_configs(sites: int) -> dict[int, dict]:
+    """The node configs of ``sites`` simulated hospitals, by node id (partition 0 … sites − 1)."""
+    return {
+        FIRST_NODE_ID + i * NODE_ID_STRIDE: {"partition-id": i, "num-partitions": sites}
+        for i in range(sites)
+    }
+
+
 class InProcessGrid(Grid):
     """Delivers each message to the addressed simulated site's ClientApp in this process.
 
@@ -50,16 +58,6 @@ class InProcessGrid(Grid):
             for node, cfg in node_configs.items()
         }
         self.app = app
-
-    @classmethod
-    def simulated_sites(cls, sites: int) -> InProcessGrid:
-        """A grid of ``sites`` simulated hospitals (partition ids 0 … sites − 1)."""
-        return cls(
-            {
-                FIRST_NODE_ID + i * NODE_ID_STRIDE: {"partition-id": i, "num-partitions": sites}
-                for i in range(sites)
-            }
-        )
 
     def set_run(self, run) -> None:
         """Not used by the round loop."""
@@ -118,7 +116,7 @@ def run_in_process(
     # which a SuperLink or SuperNode would set; here one process plays every part.
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
     return run_federation(
-        InProcessGrid.simulated_sites(settings.sites),
+        InProcessGrid(simulated_node_configs(settings.sites)),
         settings,
         progress=progress,
         signer=signer,
