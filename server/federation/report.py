@@ -52,9 +52,10 @@ def plot_report(report: dict[str, Any], path: Path) -> Path:
     title = (
         f"{report['model']['name']}: {report['settings']['strategy']}, DP={report['privacy']['dp']}"
     )
+    audited = report["privacy"].get("audit", {}).get("sites", {})
     audit = {
-        site: entry["epsilon_lower_bound"]
-        for site, entry in report["privacy"].get("audit", {}).get("sites", {}).items()
+        site: (entry["epsilon_lower_bound"], entry["accounted_epsilon"])
+        for site, entry in audited.items()
     }
     return plot_history(report["history"], path, title, audit)
 
@@ -63,7 +64,7 @@ def plot_history(
     history: list[dict[str, Any]],
     path: Path,
     title: str,
-    audit: dict[str, float] | None = None,
+    audit: dict[str, tuple[float, float | None]] | None = None,
 ) -> Path:
     """Two panels: the global model's metrics per round, and ε spent per site.
 
@@ -75,8 +76,9 @@ def plot_history(
         Where the PNG goes.
     title : str
         The figure's title.
-    audit : dict of str to float, optional
-        Each audited site's empirical ε lower bound, drawn after the last round.
+    audit : dict of str to (float, float or None), optional
+        Each audited site's empirical ε lower bound and its accounted ε (None without
+        DP), drawn side by side after the last round.
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     rounds = [h["round"] for h in history]
@@ -116,14 +118,12 @@ def plot_history(
     return path
 
 
-def _plot_audit(axes: Any, last_round: int, audit: dict[str, float]) -> None:
-    """Each site's audited ε lower bound, as a marker just after the last round."""
-    for i, (site, bound) in enumerate(sorted(audit.items())):
-        axes.plot(
-            [last_round + 0.3 + 0.1 * i],
-            [bound],
-            marker="v",
-            linestyle="none",
-            color=f"C{i}",
-            label=f"{site}: audited lower bound {bound:.2f}",
-        )
+def _plot_audit(axes: Any, last_round: int, audit: dict[str, tuple[float, float | None]]) -> None:
+    """Each site's audited ε lower bound (▼) beside its accounted ε (○) after the last round."""
+    for i, (site, (bound, accounted)) in enumerate(sorted(audit.items())):
+        x = last_round + 0.3 + 0.1 * i
+        label = f"{site}: audited lower bound {bound:.2f}"
+        if accounted is not None:
+            axes.plot([x], [accounted], marker="o", fillstyle="none", color=f"C{i}")
+            label += f" (accounted {accounted:.2f})"
+        axes.plot([x], [bound], marker="v", linestyle="none", color=f"C{i}", label=label)
