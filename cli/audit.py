@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.output import fail
+
 console = Console()
 
 
@@ -27,8 +29,7 @@ def audit(
     try:
         entry = audit_run(run_dir.resolve())
     except (FileNotFoundError, CanaryError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2) from err
+        raise fail(err, 2) from None
     print_audit(entry)
 
 

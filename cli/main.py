@@ -63,6 +63,23 @@ def _check_data_dir(data_dir: Path) -> int:
     return len(files)
 
 
+def _check_audit(dataset: str, data_dir: Path | None, canaries: int) -> None:
+    """Refuse an audit the simulation cannot make canaries for, before anything runs."""
+    from simulations.canaries import CanaryError, bounded_features
+    from simulations.datasets import load_dataset
+
+    if data_dir is not None:
+        raise fail(
+            "--audit puts canaries into simulated sites made from --dataset; it does not "
+            "change the files of --data-dir",
+            2,
+        )
+    try:
+        bounded_features(load_dataset(dataset).schema, canaries)
+    except (CanaryError, ValueError) as err:
+        raise fail(err, 2) from None
+
+
 @app.command()
 def simulate(
     dataset: str = typer.Option(
@@ -142,6 +159,8 @@ def simulate(
     out_dir = (out or _default_out("sim")).resolve()
     if data_dir is not None:
         sites = _check_data_dir(data_dir)
+    if audit:
+        _check_audit(dataset, data_dir, audit_canaries)
     try:
         settings = RunSettings(
             mode="simulation",

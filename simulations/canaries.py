@@ -27,7 +27,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from models.data.schema import SiteSchema
+from models.data.schema import FeatureSpec, SiteSchema
 
 AUDIT_FOLDER = "audit"
 CANARIES_FILE = "canaries.csv"
@@ -56,17 +56,7 @@ def make_canaries(train: pd.DataFrame, schema: SiteSchema, count: int) -> pd.Dat
     CanaryError
         The schema is not a classification table with ``count`` bounded numeric features.
     """
-    numeric = [f for f in schema.features if f.type == "numeric" and None not in (f.min, f.max)]
-    if schema.task not in ("binary", "multiclass") or schema.kind != "table":
-        raise CanaryError(
-            f"schema '{schema.name}': the audit's canaries are made for tables with a binary "
-            f"or multiclass label; this one is a {schema.kind} with a {schema.task} label"
-        )
-    if count > len(numeric):
-        raise CanaryError(
-            f"schema '{schema.name}': at most {len(numeric)} canaries (one per numeric feature "
-            f"with declared min and max), not {count}"
-        )
+    numeric = bounded_features(schema, count)
     names = [f.name for f in numeric]
     values = train[names].to_numpy(dtype=float)
     mean, spread = values.mean(axis=0), values.std(axis=0) + 1e-12
@@ -82,6 +72,35 @@ def make_canaries(train: pd.DataFrame, schema: SiteSchema, count: int) -> pd.Dat
         for point, label in zip(points, labels, strict=True)
     ]
     return pd.DataFrame(rows, columns=[f.name for f in schema.features] + [schema.label])
+
+
+def bounded_features(schema: SiteSchema, count: int) -> list[FeatureSpec]:
+    """The numeric features with declared bounds the canaries go along, checked for ``count``.
+
+    Parameters
+    ----------
+    schema : SiteSchema
+        The federation's schema.
+    count : int
+        Canaries wanted.
+
+    Raises
+    ------
+    CanaryError
+        The schema is not a classification table with ``count`` bounded numeric features.
+    """
+    numeric = [f for f in schema.features if f.type == "numeric" and None not in (f.min, f.max)]
+    if schema.task not in ("binary", "multiclass") or schema.kind != "table":
+        raise CanaryError(
+            f"schema '{schema.name}': the audit's canaries are made for tables with a binary "
+            f"or multiclass label; this one is a {schema.kind} with a {schema.task} label"
+        )
+    if count > len(numeric):
+        raise CanaryError(
+            f"schema '{schema.name}': at most {len(numeric)} canaries (one per numeric feature "
+            f"with declared min and max), not {count}"
+        )
+    return numeric
 
 
 def _farthest_within(

@@ -94,4 +94,4 @@ def test_canaries_are_trained_on_as_records_and_the_coordinator_kept_its_view(au
 def test_the_audit_says_what_is_missing(tmp_path):
     result = CliRunner().invoke(cli, ["audit", str(tmp_path)])
     assert result.exit_code == 2
-    assert "no report" in " ".join(result.output.split())
+    assert "no report" in result.output
