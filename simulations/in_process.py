@@ -25,6 +25,7 @@ from server.federation.run_state import Progress, RunOutcome
 from server.registry import Signer
 from server.settings import RunSettings
 from simulations.prepare import prepare_sites
+from simulations.runner import quiet_flower
 
 # Node ids as a SuperLink hands them out: large and not in site order.
 FIRST_NODE_ID = 7_000_001
@@ -115,6 +116,7 @@ def run_in_process(
     # Flower's messages take their run and sender from the process's task identity,
     # which a SuperLink or SuperNode would set; here one process plays every part.
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    quiet_flower(verbose=False)
     return run_federation(
         InProcessGrid(simulated_node_configs(settings.sites)),
         settings,
