@@ -23,6 +23,8 @@ app = typer.Typer(
 console = Console()
 # The options' defaults and choices are RunSettings' (server/settings.py), never literals.
 DEFAULTS = RunSettings()
+# Canaries per site for `simulate --audit`: one per direction of Breast Cancer's 30 features.
+AUDIT_CANARIES = 30
 
 
 def _default_out(prefix: str) -> Path:
@@ -59,6 +61,23 @@ def _check_data_dir(data_dir: Path) -> int:
     if failed:
         raise typer.Exit(2)
     return len(files)
+
+
+def _check_audit(dataset: str, data_dir: Path | None, canaries: int) -> None:
+    """Refuse an audit the simulation cannot make canaries for, before anything runs."""
+    from simulations.canaries import CanaryError, bounded_features
+    from simulations.datasets import load_dataset
+
+    if data_dir is not None:
+        raise fail(
+            "--audit puts canaries into simulated sites made from --dataset; it does not "
+            "change the files of --data-dir",
+            2,
+        )
+    try:
+        bounded_features(load_dataset(dataset).schema, canaries)
+    except (CanaryError, ValueError) as err:
+        raise fail(err, 2) from None
 
 
 @app.command()
@@ -120,12 +139,28 @@ def simulate(
     resume: bool = typer.Option(
         DEFAULTS.resume, help="Continue the run in --out from its last checkpoint."
     ),
+    personalize_epochs: int = typer.Option(
+        DEFAULTS.personalize_epochs,
+        min=0,
+        help="After the last round, each site fine-tunes the global model on its own data "
+        "for this many epochs (DP, within its budget); only metrics leave the site.",
+    ),
+    audit: bool = typer.Option(
+        False,
+        help="Put audit canaries into the simulated sites and bound each site's ε from "
+        "below after the run (fedcare audit; docs/PRIVACY_AUDIT.md).",
+    ),
+    audit_canaries: int = typer.Option(
+        AUDIT_CANARIES, min=2, help="Canaries per site with --audit."
+    ),
     verbose: bool = typer.Option(False, help="Show Flower's and Ray's own logs."),
 ) -> None:
     """Run a federation of simulated hospitals on this machine and register its model."""
     out_dir = (out or _default_out("sim")).resolve()
     if data_dir is not None:
         sites = _check_data_dir(data_dir)
+    if audit:
+        _check_audit(dataset, data_dir, audit_canaries)
     try:
         settings = RunSettings(
             mode="simulation",
@@ -150,10 +185,16 @@ def simulate(
             seed=seed,
             out_dir=str(out_dir),
             resume=resume,
+            personalize_epochs=personalize_epochs,
+            audit_canaries=audit_canaries if audit else 0,
         )
     except SettingsError as err:
         raise typer.BadParameter(str(err)) from err
     _run_simulation(settings, verbose)
+    if audit:
+        from cli.audit import audit as audit_command
+
+        audit_command(out_dir)
 
 
 def _run_simulation(settings: RunSettings, verbose: bool) -> dict:
@@ -196,11 +237,33 @@ def _print_outcome(report: dict) -> None:
         console.print(
             f"ε spent per site (budget {privacy['epsilon_budget']}, δ={privacy['delta']}): {spent}"
         )
+    _print_personalization(report.get("personalization", {}))
     model = report["model"]
     console.print(f"model: {model['name']} v{model['version']} at {model['path']}")
     console.print(
         f"report: {Path(model['registry']).parent / 'report.json'}; plot: {report['plot']}"
     )
+
+
+def _print_personalization(personalization: dict) -> None:
+    """Per site: the global and the personalized model on its validation part, and the ε."""
+    if not personalization:
+        return
+    keys = [
+        k
+        for k in ("roc_auc", "accuracy", "c_index", "mse", "mae")
+        if k in next(iter(personalization.values()))["global"]
+    ]
+    table = Table(title="personalization (each site's validation part)")
+    table.add_column("site")
+    for key in keys:
+        table.add_column(f"{key} global", justify="right")
+        table.add_column(f"{key} personalized", justify="right")
+    table.add_column("ε spent on it", justify="right")
+    for site, entry in personalization.items():
+        cells = [f"{entry[part][key]:.4f}" for key in keys for part in ("global", "personalized")]
+        table.add_row(site, *cells, f"{entry['epsilon']:.3f}")
+    console.print(table)
 
 
 @app.command()
@@ -222,6 +285,7 @@ def demo(
     run_inference_demo(Path(report["model"]["registry"]), console)
 
 
+from cli.audit import audit  # noqa: E402
 from cli.console import coordinator_console  # noqa: E402
 from cli.evaluate import evaluate  # noqa: E402
 from cli.inference import keys_app, serve, tokens_app  # noqa: E402
@@ -232,6 +296,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(tokens_app, name="tokens")
 app.command("predict")(predict)
 app.command("evaluate")(evaluate)
+app.command("audit")(audit)
 app.command("console")(coordinator_console)
 
 app.add_typer(provision_app, name="provision")

@@ -1,6 +1,6 @@
 """The fedcare ClientApp: what runs inside a hospital, next to its data.
 
-Three handlers:
+Four handlers:
 
 - ``query``: the site's feature statistics (counts, sums, sums of squares, class counts)
   so the coordinator can standardize every site alike, with Gaussian noise paid for in
@@ -9,6 +9,10 @@ Three handlers:
   The site refuses, with a reason the coordinator logs, a round that would exceed its ε
   budget, a schema it was not given, or data that fails validation.
 - ``evaluate``: the global model's metrics on the site's validation split.
+- ``train.personalize``: after the last round, the site fine-tunes the global model on its
+  own training split, within its budget exactly as a round (the release is recorded in
+  its ledger), keeps the personalized model in its state folder (``personalized/``) and
+  replies only with the global and the personalized model's validation metrics.
 
 Refusals are sent as error replies in a closed vocabulary: problem kinds, counts, row
 numbers and the schema's own column names; never a cell, a header the schema does not
@@ -20,9 +24,13 @@ settings resolve (a site too misconfigured to name its state folder records noth
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -42,6 +50,7 @@ from models.data.tables import SiteDataError, public_summary, schema_columns
 from models.families import build_model, task_for
 from models.spec import set_weights
 from privacy.budget import (
+    BudgetedUpdate,
     BudgetExceeded,
     DeltaTooLarge,
     RoundRequest,
@@ -55,7 +64,9 @@ from protocol.federation import (
     CONFIG,
     EPSILON,
     NUM_EXAMPLES,
+    PERSONALIZE_ACTION,
     EvaluateReply,
+    PersonalizeReply,
     RefusalCode,
     RoundConfig,
     StatisticsQuery,
@@ -66,6 +77,8 @@ from protocol.federation import (
 
 log = logging.getLogger("fedcare.site")
 app = ClientApp()
+# In the site's state folder: one personalized model per run, never sent anywhere.
+PERSONALIZED_FOLDER = "personalized"
 
 
 class Refusal(Exception):
@@ -215,6 +228,46 @@ def _round(msg: Message, context: Context) -> tuple[RoundConfig, SiteData]:
 def train(msg: Message, context: Context) -> RecordDict:
     """Train the global model on the site's data with DP-SGD and reply with the update."""
     cfg, site = _round(msg, context)
+    update = _train_within_budget(msg, context, cfg, site)
+    if update.resent:
+        log.info(
+            "round %d of run %s: re-sending the update already released",
+            cfg.server_round,
+            cfg.run_key,
+        )
+    return TrainReply(
+        site=site.settings.name,
+        weights=update.weights,
+        num_examples=update.num_examples,
+        epsilon=update.epsilon,
+        train_loss=update.train_loss,
+        train_seconds=update.train_seconds,
+        noise_multiplier=update.noise_multiplier,
+    ).to_record_dict()
+
+
+@app.train(PERSONALIZE_ACTION)
+@_handle
+def personalize(msg: Message, context: Context) -> RecordDict:
+    """Fine-tune the global model on the site's data, keep it here, reply with metrics only."""
+    cfg, site = _round(msg, context)
+    global_weights = from_array_record(msg.content.array_records[ARRAYS])
+    before = site.settings.ledger().spent
+    update = _train_within_budget(msg, context, cfg, site)
+    _keep_personalized(site.settings.state_dir, cfg, update.weights)
+    return PersonalizeReply(
+        site=site.settings.name,
+        global_metrics=_validation_metrics(cfg, site, global_weights),
+        personalized_metrics=_validation_metrics(cfg, site, update.weights),
+        epsilon=update.epsilon,
+        epsilon_before=before,
+    ).to_record_dict()
+
+
+def _train_within_budget(
+    msg: Message, context: Context, cfg: RoundConfig, site: SiteData
+) -> BudgetedUpdate:
+    """The message's weights trained as ``cfg`` says, within the site's budget."""
     global_weights = from_array_record(msg.content.array_records[ARRAYS])
     request = RoundRequest(
         federation=cfg.federation,
@@ -235,7 +288,7 @@ def train(msg: Message, context: Context) -> RecordDict:
     set_weights(model, global_weights)
     name = site.settings.name
     try:
-        update = train_within_budget(
+        return train_within_budget(
             site.settings.ledger(),
             request,
             model,
@@ -248,19 +301,36 @@ def train(msg: Message, context: Context) -> RecordDict:
         raise Refusal(RefusalCode.SITE_MISCONFIGURED, f"site '{name}': {err}") from err
     except BudgetExceeded as err:
         raise Refusal(RefusalCode.BUDGET_EXCEEDED, f"site '{name}': {err}") from err
-    if update.resent:
-        log.info(
-            "round %d of run %s: re-sending the update already released", request.round, request.run
-        )
-    return TrainReply(
-        site=name,
-        weights=update.weights,
-        num_examples=update.num_examples,
-        epsilon=update.epsilon,
-        train_loss=update.train_loss,
-        train_seconds=update.train_seconds,
-        noise_multiplier=update.noise_multiplier,
-    ).to_record_dict()
+
+
+def _keep_personalized(
+    state_dir: Path, cfg: RoundConfig, weights: Mapping[str, np.ndarray]
+) -> Path:
+    """Save the personalized model in the site's state folder (replaced whole)."""
+    folder = state_dir / PERSONALIZED_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{cfg.federation}-{cfg.run_key}.npz"
+    partial = folder / f".{path.name}"
+    with open(partial, "wb") as handle:
+        # cast: mypy would also match each array against savez's ``allow_pickle: bool``
+        np.savez(handle, **cast(dict[str, Any], dict(weights)))
+    os.replace(partial, path)
+    return path
+
+
+def _validation_metrics(
+    cfg: RoundConfig, site: SiteData, weights: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """The task's metrics of ``weights`` on the site's validation part, with its size."""
+    inputs, targets = site.encoded(cfg.standardization, "validation")
+    model = build_model(cfg.model_spec)
+    set_weights(model, dict(weights))
+    encoder = FeatureEncoder(site.schema, cfg.standardization)
+    # regression metrics in the label's own units
+    outputs = encoder.decode_outputs(evaluate_outputs(model, inputs))
+    metrics = task_for(cfg.model_spec).metrics(encoder.decode_outputs(targets), outputs)
+    metrics[NUM_EXAMPLES] = float(len(inputs))
+    return metrics
 
 
 @app.evaluate()
@@ -268,14 +338,6 @@ def train(msg: Message, context: Context) -> RecordDict:
 def evaluate(msg: Message, context: Context) -> RecordDict:
     """Evaluate the global model on the site's validation split."""
     cfg, site = _round(msg, context)
-    inputs, targets = site.encoded(cfg.standardization, "validation")
-    model = build_model(cfg.model_spec)
-    set_weights(model, from_array_record(msg.content.array_records[ARRAYS]))
-    task = task_for(cfg.model_spec)
-    encoder = FeatureEncoder(site.schema, cfg.standardization)
-    # regression metrics in the label's own units
-    outputs = encoder.decode_outputs(evaluate_outputs(model, inputs))
-    metrics = task.metrics(encoder.decode_outputs(targets), outputs)
-    metrics[NUM_EXAMPLES] = float(len(inputs))
+    metrics = _validation_metrics(cfg, site, from_array_record(msg.content.array_records[ARRAYS]))
     metrics[EPSILON] = site.settings.ledger().spent
     return EvaluateReply(site=site.settings.name, metrics=metrics).to_record_dict()

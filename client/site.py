@@ -53,6 +53,10 @@ class SiteSettings:
     epsilon_per_run, epsilon_per_federation : float or None
         The most ε one run's, or one federation's, releases may compose to (no cap when
         None); each run's noise plan fits the least of what is left of the three.
+    audit_canaries : int
+        Simulation only (``fedcare simulate --audit``): the data's last this many examples
+        are audit canaries, always in the training part (the validation split is drawn
+        from the other examples, so a canary changes the training data by itself alone).
     delta : float
         δ of the site's accounting (below 1/n).
     validation_fraction : float
@@ -68,6 +72,7 @@ class SiteSettings:
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     epsilon_per_run: float | None = None
     epsilon_per_federation: float | None = None
+    audit_canaries: int = 0
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], source: str) -> SiteSettings:
@@ -103,6 +108,7 @@ class SiteSettings:
                 ),
                 epsilon_per_run=_optional_cap(raw, "epsilon-per-run"),
                 epsilon_per_federation=_optional_cap(raw, "epsilon-per-federation"),
+                audit_canaries=int(raw.get("audit-canaries", 0)),
             )
         except (TypeError, ValueError) as err:
             raise SiteConfigError(f"{source}: {err}") from err
@@ -193,14 +199,17 @@ def load_site(settings: SiteSettings, seed: int = 0) -> SiteData:
         return _CACHE[key]
     schema = load_schema(settings.schema_path)
     examples = get_kind(schema).load(settings.data_path, schema)
-    rows = np.arange(examples.num_examples)
+    canaries = np.arange(examples.num_examples - settings.audit_canaries, examples.num_examples)
+    rows = np.arange(examples.num_examples - settings.audit_canaries)
     strata = examples.strata()
+    strata = strata[rows] if strata is not None else None
     if strata is not None and np.unique(strata, return_counts=True)[1].min() < 2:
         strata = None  # a class with a single example cannot be stratified
     train_index, validation_index = train_test_split(
         rows, test_size=settings.validation_fraction, random_state=seed, stratify=strata
     )
-    data = SiteData(settings, schema, examples, np.sort(train_index), np.sort(validation_index))
+    train_index = np.concatenate([np.sort(train_index), canaries])
+    data = SiteData(settings, schema, examples, train_index, np.sort(validation_index))
     _CACHE[key] = data
     return data
 

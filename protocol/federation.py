@@ -5,6 +5,8 @@ Both directions of every exchange are here, so the keys stay in step:
 - the statistics query (:class:`StatisticsQuery`) and its reply (:class:`StatisticsReply`);
 - each round's settings (:class:`RoundConfig`), sent with the global weights;
 - the train reply (:class:`TrainReply`) and the evaluate reply (:class:`EvaluateReply`);
+- personalization after the last round (:data:`PERSONALIZE`, :func:`personalize_request`)
+  and its reply (:class:`PersonalizeReply`): metrics only, the model stays at the site;
 - the codes of a site's refusals (:class:`RefusalCode`), sent as Flower error replies;
 - the keys fedcare adds to the legacy SecAgg+ records.
 
@@ -21,7 +23,15 @@ from enum import IntEnum
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 
 from models.data.features import FeatureStatistics, Standardization
 from models.spec import ModelSpec
@@ -33,6 +43,12 @@ METRICS = "metrics"  # MetricRecord: a TrainReply's or an EvaluateReply's figure
 STATISTICS = "statistics"  # MetricRecord: FeatureStatistics.to_flat(), NUM_EXAMPLES, EPSILON
 SCHEMA = "schema"  # ConfigRecord: {"sha256": the site's schema hash}
 SITE_RECORD = "site"  # ConfigRecord: {"name": site name}
+GLOBAL_METRICS = "global-metrics"  # MetricRecord: the global model on a site's validation
+PERSONALIZED_METRICS = "personalized-metrics"  # MetricRecord: the personalized model's
+
+# The ClientApp's action for personalization, and the message type that reaches it.
+PERSONALIZE_ACTION = "personalize"
+PERSONALIZE = f"{MessageType.TRAIN}.{PERSONALIZE_ACTION}"
 
 # Metric keys.
 NUM_EXAMPLES = "num-examples"
@@ -40,6 +56,7 @@ EPSILON = "epsilon"
 TRAIN_LOSS = "train-loss"
 TRAIN_SECONDS = "train-seconds"
 NOISE_MULTIPLIER = "noise-multiplier"
+EPSILON_BEFORE = "epsilon-before"
 
 # Keys fedcare adds to the legacy SecAgg+ FitIns config and FitRes metrics.
 SECAGG_ARRAY_NAMES = "secagg-array-names"  # FitIns: JSON list naming the legacy tensors
@@ -206,7 +223,9 @@ class RoundConfig:
     Parameters
     ----------
     server_round, num_rounds : int
-        This round and the run's total, so the site can plan its noise for the rest.
+        This round and the releases the run plans (its rounds, then personalization
+        counted as rounds: ``RunSettings.planned_rounds``), so the site can plan its
+        noise for the rest. Personalization is round ``num_server_rounds + 1``.
     federation, run_key : str
         Names the run in the site's ledger (stable across a coordinator restart).
     model_spec : ModelSpec
@@ -366,4 +385,71 @@ class EvaluateReply:
         return cls(
             site=site_name(reply) or f"node-{reply.metadata.src_node_id}",
             metrics=metrics_of(reply, METRICS),
+        )
+
+
+def personalize_request(weights: Mapping[str, np.ndarray], config: RoundConfig) -> RecordDict:
+    """The content of a :data:`PERSONALIZE` message: the global model and its settings.
+
+    Parameters
+    ----------
+    weights : mapping of str to ndarray
+        The final global model.
+    config : RoundConfig
+        The personalization's settings (``local_epochs``: the personalization's epochs).
+    """
+    return RecordDict(
+        {ARRAYS: to_array_record(weights), CONFIG: ConfigRecord(config.to_record_values())}
+    )
+
+
+@dataclass(frozen=True)
+class PersonalizeReply:
+    """A site's answer to :data:`PERSONALIZE`: how its own fine-tuned model compares.
+
+    The personalized model never leaves the site; only these metrics do, as federated
+    evaluation's do.
+
+    Parameters
+    ----------
+    site : str
+        The site's name.
+    global_metrics, personalized_metrics : dict of str to float
+        The task's metrics of the global and the personalized model on the site's
+        validation part (with :data:`NUM_EXAMPLES`).
+    epsilon : float
+        The site's ε spent after personalizing, over everything it ever released.
+    epsilon_before : float
+        Its ε spent before (the difference is what personalization cost).
+    """
+
+    site: str
+    global_metrics: dict[str, float]
+    personalized_metrics: dict[str, float]
+    epsilon: float
+    epsilon_before: float
+
+    def to_record_dict(self) -> RecordDict:
+        """The reply as a message's content."""
+        return RecordDict(
+            {
+                GLOBAL_METRICS: metric_record(self.global_metrics),
+                PERSONALIZED_METRICS: metric_record(self.personalized_metrics),
+                METRICS: metric_record(
+                    {EPSILON: self.epsilon, EPSILON_BEFORE: self.epsilon_before}
+                ),
+                SITE_RECORD: site_record(self.site),
+            }
+        )
+
+    @classmethod
+    def from_message(cls, reply: Message) -> PersonalizeReply:
+        """The reply a site's PERSONALIZE answer carries."""
+        privacy = metrics_of(reply, METRICS)
+        return cls(
+            site=site_name(reply) or f"node-{reply.metadata.src_node_id}",
+            global_metrics=metrics_of(reply, GLOBAL_METRICS),
+            personalized_metrics=metrics_of(reply, PERSONALIZED_METRICS),
+            epsilon=privacy[EPSILON],
+            epsilon_before=privacy[EPSILON_BEFORE],
         )

@@ -70,6 +70,15 @@ class RunSettings:
     dataset, data_dir, sites, partition, alpha, seed : simulation inputs.
     test_fraction : float
         Share of the data held out as the global test set in simulation.
+    personalize_epochs : int
+        After the last round, each site fine-tunes the global model on its own training
+        part for this many epochs, with DP and in its ledger like a round (each site's
+        noise plan reserves room for it); the personalized model stays in the site's
+        state folder and only its validation metrics are sent. 0: no personalization.
+    audit_canaries : int
+        Simulation only: audit canaries per site for the one-run privacy audit
+        (``simulations.audit``); each joins its site's training data on a secret coin,
+        and the coordinator keeps every round's updates to score them. 0: no audit.
     schema_path, test_path : str
         In deployment: the federation's schema, and an optional test set the
         coordinator may evaluate on.
@@ -130,6 +139,8 @@ class RunSettings:
     alpha: float = 0.5
     seed: int = 0
     test_fraction: float = 0.2
+    personalize_epochs: int = 0
+    audit_canaries: int = 0
     schema_path: str = ""
     test_path: str = ""
     federation: str = "default"
@@ -167,6 +178,8 @@ class RunSettings:
             (self.sites >= 1, "sites", "at least 1"),
             (self.alpha > 0, "alpha", "positive"),
             (0 < self.test_fraction < 1, "test-fraction", "in (0, 1)"),
+            (self.personalize_epochs >= 0, "personalize-epochs", "0 (off) or more"),
+            (self.audit_canaries >= 0, "audit-canaries", "0 (off) or more"),
             (
                 self.secure_aggregation in SECURE_AGGREGATION,
                 "secure-aggregation",
@@ -189,6 +202,12 @@ class RunSettings:
                 )
         if self.mode == "deployment" and not self.schema_path:
             raise SettingsError("run config 'schema-path' is required in deployment mode")
+        if self.audit_canaries and (self.mode != "simulation" or self.uses_secure_aggregation):
+            raise SettingsError(
+                "run config 'audit-canaries' is for simulations without secure aggregation: "
+                "canaries are never put in a real site's data, and the audit scores each "
+                "site's own updates"
+            )
         if self.uses_secure_aggregation and self.strategy in ROBUST_STRATEGIES:
             raise SettingsError(
                 f"strategy '{self.strategy}' needs every site's own update, but secure "
@@ -206,6 +225,15 @@ class RunSettings:
 
     def _value(self, key: str) -> Any:
         return getattr(self, key.replace("-", "_"))
+
+    @property
+    def planned_rounds(self) -> int:
+        """The releases each site plans its noise for: the rounds, then personalization.
+
+        Personalization counts as the rounds of ``local-epochs`` it takes (rounded up),
+        so the site's noise plan leaves room for it within the run's budget.
+        """
+        return self.num_server_rounds + -(-self.personalize_epochs // self.local_epochs)
 
     @property
     def hidden_sizes(self) -> list[int]:

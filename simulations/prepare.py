@@ -9,6 +9,9 @@ reads it with the same code as in deployment::
     <dir>/test.csv         the global test set, held out from every site (same format)
     <dir>/state/site-<i>/  each site's state (privacy ledger)
     <dir>/sites.json       per site: name, data path, schema path, state dir, ε budget, δ
+    <dir>/audit/           with ``audit-canaries``: the canaries and each site's secret
+                           coins (``simulations.canaries``); a site's table ends with the
+                           canaries its coins put in
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from models.data.kinds.base import DataKind
 from models.data.kinds.registry import get_kind, load_schema
+from models.data.schema import SiteSchema
 from server.federation.run_state import SiteFiles
 from server.settings import RunSettings
+from simulations.canaries import draw_coins, make_canaries, save_audit
 from simulations.datasets import load_dataset
 from simulations.partition import partition
 
@@ -71,6 +77,11 @@ def prepare_simulation(settings: RunSettings, root: str | Path) -> SimulationLay
         return read_layout(root)
     root.mkdir(parents=True, exist_ok=True)
     if settings.data_dir:
+        if settings.audit_canaries:
+            raise ValueError(
+                "the privacy audit puts canaries into simulated sites made from --dataset; "
+                "it does not change the files of --data-dir"
+            )
         layout = _from_data_dir(settings, root)
     else:
         layout = _from_dataset(settings, root)
@@ -113,7 +124,7 @@ def read_layout(root: str | Path) -> SimulationLayout:
 
 def _site_entry(settings: RunSettings, root: Path, index: int, data: Path, schema: Path) -> dict:
     return {
-        "site-name": f"hospital-{index}",
+        "site-name": _site_name(index),
         "data-path": str(data),
         "schema-path": str(schema),
         "state-dir": str(root / "state" / f"site-{index}"),
@@ -144,11 +155,40 @@ def _from_dataset(settings: RunSettings, root: Path) -> SimulationLayout:
     schema_path = root / "schema.toml"
     schema.save(schema_path)
     test_path = dataset.write(test, root / "test")
+    canaries = [0] * len(parts)
+    if settings.audit_canaries:
+        parts, canaries = _with_canaries(settings, root, schema, train, parts)
     sites = []
     for i, part in enumerate(parts):
         data = dataset.write(part, root / f"site-{i}")
-        sites.append(_site_entry(settings, root, i, data, schema_path))
+        entry = _site_entry(settings, root, i, data, schema_path)
+        if canaries[i]:
+            entry["audit-canaries"] = canaries[i]
+        sites.append(entry)
     return SimulationLayout(root, schema_path, test_path, sites)
+
+
+def _with_canaries(
+    settings: RunSettings,
+    root: Path,
+    schema: SiteSchema,
+    train: pd.DataFrame,
+    parts: list[pd.DataFrame],
+) -> tuple[list[pd.DataFrame], list[int]]:
+    """Each site's part followed by the canaries its secret coins put in, and their count."""
+    canaries = make_canaries(train, schema, settings.audit_canaries)
+    names = [_site_name(i) for i in range(len(parts))]
+    coins = draw_coins(names, len(canaries), settings.seed)
+    save_audit(root, canaries, coins)
+    joined = [
+        pd.concat([part, canaries[coins[name]]], ignore_index=True)
+        for part, name in zip(parts, names, strict=True)
+    ]
+    return joined, [int(sum(coins[name])) for name in names]
+
+
+def _site_name(index: int) -> str:
+    return f"hospital-{index}"
 
 
 def site_files(folder: Path, kind: DataKind) -> list[Path]:

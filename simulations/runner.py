@@ -13,6 +13,15 @@ from server.settings import RunSettings
 from simulations.prepare import prepare_sites
 
 
+def quiet_flower(verbose: bool) -> None:
+    """Flower's log lines once each, and only its warnings unless ``verbose``."""
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    # Flower's logger has its own handler; the root one Opacus installs on import
+    # (logging.basicConfig) would print every Flower line a second time.
+    logging.getLogger("flwr").propagate = False
+
+
 def run_simulated_federation(
     settings: RunSettings,
     progress: Callable[[str], None] | None = None,
@@ -44,11 +53,7 @@ def run_simulated_federation(
     )
     # Ray's workers otherwise print every ClientApp log line and a banner per actor.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
-    # Flower's logger has its own handler; the root one Opacus installs on import
-    # (logging.basicConfig) would print every Flower line a second time.
-    logging.getLogger("flwr").propagate = False
+    quiet_flower(verbose)
     cpus = max(1, min(os.cpu_count() or 1, settings.sites))
     run_simulation(
         server_app=server_app,

@@ -1,4 +1,8 @@
-"""The run's report: ``report.json`` and a plot of metrics and ε per site over rounds."""
+"""The run's report: ``report.json`` and a plot of metrics and ε per site over rounds.
+
+The ε panel also shows, when the run was audited (``privacy.audit``, written by
+``simulations.audit``), each site's empirical lower bound beside its accounted ε.
+"""
 
 from __future__ import annotations
 
@@ -35,8 +39,47 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     return path
 
 
-def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Two panels: the global model's metrics per round, and ε spent per site."""
+def read_report(out_dir: Path) -> dict[str, Any]:
+    """The report of the run in ``out_dir``."""
+    path = out_dir / REPORT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no report; is {out_dir} a finished run's folder?")
+    return dict(json.loads(path.read_text()))
+
+
+def plot_report(report: dict[str, Any], path: Path) -> Path:
+    """The report's plot: metrics and ε per site over the rounds, audit bounds beside ε."""
+    title = (
+        f"{report['model']['name']}: {report['settings']['strategy']}, DP={report['privacy']['dp']}"
+    )
+    audited = report["privacy"].get("audit", {}).get("sites", {})
+    audit = {
+        site: (entry["epsilon_lower_bound"], entry["accounted_epsilon"])
+        for site, entry in audited.items()
+    }
+    return plot_history(report["history"], path, title, audit)
+
+
+def plot_history(
+    history: list[dict[str, Any]],
+    path: Path,
+    title: str,
+    audit: dict[str, tuple[float, float | None]] | None = None,
+) -> Path:
+    """Two panels: the global model's metrics per round, and ε spent per site.
+
+    Parameters
+    ----------
+    history : list of dict
+        The report's ``history``.
+    path : Path
+        Where the PNG goes.
+    title : str
+        The figure's title.
+    audit : dict of str to (float, float or None), optional
+        Each audited site's empirical ε lower bound and its accounted ε (None without
+        DP), drawn side by side after the last round.
+    """
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     rounds = [h["round"] for h in history]
     for source, style in (("global_test", "-"), ("federated_evaluation", "--")):
@@ -61,14 +104,26 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
         if points:
             xs, ys = zip(*points, strict=True)
             right.plot(xs, ys, marker="o", markersize=3, label=site)
+    _plot_audit(right, rounds[-1] if rounds else 0, audit or {})
     right.set_xlabel("round")
     right.set_ylabel("ε spent")
     right.set_title("privacy spent per site")
     right.grid(alpha=0.3)
-    if sites:
+    if sites or audit:
         right.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _plot_audit(axes: Any, last_round: int, audit: dict[str, tuple[float, float | None]]) -> None:
+    """Each site's audited ε lower bound (▼) beside its accounted ε (○) after the last round."""
+    for i, (site, (bound, accounted)) in enumerate(sorted(audit.items())):
+        x = last_round + 0.3 + 0.1 * i
+        label = f"{site}: audited lower bound {bound:.2f}"
+        if accounted is not None:
+            axes.plot([x], [accounted], marker="o", fillstyle="none", color=f"C{i}")
+            label += f" (accounted {accounted:.2f})"
+        axes.plot([x], [bound], marker="v", linestyle="none", color=f"C{i}", label=label)

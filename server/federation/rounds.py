@@ -4,7 +4,8 @@ The run is opened (or resumed) first and its model registered at the end. The lo
 drives one of Flower's strategies through its ``configure_*``/``aggregate_*`` methods
 instead of ``strategy.start``, because the coordinator must also checkpoint after every
 round (and resume), record each site's ε and refusals by name, and evaluate on a global
-test set when there is one. Each step is a function over a :class:`RunState`.
+test set when there is one. After the last round the sites may personalize the global
+model (``personalize-epochs``). Each step is a function over a :class:`RunState`.
 """
 
 from __future__ import annotations
@@ -27,16 +28,20 @@ from models.spec import ModelSpec, get_weights
 from privacy.dp_sgd import ACCOUNTANT
 from protocol.federation import (
     NUM_EXAMPLES,
+    PERSONALIZE,
     EvaluateReply,
+    PersonalizeReply,
     RoundConfig,
     StatisticsQuery,
     TrainReply,
     from_array_record,
+    personalize_request,
     to_array_record,
 )
+from server.federation.audit_view import RoundView, keep_round
 from server.federation.checkpoint import Checkpoint
 from server.federation.evaluation import evaluate_on_table, weighted_mean
-from server.federation.report import PLOT_FILE, plot_history, write_report
+from server.federation.report import PLOT_FILE, plot_report, write_report
 from server.federation.run_state import (
     FederationError,
     Progress,
@@ -97,6 +102,7 @@ def run_federation(
         entry = run_round(grid, state, server_round, say)
         save_checkpoint(state, entry)
         say(round_line(entry, settings.num_server_rounds))
+    personalize_step(grid, state, say)
     return finish_run(state, signer)
 
 
@@ -242,7 +248,7 @@ def round_config(state: RunState, server_round: int) -> RoundConfig:
     s = state.settings
     return RoundConfig(
         server_round=server_round,
-        num_rounds=s.num_server_rounds,
+        num_rounds=s.planned_rounds,
         federation=s.federation,
         run_key=state.run_key,
         model_spec=state.spec,
@@ -265,6 +271,8 @@ def run_round(grid: Grid, state: RunState, server_round: int, say: Progress) -> 
     started = time.perf_counter()
     config = round_config(state, server_round)
     replies = train_step(grid, state, server_round, config)
+    if state.settings.audit_canaries:
+        keep_audit_view(state, server_round, replies)
     refused = refusals_of(replies, state, server_round, say)
     trained = len(replies) - len(refused)
     train_metrics = aggregate_step(state, server_round, replies, trained, say)
@@ -309,6 +317,16 @@ def train_step(
         if not reply.has_error():
             state.site_epsilon[name] = TrainReply.from_message(reply).epsilon
     return replies
+
+
+def keep_audit_view(state: RunState, server_round: int, replies: list[Message]) -> None:
+    """Keep the weights sent and each site's update received (a simulation's audit)."""
+    updates = {
+        reply_site(reply, state.site_names): TrainReply.from_message(reply).weights
+        for reply in replies
+        if not reply.has_error()
+    }
+    keep_round(state.out, RoundView(server_round, dict(state.weights), updates))
 
 
 def refusals_of(
@@ -360,6 +378,42 @@ def evaluate_step(
     # In site order, so the pooled means do not depend on arrival order either.
     per_site = dict(sorted(per_site.items()))
     return weighted_mean(per_site), per_site
+
+
+def personalize_step(grid: Grid, state: RunState, say: Progress) -> None:
+    """After the last round, each site fine-tunes the global model on its own data.
+
+    It trains within its budget as for a round (round ``num_server_rounds + 1``), keeps
+    the personalized model and replies with the global and personalized model's
+    validation metrics, kept in ``state.personalization``.
+    """
+    s = state.settings
+    if not s.personalize_epochs:
+        return
+    config = replace(
+        round_config(state, s.num_server_rounds + 1),
+        local_epochs=s.personalize_epochs,
+        proximal_mu=0.0,
+    )
+    content = personalize_request(state.weights, config)
+    messages = [
+        Message(content, dst_node_id=node, message_type=PERSONALIZE)
+        for node in sorted(grid.get_node_ids())
+    ]
+    for reply in grid.send_and_receive(messages, timeout=s.round_timeout):
+        name = reply_site(reply, state.site_names)
+        if reply.has_error():
+            say(f"site {name} did not personalize: {reply.error.reason}")
+            continue
+        answer = PersonalizeReply.from_message(reply)
+        state.site_epsilon[name] = answer.epsilon
+        state.personalization[name] = {
+            "global": answer.global_metrics,
+            "personalized": answer.personalized_metrics,
+            "epsilon": answer.epsilon - answer.epsilon_before,
+        }
+    state.personalization = dict(sorted(state.personalization.items()))
+    say(f"personalized at {len(state.personalization)} site(s), {s.personalize_epochs} epoch(s)")
 
 
 def save_checkpoint(state: RunState, entry: dict[str, Any]) -> None:
@@ -454,9 +508,9 @@ def finish_run(state: RunState, signer: Signer | None) -> RunOutcome:
             "registry": str(registry.root),
             "kind": state.spec.kind,
         },
+        "personalization": state.personalization,
         "plot": str(state.out / PLOT_FILE),
     }
     path = write_report(state.out, report)
-    title = f"{state.schema.name}: {settings.strategy}, DP={settings.dp}"
-    plot_history(state.history, state.out / PLOT_FILE, title)
+    plot_report(report, state.out / PLOT_FILE)
     return RunOutcome(report=report, report_path=path, model=version)

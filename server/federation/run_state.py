@@ -79,6 +79,9 @@ class RunState:
         Each site's ε spent, as it last reported it.
     site_names : dict of int to str
         Site names by node id, as the sites announced them.
+    personalization : dict of str to dict
+        After personalization: per site, the global and personalized model's validation
+        metrics and the ε it cost.
     """
 
     settings: RunSettings
@@ -94,6 +97,7 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     site_epsilon: dict[str, float] = field(default_factory=dict)
     site_names: dict[int, str] = field(default_factory=dict)
+    personalization: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -10,13 +10,19 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
 
-from client.app import app
+from client.app import PERSONALIZED_FOLDER, app
 from client.site import REFUSALS_FILE, RefusalRecord, SiteSettings, load_site
 from models.data.features import FeatureStatistics, Standardization
 from models.families import build_model
 from models.spec import get_weights
 from privacy.ledger import PrivacyLedger
-from protocol.federation import NUM_EXAMPLES, RefusalCode, RoundConfig
+from protocol.federation import (
+    NUM_EXAMPLES,
+    PERSONALIZE,
+    PersonalizeReply,
+    RefusalCode,
+    RoundConfig,
+)
 from server.federation.setup import model_spec_for
 from server.settings import RunSettings
 from simulations.prepare import prepare_simulation
@@ -159,6 +165,40 @@ def test_the_whole_plan_fits_the_budget_and_the_next_run_is_refused(site_config)
     assert reply.error.code == RefusalCode.BUDGET_EXCEEDED
     assert "budget" in reply.error.reason
     assert len(PrivacyLedger(site_config["state-dir"], 1.0).releases) == 2
+
+
+def test_personalization_is_a_release_within_the_plan_and_only_metrics_leave(site_config):
+    # A run of one round that reserved one more (RunSettings.planned_rounds) for it.
+    config, arrays = _round(site_config, server_round=1, num_rounds=2)
+    assert not _send(site_config, MessageType.TRAIN, config, arrays).has_error()
+    before = PrivacyLedger(site_config["state-dir"], 1.0).spent
+    config, arrays = _round(site_config, server_round=2, num_rounds=2, local_epochs=1)
+    reply = _send(site_config, PERSONALIZE, config, arrays)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert not reply.content.array_records  # the personalized model is not sent
+    answer = PersonalizeReply.from_message(reply)
+    ledger = PrivacyLedger(site_config["state-dir"], 1.0)
+    assert [r.round for r in ledger.releases if r.is_training] == [1, 2]
+    assert answer.epsilon_before == pytest.approx(before)
+    assert answer.epsilon == pytest.approx(ledger.spent)
+    assert before < answer.epsilon <= 1.0
+    assert {"roc_auc", "accuracy", NUM_EXAMPLES} <= set(answer.personalized_metrics)
+    assert answer.global_metrics[NUM_EXAMPLES] == answer.personalized_metrics[NUM_EXAMPLES]
+    kept = Path(site_config["state-dir"]) / PERSONALIZED_FOLDER / "test-run-1.npz"
+    with np.load(kept) as weights:
+        assert sorted(weights.files) == sorted(arrays.keys())
+
+
+def test_personalization_past_the_budget_is_refused(site_config):
+    # The run planned its one round to the whole budget: nothing is left to personalize.
+    config, arrays = _round(site_config, server_round=1, num_rounds=1)
+    assert not _send(site_config, MessageType.TRAIN, config, arrays).has_error()
+    config, arrays = _round(site_config, server_round=2, num_rounds=1)
+    reply = _send(site_config, PERSONALIZE, config, arrays)
+    assert reply.has_error()
+    assert reply.error.code == RefusalCode.BUDGET_EXCEEDED
+    assert len([r for r in PrivacyLedger(site_config["state-dir"], 1.0).releases]) == 1
+    assert not (Path(site_config["state-dir"]) / PERSONALIZED_FOLDER).exists()
 
 
 def test_a_refusal_is_kept_at_the_site_with_the_reason_sent(site_config):

@@ -9,9 +9,7 @@ tests/e2e/test_deploy_loopback.py; here the point is the protocol's arithmetic a
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +17,18 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import app as client_app
 from privacy.budget import LAST_RELEASE, LAST_RELEASE_META
 from privacy.ledger import PrivacyLedger
 from server.federation.rounds import run_federation
 from server.federation.secure_aggregation import SecureAggregationGrid, quantization_bound
 from server.settings import RunSettings, SettingsError
+from simulations.in_process import InProcessGrid
 from simulations.prepare import prepare_simulation
 
 
-class LocalGrid(Grid):
+class LocalGrid(InProcessGrid):
     """Delivers each message to the addressed site's ClientApp in this process.
 
     ``replies`` keeps every reply (what the coordinator receives); a node in ``dead``
@@ -41,42 +38,16 @@ class LocalGrid(Grid):
 
     def __init__(self, node_configs: dict[int, dict]):
         """``node_configs``: each node id's ``--node-config`` (its site settings)."""
-        self.contexts = {
-            node: Context(
-                run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={}
-            )
-            for node, cfg in node_configs.items()
-        }
+        super().__init__(node_configs)
         self.replies: list[Message] = []
         self.dead: set[int] = set()
-
-    def set_run(self, run) -> None:
-        raise NotImplementedError
-
-    @property
-    def run(self):
-        raise NotImplementedError
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
-        raise NotImplementedError
 
     def send_and_receive(self, messages, *, timeout=None):
         out = []
         for msg in messages:
-            node = msg.metadata.dst_node_id
-            if node in self.dead and _stage(msg) in ("masked", "unmask"):
+            if msg.metadata.dst_node_id in self.dead and _stage(msg) in ("masked", "unmask"):
                 continue
-            # a copy crosses the "network", as over gRPC: no record is shared
-            reply = copy.deepcopy(client_app(copy.deepcopy(msg), self.contexts[node]))
+            reply = self.deliver(msg)
             self.replies.append(reply)
             out.append(reply)
         return out
