@@ -243,6 +243,7 @@ def train(msg: Message, context: Context) -> RecordDict:
         train_loss=update.train_loss,
         train_seconds=update.train_seconds,
         noise_multiplier=update.noise_multiplier,
+        epsilon_remaining=update.epsilon_remaining,
     ).to_record_dict()
 
 

@@ -238,8 +238,9 @@ def federation_page(view: FederationView) -> HTMLResponse:
         f"{'; its clock ' + esc(_when(view.now)) if view.now else ''}; sites: {esc(counts)}.</p>"
         "<p>A site is matched to its SuperNode by the key it authenticates with. Its ε is "
         "the one in its last training reply of the newest run it took part in "
-        "(over everything it ever released); what is left is known only when that run "
-        "set one budget for all sites: a deployed site keeps its budget to itself.</p>"
+        "(over everything it ever released); ε left is what that reply said is left of "
+        "the site's lifetime budget (per-run and per-federation caps stay with the site)."
+        "</p>"
     )
     sites = table(
         "sites",

@@ -7,9 +7,10 @@ no provisioned site's are listed apart.
 
 A site's ε is what it released itself: the ε (over everything it ever released) in its
 last training reply of the newest run it took part in, as that run's ``report.json`` (or,
-while the run goes on, its checkpoint) records it. What is left is shown when that run
-set one budget for all sites (a simulation); a deployed site keeps its budget and caps to
-itself (``fedcare site budget`` and the site's own console show them).
+while the run goes on, its checkpoint) records it. What is left is what the site said is
+left of its lifetime budget in that reply; for replies without it (older sites), what the
+run's one budget for all sites leaves (a simulation), else unknown. A site's per-run and
+per-federation caps stay with it (``fedcare site budget`` and its own console).
 """
 
 from __future__ import annotations
@@ -130,10 +131,15 @@ def last_reported_epsilon(runs: list[RunSummary]) -> dict[str, SiteEpsilon]:
     for run in runs:
         for site, spent in run.epsilon_spent.items():
             if site not in found:
-                budget = run.epsilon_budget
-                left = max(budget - spent, 0.0) if budget is not None else None
-                found[site] = SiteEpsilon(spent, left, run.name)
+                found[site] = SiteEpsilon(spent, _left(run, site, spent), run.name)
     return found
+
+
+def _left(run: RunSummary, site: str, spent: float) -> float | None:
+    """What ``site`` has left: as it said in its last reply, else from the run's budget."""
+    if site in run.epsilon_remaining:
+        return run.epsilon_remaining[site]
+    return max(run.epsilon_budget - spent, 0.0) if run.epsilon_budget is not None else None
 
 
 def node_of_site(nodes: list[SuperLinkNode], fingerprint: str) -> SuperLinkNode | None:

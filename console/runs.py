@@ -122,6 +122,8 @@ class RunSummary:
         Each site's ε budget (simulation), None when each site sets its own.
     epsilon_spent : dict of str to float
         Each site's ε, as it last reported it.
+    epsilon_remaining : dict of str to float
+        What each site last said is left of its lifetime budget (sites that said so).
     final : dict of str to float
         The final metrics (finished runs), else the last round's.
     model : ModelRef or None
@@ -140,6 +142,7 @@ class RunSummary:
     delta: float
     epsilon_budget: float | None
     epsilon_spent: dict[str, float]
+    epsilon_remaining: dict[str, float]
     final: dict[str, float]
     model: ModelRef | None
     updated: str
@@ -246,6 +249,7 @@ def read_run(path: Path) -> tuple[RunSummary, list[RoundRecord]]:
             delta=float(report["privacy"]["delta"]),
             epsilon_budget=report["privacy"]["epsilon_budget"],
             epsilon_spent=dict(report["privacy"]["epsilon_spent"]),
+            epsilon_remaining=dict(report["privacy"].get("epsilon_remaining") or {}),
             final=dict(report["final"]),
             model=ModelRef(str(model["name"]), int(model["version"]), str(model["registry"])),
             updated=_mtime(report_path),
@@ -269,6 +273,7 @@ def read_run(path: Path) -> tuple[RunSummary, list[RoundRecord]]:
         # as finish_run reports it: a simulation's sites share the run's budget
         epsilon_budget=float(settings["epsilon"]) if settings["mode"] == "simulation" else None,
         epsilon_spent=dict(checkpoint.meta["epsilon"]),
+        epsilon_remaining=dict(checkpoint.meta.get("epsilon_remaining") or {}),
         final=dict((last.global_test or last.federated_evaluation) if last else {}),
         model=None,
         updated=_mtime(path / CHECKPOINT_DIR),

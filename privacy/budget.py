@@ -116,6 +116,9 @@ class BudgetedUpdate:
         Mean training loss and the training loop's wall time.
     resent : bool
         True when this is the update already released for the same request.
+    epsilon_remaining : float or None
+        What is left of the site's lifetime budget after this release (None for an
+        update re-sent from a cache written before it was kept).
     """
 
     weights: dict[str, np.ndarray]
@@ -125,6 +128,7 @@ class BudgetedUpdate:
     train_loss: float
     train_seconds: float
     resent: bool = False
+    epsilon_remaining: float | None = None
 
 
 def arrays_digest(weights: Mapping[str, np.ndarray]) -> str:
@@ -201,6 +205,7 @@ def train_within_budget(
             weights=result.weights,
             num_examples=n,
             epsilon=epsilon,
+            epsilon_remaining=ledger.remaining,
             noise_multiplier=planned[0].noise_multiplier if planned is not None else 0.0,
             train_loss=result.mean_loss,
             train_seconds=result.seconds,
@@ -250,6 +255,7 @@ def _remember_update(state_dir: Path, request: RoundRequest, update: BudgetedUpd
     figures = {
         "num_examples": update.num_examples,
         "epsilon": update.epsilon,
+        "epsilon_remaining": update.epsilon_remaining,
         "noise_multiplier": update.noise_multiplier,
         "train_loss": update.train_loss,
         "train_seconds": update.train_seconds,

@@ -57,6 +57,9 @@ TRAIN_LOSS = "train-loss"
 TRAIN_SECONDS = "train-seconds"
 NOISE_MULTIPLIER = "noise-multiplier"
 EPSILON_BEFORE = "epsilon-before"
+EPSILON_REMAINING = "epsilon-remaining"
+# A reply's figures that describe the site, not the model: never averaged as metrics.
+SITE_FIGURES = frozenset({NUM_EXAMPLES, EPSILON, EPSILON_REMAINING})
 
 # Keys fedcare adds to the legacy SecAgg+ FitIns config and FitRes metrics.
 SECAGG_ARRAY_NAMES = "secagg-array-names"  # FitIns: JSON list naming the legacy tensors
@@ -303,6 +306,9 @@ class TrainReply:
         The mean training loss and the time local training took.
     noise_multiplier : float
         σ of this round's DP-SGD (0 without DP).
+    epsilon_remaining : float or None
+        What is left of the site's lifetime budget, when the site says (a figure of its
+        settings and past releases, no patient's).
     """
 
     site: str
@@ -312,16 +318,20 @@ class TrainReply:
     train_loss: float = 0.0
     train_seconds: float = 0.0
     noise_multiplier: float = 0.0
+    epsilon_remaining: float | None = None
 
     def metrics(self) -> dict[str, float]:
         """The reply's MetricRecord values."""
-        return {
+        values = {
             NUM_EXAMPLES: float(self.num_examples),
             TRAIN_LOSS: self.train_loss,
             TRAIN_SECONDS: self.train_seconds,
             EPSILON: self.epsilon,
             NOISE_MULTIPLIER: self.noise_multiplier,
         }
+        if self.epsilon_remaining is not None:
+            values[EPSILON_REMAINING] = self.epsilon_remaining
+        return values
 
     def to_record_dict(self) -> RecordDict:
         """The reply as a message's content."""
@@ -346,6 +356,9 @@ class TrainReply:
             train_loss=float(metrics.get(TRAIN_LOSS, 0.0)),
             train_seconds=float(metrics.get(TRAIN_SECONDS, 0.0)),
             noise_multiplier=float(metrics.get(NOISE_MULTIPLIER, 0.0)),
+            epsilon_remaining=(
+                float(metrics[EPSILON_REMAINING]) if EPSILON_REMAINING in metrics else None
+            ),
         )
 
     @classmethod

@@ -12,7 +12,7 @@ from models.data.schema import SiteSchema
 from models.families import build_model, task_for
 from models.spec import ModelSpec, set_weights
 from privacy.dp_sgd import evaluate_outputs
-from protocol.federation import EPSILON, NUM_EXAMPLES
+from protocol.federation import NUM_EXAMPLES, SITE_FIGURES
 
 
 def evaluate_on_table(
@@ -62,7 +62,7 @@ def weighted_mean(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
     for metrics in per_site.values():
         n = metrics.get(NUM_EXAMPLES, 0.0)
         for key, value in metrics.items():
-            if key in (NUM_EXAMPLES, EPSILON) or value is None or not np.isfinite(value):
+            if key in SITE_FIGURES or value is None or not np.isfinite(value):
                 continue
             totals[key] = totals.get(key, 0.0) + n * value
             weights[key] = weights.get(key, 0.0) + n

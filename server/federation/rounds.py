@@ -240,6 +240,7 @@ def resume_run(
         next_round=checkpoint.round + 1,
         history=checkpoint.meta["history"],
         site_epsilon=checkpoint.meta["epsilon"],
+        site_epsilon_remaining=checkpoint.meta.get("epsilon_remaining", {}),
     )
 
 
@@ -315,7 +316,10 @@ def train_step(
     for reply in replies:
         name = reply_site(reply, state.site_names)
         if not reply.has_error():
-            state.site_epsilon[name] = TrainReply.from_message(reply).epsilon
+            update = TrainReply.from_message(reply)
+            state.site_epsilon[name] = update.epsilon
+            if update.epsilon_remaining is not None:
+                state.site_epsilon_remaining[name] = update.epsilon_remaining
     return replies
 
 
@@ -430,6 +434,7 @@ def save_checkpoint(state: RunState, entry: dict[str, Any]) -> None:
             "model": state.spec.to_dict(),
             "history": state.history,
             "epsilon": state.site_epsilon,
+            "epsilon_remaining": state.site_epsilon_remaining,
             "settings": state.settings.to_dict(),
         },
     ).save(state.out)
@@ -492,6 +497,8 @@ def finish_run(state: RunState, signer: Signer | None) -> RunOutcome:
             "delta": settings.delta,
             "epsilon_budget": epsilon_budget,
             "epsilon_spent": dict(state.site_epsilon),
+            # what each site said is left of its lifetime budget, in its last reply
+            "epsilon_remaining": dict(state.site_epsilon_remaining),
             # ε of each site's statistics release alone (included in epsilon_spent)
             "statistics_epsilon": statistics_epsilon(state.out),
             "statistics_epsilon_share": settings.statistics_epsilon_share,

@@ -77,6 +77,8 @@ class RunState:
         One entry per finished round (the report's ``history``).
     site_epsilon : dict of str to float
         Each site's ε spent, as it last reported it.
+    site_epsilon_remaining : dict of str to float
+        What each site last said is left of its lifetime budget.
     site_names : dict of int to str
         Site names by node id, as the sites announced them.
     personalization : dict of str to dict
@@ -96,6 +98,7 @@ class RunState:
     next_round: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)
     site_epsilon: dict[str, float] = field(default_factory=dict)
+    site_epsilon_remaining: dict[str, float] = field(default_factory=dict)
     site_names: dict[int, str] = field(default_factory=dict)
     personalization: dict[str, dict[str, Any]] = field(default_factory=dict)
 

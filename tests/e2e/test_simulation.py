@@ -71,6 +71,9 @@ def test_every_site_counted_each_round_once_within_its_budget(resumed_run):
         assert {r.run for r in ledger.releases} == {report["run"]}
         assert ledger.spent <= 1.0
         assert report["privacy"]["epsilon_spent"][entry["site-name"]] == pytest.approx(ledger.spent)
+        # kept across the resume, as each site said it in its last reply
+        left = report["privacy"]["epsilon_remaining"][entry["site-name"]]
+        assert left == pytest.approx(ledger.remaining)
     assert report["privacy"]["delta"] == 1e-5
     assert report["privacy"]["epsilon_budget"] == 1.0
 

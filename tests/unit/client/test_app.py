@@ -17,6 +17,7 @@ from models.families import build_model
 from models.spec import get_weights
 from privacy.ledger import PrivacyLedger
 from protocol.federation import (
+    EPSILON_REMAINING,
     NUM_EXAMPLES,
     PERSONALIZE,
     PersonalizeReply,
@@ -138,6 +139,8 @@ def test_train_spends_epsilon_in_the_ledger_and_returns_plain_weights(site_confi
     assert metrics["epsilon"] == pytest.approx(ledger.spent)
     assert 0 < metrics["epsilon"] < 1.0
     assert metrics[NUM_EXAMPLES] > 0
+    # what is left of the lifetime budget, as the coordinator's console shows it
+    assert metrics[EPSILON_REMAINING] == pytest.approx(1.0 - ledger.spent)
 
 
 def test_a_repeated_request_resends_the_same_update_at_no_cost(site_config):

@@ -38,7 +38,12 @@ from server.registry import encrypt_version_at_rest, sign_version
 from tests.conftest import ward_registry
 
 
-def _run(name: str, spent: dict[str, float], budget: float | None) -> RunSummary:
+def _run(
+    name: str,
+    spent: dict[str, float],
+    budget: float | None,
+    remaining: dict[str, float] | None = None,
+) -> RunSummary:
     return RunSummary(
         name=name,
         path=f"/runs/{name}",
@@ -50,6 +55,7 @@ def _run(name: str, spent: dict[str, float], budget: float | None) -> RunSummary
         delta=1e-5,
         epsilon_budget=budget,
         epsilon_spent=spent,
+        epsilon_remaining=remaining or {},
         final={},
         model=None,
         updated="",
@@ -78,6 +84,15 @@ def test_each_site_has_the_epsilon_of_the_newest_run_it_took_part_in():
     eps = last_reported_epsilon(runs)
     assert (eps["a"].spent, eps["a"].left, eps["a"].run) == (2.5, None, "deployed")
     assert (eps["b"].spent, eps["b"].left, eps["b"].run) == (0.75, 0.25, "simulated")
+
+
+def test_what_is_left_is_what_the_site_said_before_any_run_budget():
+    runs = [_run("deployed", {"a": 2.5, "b": 1.0}, None, remaining={"a": 27.5})]
+    eps = last_reported_epsilon(runs)
+    assert eps["a"].left == 27.5  # the site's own lifetime budget, from its reply
+    assert eps["b"].left is None  # a site whose reply did not say
+    said = last_reported_epsilon([_run("sim", {"a": 0.5}, 1.0, remaining={"a": 9.5})])
+    assert said["a"].left == 9.5
 
 
 def test_a_site_is_its_current_node_with_its_key_not_a_removed_one_nor_anothers():
