@@ -26,10 +26,9 @@ from models.data.features import FeatureStatistics, Standardization
 from models.data.kinds.base import EncodedExamples, SiteExamples
 from models.data.kinds.registry import get_kind, load_schema
 from models.data.schema import SiteSchema
-from models.data.site_config import SiteConfigError
+from models.data.site_config import DEFAULT_VALIDATION_FRACTION, SiteConfigError
 from privacy.ledger import PrivacyLedger
 
-DEFAULT_VALIDATION_FRACTION = 0.2
 REFUSALS_FILE = "refusals.jsonl"
 
 log = logging.getLogger("fedcare.site")
