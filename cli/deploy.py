@@ -28,6 +28,7 @@ from deploy.supernode import (
     start_site,
 )
 from models.data.site_config import SiteConfigError
+from models.data.tables import MAX_REPORTED_PROBLEMS
 from privacy.pki import PKIError
 
 console = Console()
@@ -252,8 +253,10 @@ def _print_check(result: SiteCheck) -> None:
         )
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    for problem in result.problems:
+    for problem in result.problems[:MAX_REPORTED_PROBLEMS]:
         console.print(f"[red]problem:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+    if len(result.problems) > MAX_REPORTED_PROBLEMS:
+        console.print(f"… and {len(result.problems) - MAX_REPORTED_PROBLEMS} more")
     if result.budget:
         _print_budget(result.budget)
         for digest in result.approved_apps:

@@ -182,9 +182,16 @@ class SiteTable:
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 TABLE_FILE = "a .csv, .tsv or .parquet file"
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
+# A one-field header holding one of these was written with another delimiter.
+_SEPARATORS = {
+    ";": ("semicolons", "save the file as comma-separated CSV"),
+    "\t": ("tabs", "name a tab-separated file .tsv, or save it as comma-separated CSV"),
+    "|": ("vertical bars", "save the file as comma-separated CSV"),
+    ",": ("commas", "name a comma-separated file .csv"),
+}
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, expected: Sequence[str] = ()) -> pd.DataFrame:
     """Read a CSV, TSV or Parquet file, every CSV cell as text, indexed by file row.
 
     The index is each row's line number as a person counts lines (the header is row 1,
@@ -194,6 +201,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     ----------
     path : str or Path
         A ``.csv``, ``.tsv`` (tab-separated) or ``.parquet`` file.
+    expected : sequence of str
+        The columns the caller needs: a header holding none of them is a file without a
+        header row (its first row's values would otherwise be reported as headers).
 
     Raises
     ------
@@ -221,8 +231,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         )
     try:
         if suffix == ".parquet":
-            return _read_parquet(path)
-        return _read_csv(path, _DELIMITERS[suffix])
+            return _read_parquet(path, expected)
+        return _read_csv(path, _DELIMITERS[suffix], expected)
     except OSError as err:  # a folder, a link loop, no permission …
         reason = err.strerror or type(err).__name__
         raise SiteDataError(
@@ -238,7 +248,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         ) from err
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_parquet(path: Path, expected: Sequence[str]) -> pd.DataFrame:
     """A Parquet file with its rows numbered as a spreadsheet would (header = row 1)."""
     path.open("rb").close()  # an unreadable path is an OSError, whatever pyarrow says
     try:
@@ -255,13 +265,13 @@ def _read_parquet(path: Path) -> pd.DataFrame:
                 )
             ]
         ) from err
-    _check_header(str(path), [str(c) for c in frame.columns])
+    _check_header(str(path), [str(c) for c in frame.columns], expected)
     frame = frame.astype(object).where(frame.notna(), None)  # nullable nulls become None
     frame.index = pd.RangeIndex(2, len(frame) + 2)
     return frame
 
 
-def _read_csv(path: Path, sep: str) -> pd.DataFrame:
+def _read_csv(path: Path, sep: str, expected: Sequence[str]) -> pd.DataFrame:
     """The csv module rather than pandas: pandas skips blank lines and loses line numbers."""
     records: list[list[str]] = []
     lines: list[int] = []
@@ -293,11 +303,23 @@ def _read_csv(path: Path, sep: str) -> pd.DataFrame:
                 ProblemKind.MALFORMED_ROW,
             )
             raise SiteDataError([problem]) from err
+    if header == [] and records:
+        raise SiteDataError(
+            [
+                DataProblem(
+                    str(path),
+                    1,
+                    None,
+                    "row 1 is blank: the header must be the file's first line",
+                    ProblemKind.MALFORMED_ROW,
+                )
+            ]
+        )
     if not header or all(not h.strip() for h in header):
         raise SiteDataError(
             [DataProblem(str(path), None, None, "the file is empty", ProblemKind.EMPTY_FILE)]
         )
-    _check_header(str(path), header)
+    _check_header(str(path), header, expected)
     width = len(header)
     too_long = [
         DataProblem(
@@ -331,7 +353,24 @@ def _first_undecodable_line(path: Path) -> int:
     return 1
 
 
-def _check_header(path: str, header: list[str]) -> None:
+def _check_header(path: str, header: list[str], expected: Sequence[str]) -> None:
+    """Refuse a header written with another delimiter, a missing header row, or a repeat.
+
+    A header of one field holding ``;``, a tab, ``|`` or ``,`` is a file with another
+    delimiter than its name says; a header without any ``expected`` column is a file
+    without a header row.
+    """
+    separators = [sep for sep in _SEPARATORS if len(header) == 1 and sep in header[0]]
+    if separators:
+        name, hint = _SEPARATORS[separators[0]]
+        message = f"the header is one field holding {name}: {hint}"
+        raise SiteDataError([DataProblem(path, 1, None, message, ProblemKind.MALFORMED_ROW)])
+    if expected and not set(expected) & set(header):
+        message = (
+            f"none of the schema's {len(expected)} columns is in row 1: the file needs a "
+            "header row naming its columns, as the schema does"
+        )
+        raise SiteDataError([DataProblem(path, 1, None, message, ProblemKind.MISSING_COLUMN)])
     counts = Counter(header)
     duplicates = [name for name, n in counts.items() if n > 1]
     if duplicates:
@@ -370,11 +409,12 @@ def load_site_table(
         Listing every problem found.
     """
     path_text = str(path)
-    raw = read_table(path)
     expected = [*schema.feature_names, schema.label, *passthrough]
+    raw = read_table(path, expected)
     absent = [c for c in expected if c not in raw.columns]
     if absent:
-        raise SiteDataError(_missing_columns(path_text, absent, [str(c) for c in raw.columns]))
+        header = [str(c) for c in raw.columns]
+        raise SiteDataError(_missing_columns(path_text, absent, header))
     if len(raw) == 0:
         raise SiteDataError(
             [
@@ -461,25 +501,10 @@ def _model_value(value: float | str | None) -> float | str:
 
 
 def _missing_columns(path: str, absent: list[str], header: list[str]) -> list[DataProblem]:
-    """A problem per declared column the header lacks, with a hint where one is likely.
+    """A problem per declared column the header lacks, suggesting a near-miss header.
 
-    A header of one field holding ``;`` or a tab is a file with another delimiter; a
-    header name that differs only in case or spacing, or is a close spelling, is
-    suggested.
+    A header name that differs only in case or spacing, or is a close spelling, is named.
     """
-    if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
-        sep = next(sep for sep in (";", "\t", "|") if sep in header[0])
-        shown = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}[sep]
-        return [
-            DataProblem(
-                path,
-                1,
-                None,
-                f"the header is one field separated by {shown}: save the file as "
-                "comma-separated CSV (or name a tab-separated file .tsv)",
-                ProblemKind.MALFORMED_ROW,
-            )
-        ]
     problems = []
     for name in absent:
         near = _near_header(name, header)
@@ -507,8 +532,8 @@ def _near_header(name: str, header: list[str]) -> str | None:
 
 
 def _found(value: object) -> str:
-    """A cell as a site's own message quotes it."""
-    return repr(value.strip() if isinstance(value, str) else value)
+    """A cell as a site's own message quotes it (spaces included: they may be the fault)."""
+    return repr(value)
 
 
 def _value_problem(

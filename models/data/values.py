@@ -40,8 +40,10 @@ DEFAULT_MISSING_VALUES = ("", "NA", "NaN", "nan", "null")
 TRUE_WORDS = frozenset({"1", "true", "yes", "y", "t"})
 FALSE_WORDS = frozenset({"0", "false", "no", "n", "f"})
 # A decimal number as a spreadsheet writes it; ``inf``/``nan`` are read to be refused.
-NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.I)
-_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
+NUMBER = re.compile(
+    r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE | re.ASCII
+)
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+", re.ASCII)
 
 # The kinds of refusal, words of models.data.tables.ProblemKind's closed vocabulary.
 NOT_A_NUMBER = "not_a_number"
