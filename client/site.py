@@ -198,6 +198,14 @@ def load_site(settings: SiteSettings, seed: int = 0) -> SiteData:
         return _CACHE[key]
     schema = load_schema(settings.schema_path)
     examples = get_kind(schema).load(settings.data_path, schema)
+    if examples.dropped_rows:  # the site's own log: row numbers, never a value
+        log.info(
+            "%s: %d row(s) dropped for a missing value (missing = %s): rows %s",
+            settings.data_path,
+            len(examples.dropped_rows),
+            schema.missing,
+            ", ".join(str(r) for r in examples.dropped_rows),
+        )
     canaries = np.arange(examples.num_examples - settings.audit_canaries, examples.num_examples)
     rows = np.arange(examples.num_examples - settings.audit_canaries)
     strata = examples.strata()
