@@ -23,7 +23,7 @@ from models.data.values import NUMBER, MissingValues
 # Values that often stand for "missing" in hospital exports.
 SUSPECT_NUMBERS = frozenset({-9.0, -99.0, -999.0, -9999.0, 999.0, 9999.0, 99999.0})
 SUSPECT_WORDS = frozenset(
-    {"?", "-", "--", ".", "n/a", "#n/a", "na.", "none", "missing", "unknown", "unk", "nd"}
+    {"?", "-", "--", ".", "n/a", "#n/a", "none", "missing", "unknown", "unk", "nd"}
 )
 
 
