@@ -191,11 +191,50 @@ _SEPARATORS = {
 }
 
 
+@dataclass(frozen=True)
+class RawTable:
+    """A table file's rows as read, before the schema's checks.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The rows, indexed by file row; every CSV cell as text.
+    problems : list of DataProblem
+        Rows that could not be read (more fields than the header), left out of ``frame``.
+    """
+
+    frame: pd.DataFrame
+    problems: list[DataProblem]
+
+
 def read_table(path: str | Path, expected: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a table file whole (see :func:`read_raw_table`); any unreadable row is an error.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.csv``, ``.tsv`` (tab-separated) or ``.parquet`` file.
+    expected : sequence of str
+        The columns the caller needs (see :func:`read_raw_table`).
+
+    Raises
+    ------
+    SiteDataError
+        As :func:`read_raw_table`, and listing every row that could not be read.
+    """
+    raw = read_raw_table(path, expected)
+    if raw.problems:
+        raise SiteDataError(raw.problems)
+    return raw.frame
+
+
+def read_raw_table(path: str | Path, expected: Sequence[str] = ()) -> RawTable:
     """Read a CSV, TSV or Parquet file, every CSV cell as text, indexed by file row.
 
     The index is each row's line number as a person counts lines (the header is row 1,
-    blank lines count), so messages point at the line an editor shows.
+    blank lines count), so messages point at the line an editor shows. A row with more
+    fields than the header is left out and listed in ``problems``, so a caller can report
+    it beside every other problem of the file.
 
     Parameters
     ----------
@@ -209,7 +248,8 @@ def read_table(path: str | Path, expected: Sequence[str] = ()) -> pd.DataFrame:
     ------
     SiteDataError
         The file is missing, of another type, not UTF-8 (naming the line), not
-        readable, empty, or its header repeats a name.
+        readable, empty, written with another delimiter, without a header row, or its
+        header repeats a name.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -231,7 +271,7 @@ def read_table(path: str | Path, expected: Sequence[str] = ()) -> pd.DataFrame:
         )
     try:
         if suffix == ".parquet":
-            return _read_parquet(path, expected)
+            return RawTable(_read_parquet(path, expected), [])
         return _read_csv(path, _DELIMITERS[suffix], expected)
     except OSError as err:  # a folder, a link loop, no permission …
         reason = err.strerror or type(err).__name__
@@ -271,8 +311,12 @@ def _read_parquet(path: Path, expected: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def _read_csv(path: Path, sep: str, expected: Sequence[str]) -> pd.DataFrame:
-    """The csv module rather than pandas: pandas skips blank lines and loses line numbers."""
+def _read_csv(path: Path, sep: str, expected: Sequence[str]) -> RawTable:
+    """The csv module rather than pandas: pandas skips blank lines and loses line numbers.
+
+    A row with more fields than the header is left out and reported; a shorter one is
+    padded with empty cells, which the missing-value policy then judges.
+    """
     records: list[list[str]] = []
     lines: list[int] = []
     header: list[str] | None = None
@@ -332,11 +376,10 @@ def _read_csv(path: Path, sep: str, expected: Sequence[str]) -> pd.DataFrame:
         for record, line in zip(records, lines, strict=True)
         if len(record) > width
     ]
-    if too_long:
-        raise SiteDataError(too_long)
-    # a short row is padded with empty cells, which the missing-value policy then judges
-    padded = [record + [""] * (width - len(record)) for record in records]
-    return pd.DataFrame(padded, columns=header, index=pd.Index(lines), dtype=str)
+    kept = [(r, line) for r, line in zip(records, lines, strict=True) if len(r) <= width]
+    padded = [record + [""] * (width - len(record)) for record, _ in kept]
+    index = pd.Index([line for _, line in kept])
+    return RawTable(pd.DataFrame(padded, columns=header, index=index, dtype=str), too_long)
 
 
 def _first_undecodable_line(path: Path) -> int:
@@ -410,14 +453,16 @@ def load_site_table(
     """
     path_text = str(path)
     expected = [*schema.feature_names, schema.label, *passthrough]
-    raw = read_table(path, expected)
+    read = read_raw_table(path, expected)
+    raw = read.frame
     absent = [c for c in expected if c not in raw.columns]
     if absent:
         header = [str(c) for c in raw.columns]
         raise SiteDataError(_missing_columns(path_text, absent, header))
     if len(raw) == 0:
         raise SiteDataError(
-            [
+            read.problems
+            or [
                 DataProblem(
                     path_text, None, None, "the file has no data rows", ProblemKind.NO_DATA_ROWS
                 )
@@ -425,7 +470,7 @@ def load_site_table(
         )
     file_rows = [int(r) for r in raw.index]  # as a person counts lines: header is row 1
     missing = schema.missing_values
-    problems: list[DataProblem] = []
+    problems: list[DataProblem] = list(read.problems)  # rows that could not be split
     columns: dict[str, list] = {}
     drop: set[int] = set()
     for spec in schema.features:

@@ -160,3 +160,15 @@ def test_declared_missing_codes_replace_the_default_list(tmp_path):
     path.write_text(HEADER + "34,F,0,0\nNA,M,1,1\n")  # NA is no longer a missing word
     with pytest.raises(SiteDataError, match="row 3, column 'age': expected a number"):
         load_site_table(path, load_schema(schema_path))
+
+
+def test_a_row_that_cannot_be_split_is_listed_with_every_other_problem(tmp_path, ward_schema_path):
+    path = tmp_path / "site.csv"
+    path.write_text(HEADER + "34,F,0,0\n34,5,F,0,1\nold,M,1,1\n40,X,1,0\n")
+    with pytest.raises(SiteDataError) as caught:
+        load_site_table(path, load_schema(ward_schema_path))
+    assert [(p.row, p.kind) for p in caught.value.problems] == [
+        (3, ProblemKind.MALFORMED_ROW),
+        (4, ProblemKind.NOT_A_NUMBER),
+        (5, ProblemKind.UNKNOWN_CATEGORY),
+    ]
