@@ -1143,6 +1143,10 @@ def he_columns(features: Mapping[str, Any]) -> list[str]:
     return names
 
 
+# The error code of a value the rule refuses (every other refusal is invalid_input).
+_HE_REFUSALS = {value_rules.OUT_OF_RANGE: OUT_OF_RANGE, value_rules.NOT_FINITE: NOT_FINITE}
+
+
 def _he_value(row: int, name: str, spec: Mapping[str, Any], value: Any) -> list[float]:
     """One feature's encoded values for one row (one-hot for categories), checked.
 
@@ -1150,12 +1154,14 @@ def _he_value(row: int, name: str, spec: Mapping[str, Any], value: Any) -> list[
     """
     rule = value_rules.ValueRule.of_entry(spec)
     value = _plain(value)
+    if isinstance(value, float) and math.isnan(value):  # JSON cannot carry it either
+        raise _refused(NOT_FINITE, name, row, "a finite number")
     if value_rules.MissingValues().is_missing(value, rule.categories):
         raise _refused(INVALID_INPUT, name, row, "a value (it is missing)")
     try:
         read = rule.read(value)
     except value_rules.ValueRefused as refused:
-        error = OUT_OF_RANGE if refused.kind == value_rules.OUT_OF_RANGE else INVALID_INPUT
+        error = _HE_REFUSALS.get(refused.kind, INVALID_INPUT)
         raise _refused(error, name, row, refused.expected) from None
     if rule.type == "categorical":
         return [1.0 if read == c else 0.0 for c in rule.categories]

@@ -148,7 +148,7 @@ def test_every_path_accepts_the_same_rows_and_reads_them_alike(ward):
         assert (as_predict_sends is not None) == ok, (line, ROW_OF[line])
         assert (as_json is not None) == ok, (line, ROW_OF[line])
         try:
-            he = wire.encode_he_columns(metadata_schema, [cells])
+            he = wire.encode_he_rows(metadata_schema, [cells])
         except wire.ApiError:
             he = None
         assert (he is not None) == ok, (line, ROW_OF[line])
@@ -162,8 +162,7 @@ def test_every_path_accepts_the_same_rows_and_reads_them_alike(ward):
     kept_rows = read_rows(kept, schema.feature_names).rows
     served = np.stack([_service_reads(predictor, row) for row in kept_rows])
     np.testing.assert_allclose(served, trained, rtol=1e-6)
-    he_columns = wire.encode_he_columns(metadata_schema, kept_rows)
-    he_matrix = np.array(he_columns).T
+    he_matrix = np.array(wire.encode_he_rows(metadata_schema, kept_rows))
     scale = predictor.standardization
     he_matrix[:, 0] = (he_matrix[:, 0] - scale.mean["age"]) / scale.std["age"]
     np.testing.assert_allclose(he_matrix, trained, rtol=1e-6)
