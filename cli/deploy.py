@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import typer
 from flwr.common.config import parse_config_args
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cli.console import site_console
 from cli.output import fail
 from deploy.process import ManagedProcess
 from deploy.provision import DEFAULT_PORT, ProvisionError, load_federation, provision
+from deploy.site_check import DEFAULT_DELTA, DEFAULT_MIN_ROWS, SiteCheck, check_site_data
 from deploy.superlink import CONNECTION, CoordinatorError, open_coordinator
 from deploy.supernode import (
     SiteAlreadyRunning,
@@ -26,6 +28,7 @@ from deploy.supernode import (
     start_site,
 )
 from models.data.site_config import SiteConfigError
+from models.data.tables import MAX_REPORTED_PROBLEMS
 from privacy.pki import PKIError
 
 console = Console()
@@ -33,6 +36,8 @@ provision_app = typer.Typer(help="Make a federation's keys and certificates.")
 coordinator_app = typer.Typer(help="The coordinator: SuperLink and runs.", no_args_is_help=True)
 site_app = typer.Typer(help="A hospital's agent: check, start, budget.", no_args_is_help=True)
 site_app.command("console")(site_console)
+# The most dropped rows `site check` lists by number.
+MAX_SHOWN_ROWS = 20
 
 
 def _split(names: str) -> list[str]:
@@ -178,28 +183,87 @@ def _print_budget(summary: dict) -> None:
 
 @site_app.command("check")
 def site_check(
-    config: Path = typer.Option(..., help="The site's site.toml."),
+    config: Path | None = typer.Option(
+        None, help="The site's site.toml (its data, schema, δ, budget and approved apps)."
+    ),
+    data: Path | None = typer.Option(
+        None, help="A data file to check (instead of site.toml's; needs --schema without it)."
+    ),
+    schema: Path | None = typer.Option(
+        None, help="The federation's schema.toml (instead of site.toml's)."
+    ),
+    delta: float | None = typer.Option(
+        None, help=f"δ of the site's accounting (default: site.toml's, else {DEFAULT_DELTA:g})."
+    ),
+    min_rows: int = typer.Option(
+        DEFAULT_MIN_ROWS, min=1, help="The fewest examples a site may have."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
 ) -> None:
-    """Validate the site's data against the federation's schema; exit 1 on any problem."""
-    result = check_site(_site(config))
+    """Validate a site's data against the federation's schema; exit 1 on any problem.
+
+    With --config, the site's own files and its privacy budget; or without a site.toml,
+    --data FILE --schema schema.toml. Data-quality warnings are shown by count, never by
+    value; they do not fail the check.
+    """
+    result = _check(config, data, schema, delta, min_rows)
     if as_json:
         print(json.dumps(asdict(result) | {"ok": result.ok}, indent=2))
     else:
-        console.print(f"rows: {result.rows}")
-        if result.label_counts:
-            balance = ", ".join(f"{k}: {v}" for k, v in result.label_counts.items())
-            console.print(f"labels: {balance}")
-        for problem in result.problems:
-            console.print(f"[red]problem:[/] {problem}")
+        _print_check(result)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _check(
+    config: Path | None,
+    data: Path | None,
+    schema: Path | None,
+    delta: float | None,
+    min_rows: int,
+) -> SiteCheck:
+    """What `site check` checks: site.toml's files, or --data and --schema alone."""
+    if config is None:
+        if data is None or schema is None:
+            raise fail("give --config site.toml, or --data FILE and --schema schema.toml")
+        delta = DEFAULT_DELTA if delta is None else delta
+        return check_site_data(data, schema, delta, min_rows=min_rows)
+    cfg = _site(config)
+    cfg = replace(
+        cfg,
+        data_path=data or cfg.data_path,
+        schema_path=schema or cfg.schema_path,
+        delta=cfg.delta if delta is None else delta,
+    )
+    return check_site(cfg, min_rows)
+
+
+def _print_check(result: SiteCheck) -> None:
+    """A check's findings as lines: counts, dropped rows, warnings, problems, budget."""
+    console.print(f"rows: {result.rows}")
+    if result.label_counts:
+        balance = ", ".join(f"{k}: {v}" for k, v in result.label_counts.items())
+        console.print(f"labels: {balance}")
+    if result.dropped_rows:
+        shown = ", ".join(str(r) for r in result.dropped_rows[:MAX_SHOWN_ROWS])
+        more = ", …" if len(result.dropped_rows) > MAX_SHOWN_ROWS else ""
+        console.print(
+            f"dropped: {len(result.dropped_rows)} row(s) with a missing value "
+            f"(missing = drop_row): rows {shown}{more}"
+        )
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    for problem in result.problems[:MAX_REPORTED_PROBLEMS]:
+        console.print(f"[red]problem:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+    if len(result.problems) > MAX_REPORTED_PROBLEMS:
+        console.print(f"… and {len(result.problems) - MAX_REPORTED_PROBLEMS} more")
+    if result.budget:
         _print_budget(result.budget)
         for digest in result.approved_apps:
             console.print(f"approved app (FAB sha256): {digest}")
         if not result.approved_apps:
             console.print("[yellow]no approved app:[/] the site refuses every run")
-        console.print("[green]ok[/]" if result.ok else f"{len(result.problems)} problem(s)")
-    if not result.ok:
-        raise typer.Exit(1)
+    console.print("[green]ok[/]" if result.ok else f"{len(result.problems)} problem(s)")
 
 
 @site_app.command("start")

@@ -32,24 +32,24 @@ def _default_out(prefix: str) -> Path:
 
 
 def _check_data_dir(data_dir: Path) -> int:
-    """Check the schema and every site file before any federation starts; return the site count.
+    """Check the folder, the schema and every site file before any federation starts.
 
     A researcher's own files fail here, in seconds, with every problem listed, rather than
-    inside the simulation.
+    inside the simulation. Returns the number of sites.
     """
     from models.data.kinds.registry import get_kind, load_schema
     from models.data.schema import SchemaError
     from models.data.tables import SiteDataError
-    from simulations.prepare import find_test_set, site_files
+    from simulations.prepare import SCHEMA_FILE, find_test_set, site_files
 
     try:
-        schema = load_schema(data_dir / "schema.toml")
-    except SchemaError as err:
+        schema = load_schema(data_dir / SCHEMA_FILE)
+        kind = get_kind(schema)
+        files = site_files(data_dir, kind)
+    except (SchemaError, SiteDataError) as err:
         raise fail(err, 2) from None
-    kind = get_kind(schema)
-    files = site_files(data_dir, kind)
     if not files:
-        raise fail(f"{data_dir}: no site files ({kind.name} data)", 2)
+        raise fail(f"{data_dir}: no site files ({kind.name} data: {kind.sources} per site)", 2)
     test = find_test_set(data_dir, kind)
     failed = False
     for path in files + ([test] if test else []):

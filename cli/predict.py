@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import csv
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from cli.output import fail
+
+if TYPE_CHECKING:
+    from client.sdk import InferenceError
 
 console = Console(stderr=True)
 
@@ -27,32 +31,57 @@ def flatten(prediction: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_rows(path: Path, features: list[str]) -> list[dict[str, Any]]:
-    """The feature columns of a CSV as rows.
+@dataclass(frozen=True)
+class PatientRows:
+    """The patients of a file, as the service is sent them.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Per patient, each feature's cell exactly as the file holds it (the service reads
+        it with the rule training reads a cell with, ``models.data.values``).
+    lines : list of int
+        Each patient's file row, as a person counts it (the header is row 1).
+    """
+
+    rows: list[dict[str, Any]]
+    lines: list[int]
+
+
+def read_rows(path: Path, features: list[str]) -> PatientRows:
+    """The feature columns of a table, read as training reads a site's file.
 
     Parameters
     ----------
     path : Path
-        The CSV, with a header line.
+        A CSV, TSV or Parquet file with a header line.
     features : list of str
         The model's features, the columns taken.
 
-    Raises ``ValueError`` naming a missing column or an empty cell, or if there is no row.
+    Raises ``ValueError`` (``SiteDataError`` for an unreadable file) naming a missing
+    column, or if there is no row.
     """
-    import pandas as pd
+    from models.data.tables import read_table
 
-    frame = pd.read_csv(path)
-    if frame.empty:  # nothing to send, and no prediction to take the output's columns from
-        raise ValueError(f"{path}: no rows of patients under the header")
+    frame = read_table(path)
     missing = [name for name in features if name not in frame.columns]
     if missing:
         raise ValueError(f"{path}: no column for the model's feature(s) {missing}")
-    frame = frame[features]
-    empty = frame.isna()
-    if empty.to_numpy().any():
-        row, col = next((r, c) for r, c in zip(*empty.to_numpy().nonzero(), strict=True))
-        raise ValueError(f"{path}: line {row + 2}, column '{features[col]}' is empty")
-    return frame.to_dict(orient="records")
+    if frame.empty:  # nothing to send, and no prediction to take the output's columns from
+        raise ValueError(f"{path}: no rows of patients under the header")
+    rows = [dict(zip(features, cells, strict=True)) for cells in frame[features].to_numpy()]
+    return PatientRows(rows, [int(line) for line in frame.index])
+
+
+def _where(path: Path, lines: list[int], start: int, err: InferenceError) -> str:
+    """A refusal of a batch's row as the file's row: ``file, row 7, column 'age': …``."""
+    row, feature = err.details.get("row"), err.details.get("feature")
+    if not isinstance(row, int) or not 0 <= start + row < len(lines):
+        return str(err)
+    prefix = f"row {row}" + (f", feature '{feature}'" if feature else "") + ": "
+    message = err.message.removeprefix(prefix)
+    column = f", column '{feature}'" if feature else ""
+    return f"{path}, row {lines[start + row]}{column}: {message}"
 
 
 def predict(
@@ -87,14 +116,17 @@ def predict(
         ) as client:
             metadata = client.metadata()
             features = [item["name"] for item in metadata["inputs"]]
-            rows = read_rows(input, features)
+            patients = read_rows(input, features)
             parameters = metadata["parameters"]
             # HE requests carry up to the ciphertext's slots; the client batches them itself.
-            batch = max(len(rows), 1) if he else int(parameters["max_rows"])
+            batch = max(len(patients.rows), 1) if he else int(parameters["max_rows"])
             predictions: list[dict[str, Any]] = []
             version = ""
-            for start in range(0, len(rows), batch):
-                result = client.infer(rows[start : start + batch])
+            for start in range(0, len(patients.rows), batch):
+                try:
+                    result = client.infer(patients.rows[start : start + batch])
+                except InferenceError as err:
+                    raise ValueError(_where(input, patients.lines, start, err)) from None
                 predictions.extend(result.predictions)
                 version = result.model_version
     except (InferenceError, ValueError) as err:

@@ -26,10 +26,9 @@ from models.data.features import FeatureStatistics, Standardization
 from models.data.kinds.base import EncodedExamples, SiteExamples
 from models.data.kinds.registry import get_kind, load_schema
 from models.data.schema import SiteSchema
-from models.data.site_config import SiteConfigError
+from models.data.site_config import DEFAULT_VALIDATION_FRACTION, SiteConfigError
 from privacy.ledger import PrivacyLedger
 
-DEFAULT_VALIDATION_FRACTION = 0.2
 REFUSALS_FILE = "refusals.jsonl"
 
 log = logging.getLogger("fedcare.site")
@@ -199,6 +198,14 @@ def load_site(settings: SiteSettings, seed: int = 0) -> SiteData:
         return _CACHE[key]
     schema = load_schema(settings.schema_path)
     examples = get_kind(schema).load(settings.data_path, schema)
+    if examples.dropped_rows:  # the site's own log: row numbers, never a value
+        log.info(
+            "%s: %d row(s) dropped for a missing value (missing = %s): rows %s",
+            settings.data_path,
+            len(examples.dropped_rows),
+            schema.missing,
+            ", ".join(str(r) for r in examples.dropped_rows),
+        )
     canaries = np.arange(examples.num_examples - settings.audit_canaries, examples.num_examples)
     rows = np.arange(examples.num_examples - settings.audit_canaries)
     strata = examples.strata()

@@ -23,11 +23,10 @@ import re
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
-import numpy as np
 import tomli_w
 from flwr.proto.fleet_pb2 import DeactivateNodeRequest  # pylint: disable=E0611
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
@@ -36,12 +35,10 @@ from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
 from deploy.process import ManagedProcess, alive, bin_dir, spawn
+from deploy.site_check import DEFAULT_MIN_ROWS, SiteCheck, check_site_data
 from deploy.site_runtime import DEFAULT_CLIENT_APP, DEFAULT_TASK_POLL_INTERVAL, executor_command
 from deploy.superlink import flower_env
-from models.data.kinds.registry import get_kind, load_schema
-from models.data.schema import SchemaError
 from models.data.site_config import SiteConfigError
-from models.data.tables import DataProblem, SiteDataError
 from privacy.ledger import PrivacyLedger
 from privacy.pki import load_node_auth_private_key
 
@@ -356,36 +353,6 @@ def start_site(
 # ---------------------------------------------------------------- site check and budget
 
 
-@dataclass(frozen=True)
-class SiteCheck:
-    """What `fedcare site check` found.
-
-    Parameters
-    ----------
-    rows : int
-        Examples in the site's data (0 when it could not be read).
-    label_counts : dict
-        Examples per class (classification), empty otherwise.
-    problems : list of str
-        Everything wrong with the data or the schema, by row and column where known.
-    budget : dict
-        The privacy ledger's summary (see ``PrivacyLedger.summary``).
-    approved_apps : tuple of str
-        The FAB hashes whose runs the site takes part in (``[runtime] approved-apps``).
-    """
-
-    rows: int
-    label_counts: dict[str, int]
-    problems: list[str]
-    budget: dict
-    approved_apps: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """Whether the check found no problem."""
-        return not self.problems
-
-
 def site_ledger(cfg: SiteConfig) -> PrivacyLedger:
     """The site's privacy ledger (in its state folder) with its caps, read-only use."""
     return PrivacyLedger(
@@ -397,21 +364,18 @@ def site_ledger(cfg: SiteConfig) -> PrivacyLedger:
     )
 
 
-def check_site(cfg: SiteConfig) -> SiteCheck:
-    """Validate the site's data against the federation's schema, as the ClientApp will."""
-    problems: list[str] = []
-    rows, labels = 0, {}
+def check_site(cfg: SiteConfig, min_rows: int = DEFAULT_MIN_ROWS) -> SiteCheck:
+    """Validate the site's data as the ClientApp will (:mod:`deploy.site_check`), with its budget.
+
+    Parameters
+    ----------
+    cfg : SiteConfig
+        The site.
+    min_rows : int
+        The fewest examples the site may have.
+    """
+    budget, apps = site_ledger(cfg).summary(), cfg.approved_apps
     if cfg.data_path is None or cfg.schema_path is None:
-        problems.append(f"{cfg.path}: [data] path and schema are required")
-    else:
-        try:
-            schema = load_schema(cfg.schema_path)
-            examples = get_kind(schema).load(cfg.data_path, schema)
-            rows = examples.num_examples
-            stats = examples.statistics(np.arange(rows))
-            labels = {k: int(v) for k, v in sorted(stats.label_counts.items())}
-        except SiteDataError as err:
-            problems += [str(p) for p in err.problems]
-        except (SchemaError, OSError) as err:
-            problems.append(str(DataProblem(str(cfg.data_path), None, None, str(err))))
-    return SiteCheck(rows, labels, problems, site_ledger(cfg).summary(), cfg.approved_apps)
+        return SiteCheck(0, {}, [f"{cfg.path}: [data] path and schema are required"], budget, apps)
+    checked = check_site_data(cfg.data_path, cfg.schema_path, cfg.delta, min_rows=min_rows)
+    return replace(checked, budget=budget, approved_apps=apps)

@@ -5,8 +5,9 @@ The routes, the key configuration, the error codes, and the Open Inference Proto
 requests, building responses and refusals) and the SDK (the reverse), so both agree by
 construction. ``docs/PROTOCOL.md`` is the specification: routes in section 2, the key
 configuration in section 3, the JSON in section 6, the error codes in section 8. This
-module needs only the standard library and :mod:`privacy.hpke`, so the SDK installs
-without numpy, torch, Flower or Opacus.
+module needs only the standard library, :mod:`privacy.hpke` and the value rules of
+:mod:`models.data.values` (standard library only), so the SDK installs without numpy,
+torch, Flower or Opacus.
 
 A request carries one tensor per feature, by the feature's name in the model's schema,
 with shape ``[n]`` for ``n`` rows (or ``[n, d1, …]``, flattened row-major, for inputs
@@ -34,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.data import values as value_rules
 from privacy import hpke
 
 # ------------------------------------------------------------------------- routes
@@ -810,7 +812,6 @@ HE_LINKS = {"binary": "sigmoid", "multiclass": "softmax", "regression": "identit
 HE_SURVIVAL_LINK = "exp"
 # A Cox hazard ratio is exp of the score clipped to this, as the plaintext path computes it.
 HAZARD_CLIP = 50.0
-_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 
 
 @dataclass(frozen=True)
@@ -1142,31 +1143,29 @@ def he_columns(features: Mapping[str, Any]) -> list[str]:
     return names
 
 
+# The error code of a value the rule refuses (every other refusal is invalid_input).
+_HE_REFUSALS = {value_rules.OUT_OF_RANGE: OUT_OF_RANGE, value_rules.NOT_FINITE: NOT_FINITE}
+
+
 def _he_value(row: int, name: str, spec: Mapping[str, Any], value: Any) -> list[float]:
-    """One feature's encoded values for one row (one-hot for categories), checked."""
+    """One feature's encoded values for one row (one-hot for categories), checked.
+
+    Read with the rule training reads a cell with (:mod:`models.data.values`).
+    """
+    rule = value_rules.ValueRule.of_entry(spec)
     value = _plain(value)
-    kind = spec.get("type")
-    if kind == "categorical":
-        categories = list(spec.get("categories", ()))
-        if not isinstance(value, str) or value not in categories:
-            raise _refused(INVALID_INPUT, name, row, f"one of {categories}")
-        return [1.0 if value == c else 0.0 for c in categories]
-    if kind == "binary":
-        if isinstance(value, bool):
-            return [float(value)]
-        if isinstance(value, int | float) and value in (0, 1):
-            return [float(value)]
-        word = value.strip().lower() if isinstance(value, str) else None
-        if word in _TRUE_WORDS or word in _FALSE_WORDS:
-            return [1.0 if word in _TRUE_WORDS else 0.0]
-        raise _refused(INVALID_INPUT, name, row, "0/1 or true/false")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _refused(INVALID_INPUT, name, row, "a number")
-    number = _element(name, "FP64", row, value)
-    low, high = spec.get("min"), spec.get("max")
-    if (low is not None and number < low) or (high is not None and number > high):
-        raise _refused(OUT_OF_RANGE, name, row, f"a number within [{low}, {high}]")
-    return [number]
+    if isinstance(value, float) and math.isnan(value):  # JSON cannot carry it either
+        raise _refused(NOT_FINITE, name, row, "a finite number")
+    if value_rules.MissingValues().is_missing(value, rule.categories):
+        raise _refused(INVALID_INPUT, name, row, "a value (it is missing)")
+    try:
+        read = rule.read(value)
+    except value_rules.ValueRefused as refused:
+        error = _HE_REFUSALS.get(refused.kind, INVALID_INPUT)
+        raise _refused(error, name, row, refused.expected) from None
+    if rule.type == "categorical":
+        return [1.0 if read == c else 0.0 for c in rule.categories]
+    return [_element(name, "FP64", row, read)]
 
 
 def encode_he_rows(

@@ -17,6 +17,7 @@ reads it with the same code as in deployment::
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from sklearn.model_selection import train_test_split
 from models.data.kinds.base import DataKind
 from models.data.kinds.registry import get_kind, load_schema
 from models.data.schema import SiteSchema
+from models.data.tables import DataProblem, ProblemKind, SiteDataError
 from server.federation.run_state import SiteFiles
 from server.settings import RunSettings
 from simulations.canaries import draw_coins, make_canaries, save_audit
@@ -34,6 +36,8 @@ from simulations.datasets import load_dataset
 from simulations.partition import partition
 
 SITES_FILE = "sites.json"
+SCHEMA_FILE = "schema.toml"
+TEST_SET = "test"  # test.<ext>: the global test set of a --data-dir folder
 
 
 @dataclass(frozen=True)
@@ -192,10 +196,7 @@ def _site_name(index: int) -> str:
 
 
 def site_files(folder: Path, kind: DataKind) -> list[Path]:
-    """The site sources of a ``--data-dir`` folder, sorted.
-
-    Every file or folder the data kind reads (CSV/Parquet for tables), except the test
-    set (named ``test``).
+    """The site sources of a ``--data-dir`` folder, sorted (the test set excluded).
 
     Parameters
     ----------
@@ -203,14 +204,108 @@ def site_files(folder: Path, kind: DataKind) -> list[Path]:
         The ``--data-dir`` folder.
     kind : DataKind
         The schema's data kind.
+
+    Raises
+    ------
+    SiteDataError
+        The folder is ambiguous (see :func:`folder_sources`).
     """
-    return sorted(p for p in folder.iterdir() if kind.is_site_source(p) and p.stem != "test")
+    return [p for p in folder_sources(folder, kind) if p.stem != TEST_SET]
 
 
 def find_test_set(folder: Path, kind: DataKind) -> Path | None:
-    """The folder's global test set, ``test.<ext>`` (or a ``test`` folder for images)."""
-    found = [p for p in folder.iterdir() if p.stem == "test" and kind.is_site_source(p)]
+    """The folder's global test set, ``test.<ext>`` (or a ``test`` folder for images).
+
+    :func:`site_files` checks the folder; this only looks (a prepared simulation folder
+    holds more than site sources).
+    """
+    found = [p for p in folder.iterdir() if p.stem == TEST_SET and kind.is_site_source(p)]
     return found[0] if found else None
+
+
+def folder_sources(folder: Path, kind: DataKind) -> list[Path]:
+    """Every site source (and the test set) of a ``--data-dir`` folder, sorted.
+
+    A data folder is unambiguous: beside ``schema.toml`` (and hidden files, whose names
+    start with a dot, which are ignored) it holds only the kind's sources, one per site
+    name. Anything else is an error naming the entry.
+
+    Parameters
+    ----------
+    folder : Path
+        The ``--data-dir`` folder.
+    kind : DataKind
+        The schema's data kind.
+
+    Raises
+    ------
+    SiteDataError
+        Naming every entry of another type, every broken link or unreadable entry, and
+        every pair of sources that name one site (``a.csv`` and ``a.parquet``).
+    """
+    problems: list[DataProblem] = []
+    sources: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name == SCHEMA_FILE or entry.name.startswith("."):
+            continue
+        problem = _entry_problem(entry, kind)
+        if problem is None:
+            sources.append(entry)
+        else:
+            problems.append(problem)
+    by_site: dict[str, list[Path]] = {}
+    for path in sources:
+        by_site.setdefault(path.stem.casefold(), []).append(path)
+    for paths in by_site.values():
+        if len(paths) > 1:
+            names = " and ".join(str(p) for p in paths)
+            problems.append(
+                DataProblem(
+                    names,
+                    None,
+                    None,
+                    "two sources for one site name: keep one (the file name is the site's name)",
+                    ProblemKind.DUPLICATE_SITE,
+                )
+            )
+    if problems:
+        raise SiteDataError(problems)
+    return sources
+
+
+def _entry_problem(entry: Path, kind: DataKind) -> DataProblem | None:
+    """Why a data folder's entry is not a readable site source, or None."""
+    if entry.is_symlink() and not entry.exists():
+        return DataProblem(
+            str(entry),
+            None,
+            None,
+            "a broken link (it points at nothing)",
+            ProblemKind.FILE_NOT_FOUND,
+        )
+    if not kind.is_site_source(entry):
+        what = "a folder" if entry.is_dir() else "a file of another type"
+        return DataProblem(
+            str(entry),
+            None,
+            None,
+            f"{what}: a {kind.name} data folder holds schema.toml and, per site, {kind.sources}",
+            ProblemKind.WRONG_FILE_TYPE,
+        )
+    try:
+        if entry.is_dir():
+            os.listdir(entry)
+        else:
+            entry.open("rb").close()
+    except OSError as err:
+        return DataProblem(
+            str(entry),
+            None,
+            None,
+            f"cannot be read ({err.strerror or type(err).__name__})",
+            ProblemKind.UNREADABLE_FILE,
+        )
+    return None
 
 
 def _from_data_dir(settings: RunSettings, root: Path) -> SimulationLayout:
@@ -219,7 +314,7 @@ def _from_data_dir(settings: RunSettings, root: Path) -> SimulationLayout:
     ``test.*``, if present, is the global test set.
     """
     source = Path(settings.data_dir).resolve()
-    schema_path = source / "schema.toml"
+    schema_path = source / SCHEMA_FILE
     kind = get_kind(load_schema(schema_path))  # fail early, naming the file
     files = site_files(source, kind)
     if not files:

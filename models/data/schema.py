@@ -15,13 +15,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.data.values import DEFAULT_MISSING_VALUES, FEATURE_TYPES, MissingValues, ValueRule
+
 TASKS = ("binary", "multiclass", "regression", "survival")
-FEATURE_TYPES = ("numeric", "categorical", "binary")
 MISSING_POLICIES = ("reject", "drop_row", "impute_mean")
 # Every key a schema may hold outside its data kind's own [dataset] keys: a misspelt key
 # (``minimum`` for ``min``) would otherwise silently switch a check off.
 TOP_LEVEL_TABLES = ("dataset", "features")
-DATASET_KEYS = ("name", "task", "label", "classes", "missing", "kind", "label_min", "label_max")
+DATASET_KEYS = (
+    "name",
+    "task",
+    "label",
+    "classes",
+    "missing",
+    "missing_values",
+    "kind",
+    "label_min",
+    "label_max",
+)
 FEATURE_KEYS = ("type", "categories", "min", "max")
 
 
@@ -39,7 +50,7 @@ class FeatureSpec:
         The column header in the site's table.
     type : str
         ``numeric`` (a real number), ``categorical`` (one of ``categories``) or
-        ``binary`` (0/1, also accepting true/false and yes/no).
+        ``binary`` (0/1, true/false …); :mod:`models.data.values` reads each.
     categories : tuple[str, ...]
         Allowed values of a categorical feature, in the order of its one-hot columns.
     min, max : float | None
@@ -51,6 +62,11 @@ class FeatureSpec:
     categories: tuple[str, ...] = ()
     min: float | None = None
     max: float | None = None
+
+    @property
+    def rule(self) -> ValueRule:
+        """How this feature's values are read (:mod:`models.data.values`)."""
+        return ValueRule(self.type, self.categories, self.min, self.max)
 
     def to_dict(self) -> dict[str, Any]:
         """The feature's ``[features.<name>]`` table (keys left unset are omitted)."""
@@ -89,7 +105,8 @@ class SiteSchema:
     extra : dict
         The other ``[dataset]`` keys: ``kind`` (``table``, ``image``, ``sequence``,
         ``text``; see ``models.data.kinds``), a regression label's ``label_min`` and
-        ``label_max``, and the kind's own keys.
+        ``label_max``, ``missing_values`` (the texts read as missing) and the kind's
+        own keys.
     """
 
     name: str
@@ -119,6 +136,12 @@ class SiteSchema:
             None if low is None else float(low),
             None if high is None else float(high),
         )
+
+    @property
+    def missing_values(self) -> MissingValues:
+        """What counts as missing: ``[dataset].missing_values`` or the default list."""
+        words = self.extra.get("missing_values", DEFAULT_MISSING_VALUES)
+        return MissingValues(tuple(str(w) for w in words))
 
     @property
     def kind(self) -> str:
@@ -263,6 +286,11 @@ def read_schema_document(raw: dict[str, Any], source: str = "<schema>") -> SiteS
     for key in ("label_min", "label_max"):
         if key in dataset and not _is_number(dataset[key]):
             raise SchemaError(f"{source}: [dataset].{key} must be a number")
+    words = dataset.get("missing_values", [])
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise SchemaError(
+            f'{source}: [dataset].missing_values must be a list of texts, e.g. ["", "NA", "-999"]'
+        )
     if "label_min" in dataset and "label_max" in dataset:
         if dataset["label_min"] > dataset["label_max"]:
             raise SchemaError(f"{source}: [dataset].label_min is above label_max")

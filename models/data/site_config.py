@@ -9,6 +9,9 @@ both import and a site's settings say first of all where its data and schema are
 
 from __future__ import annotations
 
+# The share of a site's examples kept for federated evaluation, unless its settings say.
+DEFAULT_VALIDATION_FRACTION = 0.2
+
 
 class SiteConfigError(ValueError):
     """A site's settings are missing, malformed or point at nothing; the message says which."""

@@ -8,28 +8,22 @@ before failing, so a data manager can fix them in one pass.
 from __future__ import annotations
 
 import csv
+import difflib
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from models.data.schema import FeatureSpec, SiteSchema
+from models.data.schema import SiteSchema
+from models.data.values import MissingValues, ValueRefused, ValueRule
 
-TRUE_WORDS = {"1", "1.0", "true", "yes", "y", "t"}
-FALSE_WORDS = {"0", "0.0", "false", "no", "n", "f"}
 MAX_REPORTED_PROBLEMS = 20
 # A public summary lists at most this many rows per kind of problem.
 MAX_PUBLIC_ROWS = 5
-# Cells read as missing. A declared category (e.g. ``NA``) is never missing in its column.
-EMPTY_WORDS = frozenset({"", "NA", "NaN", "nan", "null"})
-# A decimal number as a spreadsheet writes it: Python's ``1_20`` or ``0x10`` are not.
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.I)
 
 
 class ProblemKind(StrEnum):
@@ -53,6 +47,7 @@ class ProblemKind(StrEnum):
     UNKNOWN_LABEL = "unknown_label"
     EMPTY_CELL = "empty_cell"
     ONE_CLASS = "one_class"
+    DUPLICATE_SITE = "duplicate_site"
     OTHER = "other"
 
 
@@ -183,64 +178,145 @@ class SiteTable:
         return {c: int(counts.get(c, 0)) for c in self.schema.classes}
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file, every CSV cell as text, indexed by file row.
+# The table files a site may bring, and the delimiter of each text format.
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+TABLE_FILE = "a .csv, .tsv or .parquet file"
+_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+# A one-field header holding one of these was written with another delimiter.
+_SEPARATORS = {
+    ";": ("semicolons", "save the file as comma-separated CSV"),
+    "\t": ("tabs", "name a tab-separated file .tsv, or save it as comma-separated CSV"),
+    "|": ("vertical bars", "save the file as comma-separated CSV"),
+    ",": ("commas", "name a comma-separated file .csv"),
+}
 
-    The index is each row's line number as a person counts lines (the header is row 1,
-    blank lines count), so messages point at the line an editor shows.
+
+@dataclass(frozen=True)
+class RawTable:
+    """A table file's rows as read, before the schema's checks.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The rows, indexed by file row; every CSV cell as text.
+    problems : list of DataProblem
+        Rows that could not be read (more fields than the header), left out of ``frame``.
+    """
+
+    frame: pd.DataFrame
+    problems: list[DataProblem]
+
+
+def read_table(path: str | Path, expected: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a table file whole (see :func:`read_raw_table`); any unreadable row is an error.
 
     Parameters
     ----------
     path : str or Path
-        A ``.csv``, ``.tsv``, ``.txt`` or ``.parquet`` file.
+        A ``.csv``, ``.tsv`` (tab-separated) or ``.parquet`` file.
+    expected : sequence of str
+        The columns the caller needs (see :func:`read_raw_table`).
+
+    Raises
+    ------
+    SiteDataError
+        As :func:`read_raw_table`, and listing every row that could not be read.
+    """
+    raw = read_raw_table(path, expected)
+    if raw.problems:
+        raise SiteDataError(raw.problems)
+    return raw.frame
+
+
+def read_raw_table(path: str | Path, expected: Sequence[str] = ()) -> RawTable:
+    """Read a CSV, TSV or Parquet file, every CSV cell as text, indexed by file row.
+
+    The index is each row's line number as a person counts lines (the header is row 1,
+    blank lines count), so messages point at the line an editor shows. A row with more
+    fields than the header is left out and listed in ``problems``, so a caller can report
+    it beside every other problem of the file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.csv``, ``.tsv`` (tab-separated) or ``.parquet`` file.
+    expected : sequence of str
+        The columns the caller needs: a header holding none of them is a file without a
+        header row (its first row's values would otherwise be reported as headers).
 
     Raises
     ------
     SiteDataError
         The file is missing, of another type, not UTF-8 (naming the line), not
-        readable, empty, or its header repeats a name.
+        readable, empty, written with another delimiter, without a header row, or its
+        header repeats a name.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SiteDataError(
-            [DataProblem(str(path), None, None, "file not found", ProblemKind.FILE_NOT_FOUND)]
-        )
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as err:  # pyarrow raises several types for a corrupt file
-            raise SiteDataError(
-                [
-                    DataProblem(
-                        str(path),
-                        None,
-                        None,
-                        f"not a readable Parquet file ({err})",
-                        ProblemKind.UNREADABLE_FILE,
-                    )
-                ]
-            ) from err
-        _check_header(str(path), [str(c) for c in frame.columns])
-        frame.index = pd.RangeIndex(2, len(frame) + 2)
-        return frame
-    if suffix not in (".csv", ".tsv", ".txt"):
+    if suffix not in TABLE_SUFFIXES:
         raise SiteDataError(
             [
                 DataProblem(
                     str(path),
                     None,
                     None,
-                    "expected a .csv or .parquet file",
+                    f"expected {TABLE_FILE}",
                     ProblemKind.WRONG_FILE_TYPE,
                 )
             ]
         )
-    return _read_csv(path, "\t" if suffix == ".tsv" else ",")
+    if not path.exists():
+        raise SiteDataError(
+            [DataProblem(str(path), None, None, "file not found", ProblemKind.FILE_NOT_FOUND)]
+        )
+    try:
+        if suffix == ".parquet":
+            return RawTable(_read_parquet(path, expected), [])
+        return _read_csv(path, _DELIMITERS[suffix], expected)
+    except OSError as err:  # a folder, a link loop, no permission …
+        reason = err.strerror or type(err).__name__
+        raise SiteDataError(
+            [
+                DataProblem(
+                    str(path),
+                    None,
+                    None,
+                    f"cannot be read ({reason})",
+                    ProblemKind.UNREADABLE_FILE,
+                )
+            ]
+        ) from err
 
 
-def _read_csv(path: Path, sep: str) -> pd.DataFrame:
-    """The csv module rather than pandas: pandas skips blank lines and loses line numbers."""
+def _read_parquet(path: Path, expected: Sequence[str]) -> pd.DataFrame:
+    """A Parquet file with its rows numbered as a spreadsheet would (header = row 1)."""
+    path.open("rb").close()  # an unreadable path is an OSError, whatever pyarrow says
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise SiteDataError(
+            [
+                DataProblem(
+                    str(path),
+                    None,
+                    None,
+                    "not a readable Parquet file",
+                    ProblemKind.UNREADABLE_FILE,
+                )
+            ]
+        ) from err
+    _check_header(str(path), [str(c) for c in frame.columns], expected)
+    frame = frame.astype(object).where(frame.notna(), None)  # nullable nulls become None
+    frame.index = pd.RangeIndex(2, len(frame) + 2)
+    return frame
+
+
+def _read_csv(path: Path, sep: str, expected: Sequence[str]) -> RawTable:
+    """The csv module rather than pandas: pandas skips blank lines and loses line numbers.
+
+    A row with more fields than the header is left out and reported; a shorter one is
+    padded with empty cells, which the missing-value policy then judges.
+    """
     records: list[list[str]] = []
     lines: list[int] = []
     header: list[str] | None = None
@@ -271,11 +347,23 @@ def _read_csv(path: Path, sep: str) -> pd.DataFrame:
                 ProblemKind.MALFORMED_ROW,
             )
             raise SiteDataError([problem]) from err
+    if header == [] and records:
+        raise SiteDataError(
+            [
+                DataProblem(
+                    str(path),
+                    1,
+                    None,
+                    "row 1 is blank: the header must be the file's first line",
+                    ProblemKind.MALFORMED_ROW,
+                )
+            ]
+        )
     if not header or all(not h.strip() for h in header):
         raise SiteDataError(
             [DataProblem(str(path), None, None, "the file is empty", ProblemKind.EMPTY_FILE)]
         )
-    _check_header(str(path), header)
+    _check_header(str(path), header, expected)
     width = len(header)
     too_long = [
         DataProblem(
@@ -288,11 +376,10 @@ def _read_csv(path: Path, sep: str) -> pd.DataFrame:
         for record, line in zip(records, lines, strict=True)
         if len(record) > width
     ]
-    if too_long:
-        raise SiteDataError(too_long)
-    # a short row is padded with empty cells, which the missing-value policy then judges
-    padded = [record + [""] * (width - len(record)) for record in records]
-    return pd.DataFrame(padded, columns=header, index=pd.Index(lines), dtype=str)
+    kept = [(r, line) for r, line in zip(records, lines, strict=True) if len(r) <= width]
+    padded = [record + [""] * (width - len(record)) for record, _ in kept]
+    index = pd.Index([line for _, line in kept])
+    return RawTable(pd.DataFrame(padded, columns=header, index=index, dtype=str), too_long)
 
 
 def _first_undecodable_line(path: Path) -> int:
@@ -309,7 +396,24 @@ def _first_undecodable_line(path: Path) -> int:
     return 1
 
 
-def _check_header(path: str, header: list[str]) -> None:
+def _check_header(path: str, header: list[str], expected: Sequence[str]) -> None:
+    """Refuse a header written with another delimiter, a missing header row, or a repeat.
+
+    A header of one field holding ``;``, a tab, ``|`` or ``,`` is a file with another
+    delimiter than its name says; a header without any ``expected`` column is a file
+    without a header row.
+    """
+    separators = [sep for sep in _SEPARATORS if len(header) == 1 and sep in header[0]]
+    if separators:
+        name, hint = _SEPARATORS[separators[0]]
+        message = f"the header is one field holding {name}: {hint}"
+        raise SiteDataError([DataProblem(path, 1, None, message, ProblemKind.MALFORMED_ROW)])
+    if expected and not set(expected) & set(header):
+        message = (
+            f"none of the schema's {len(expected)} columns is in row 1: the file needs a "
+            "header row naming its columns, as the schema does"
+        )
+        raise SiteDataError([DataProblem(path, 1, None, message, ProblemKind.MISSING_COLUMN)])
     counts = Counter(header)
     duplicates = [name for name, n in counts.items() if n > 1]
     if duplicates:
@@ -348,70 +452,69 @@ def load_site_table(
         Listing every problem found.
     """
     path_text = str(path)
-    raw = read_table(path)
-    problems: list[DataProblem] = []
     expected = [*schema.feature_names, schema.label, *passthrough]
-    missing_columns = [c for c in expected if c not in raw.columns]
-    for name in missing_columns:
-        problems.append(
-            DataProblem(
-                path_text,
-                1,
-                name,
-                "missing column (declared in the schema)",
-                ProblemKind.MISSING_COLUMN,
-            )
-        )
-    if problems:
-        raise SiteDataError(problems)
+    read = read_raw_table(path, expected)
+    raw = read.frame
+    absent = [c for c in expected if c not in raw.columns]
+    if absent:
+        header = [str(c) for c in raw.columns]
+        raise SiteDataError(_missing_columns(path_text, absent, header))
     if len(raw) == 0:
         raise SiteDataError(
-            [
+            read.problems
+            or [
                 DataProblem(
                     path_text, None, None, "the file has no data rows", ProblemKind.NO_DATA_ROWS
                 )
             ]
         )
-
     file_rows = [int(r) for r in raw.index]  # as a person counts lines: header is row 1
+    missing = schema.missing_values
+    problems: list[DataProblem] = list(read.problems)  # rows that could not be split
     columns: dict[str, list] = {}
     drop: set[int] = set()
     for spec in schema.features:
-        values, bad, empty = _check_feature(raw[spec.name].tolist(), spec, path_text, file_rows)
-        problems.extend(bad)
-        columns[spec.name] = values
-        if empty:
-            if schema.missing == "reject":
-                problems.extend(
-                    DataProblem(
-                        path_text,
-                        file_rows[i],
-                        spec.name,
-                        "empty cell (missing = reject)",
-                        ProblemKind.EMPTY_CELL,
-                    )
-                    for i in empty
-                )
-            elif schema.missing == "drop_row" or spec.type != "numeric":
-                drop.update(empty)
-    labels, bad_labels, empty_labels = _check_label(
-        raw[schema.label].tolist(), schema, path_text, file_rows
+        checked = _check_column(
+            raw[spec.name].tolist(), spec.rule, missing, spec.name, path_text, file_rows
+        )
+        problems.extend(checked.problems)
+        columns[spec.name] = checked.values
+        if schema.missing == "reject":
+            problems.extend(_empty_problems(checked, spec.name, path_text, file_rows))
+        elif schema.missing == "drop_row" or spec.type != "numeric":
+            drop.update(checked.empty)
+    labels = _check_column(
+        raw[schema.label].tolist(),
+        _label_rule(schema),
+        missing,
+        schema.label,
+        path_text,
+        file_rows,
+        label=True,
     )
-    problems.extend(bad_labels)
-    drop.update(empty_labels)  # a row without its label cannot be used
+    problems.extend(labels.problems)
+    drop.update(labels.empty)  # a row without its label cannot be used, whatever the policy
     if problems:
         raise SiteDataError(problems)
-
     keep = [i for i in range(len(raw)) if i not in drop]
     if not keep:
         raise SiteDataError(
-            [DataProblem(path_text, None, None, "no usable rows left", ProblemKind.NO_USABLE_ROWS)]
+            [
+                DataProblem(
+                    path_text,
+                    None,
+                    None,
+                    f"no usable rows left: all {len(raw)} have a missing value "
+                    f"(missing = {schema.missing})",
+                    ProblemKind.NO_USABLE_ROWS,
+                )
+            ]
         )
-    frame = pd.DataFrame({name: [columns[name][i] for i in keep] for name in columns})
-    frame[schema.label] = [labels[i] for i in keep]
+    frame = pd.DataFrame({name: [_model_value(columns[name][i]) for i in keep] for name in columns})
+    frame[schema.label] = [labels.values[i] for i in keep]
     for name in passthrough:
         cells = raw[name].tolist()
-        frame[name] = ["" if _is_empty(cells[i]) else str(cells[i]) for i in keep]
+        frame[name] = ["" if missing.is_missing(cells[i]) else str(cells[i]) for i in keep]
     table = SiteTable(
         schema=schema,
         path=path_text,
@@ -437,176 +540,108 @@ def load_site_table(
     return table
 
 
-def _is_empty(value: object, declared: Sequence[str] = ()) -> bool:
-    """Whether a cell is missing; a word the schema declares as a value never is."""
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    if not isinstance(value, str):
-        return False
-    text = value.strip()
-    return text in EMPTY_WORDS and text not in declared
+def _model_value(value: float | str | None) -> float | str:
+    """A kept cell as the frame holds it: a missing number (``impute_mean``) is NaN."""
+    return math.nan if value is None else value
 
 
-def parse_number(text: str) -> float:
-    """A number as a spreadsheet writes it (``1.5``, ``-2e3``); ``1_20`` is not one.
+def _missing_columns(path: str, absent: list[str], header: list[str]) -> list[DataProblem]:
+    """A problem per declared column the header lacks, suggesting a near-miss header.
 
-    Parameters
-    ----------
-    text : str
-        The cell's text.
-
-    Raises
-    ------
-    ValueError
-        ``text`` is not a decimal number (``inf`` and ``nan`` are read, to be refused as
-        not finite).
+    A header name that differs only in case or spacing, or is a close spelling, is named.
     """
-    if not _NUMBER.fullmatch(text.strip()):
-        raise ValueError(f"not a number: {text!r}")
-    return float(text)
-
-
-def _check_feature(
-    cells: list, spec: FeatureSpec, path: str, rows: list[int]
-) -> tuple[list, list[DataProblem], list[int]]:
-    values: list = []
-    problems: list[DataProblem] = []
-    empty: list[int] = []
-    for i, cell in enumerate(cells):
-        if _is_empty(cell, spec.categories):
-            empty.append(i)
-            values.append(np.nan if spec.type == "numeric" else None)
-            continue
-        text = str(cell).strip()
-        if spec.type == "numeric":
-            try:
-                number = parse_number(text)
-            except ValueError:
-                problems.append(
-                    DataProblem(
-                        path,
-                        rows[i],
-                        spec.name,
-                        f"expected a number, found {text!r}",
-                        ProblemKind.NOT_A_NUMBER,
-                    )
-                )
-                values.append(np.nan)
-                continue
-            problem = _range_problem(number, text, spec.min, spec.max)
-            if problem is not None:
-                problems.append(DataProblem(path, rows[i], spec.name, *problem))
-            values.append(number)
-        elif spec.type == "binary":
-            word = text.lower()
-            if word in TRUE_WORDS:
-                values.append(1.0)
-            elif word in FALSE_WORDS:
-                values.append(0.0)
-            else:
-                problems.append(
-                    DataProblem(
-                        path,
-                        rows[i],
-                        spec.name,
-                        f"expected 0/1 (or true/false), found {text!r}",
-                        ProblemKind.NOT_BINARY,
-                    )
-                )
-                values.append(None)
-        else:
-            if text not in spec.categories:
-                problems.append(
-                    DataProblem(
-                        path,
-                        rows[i],
-                        spec.name,
-                        f"unknown category {text!r}; expected one of {list(spec.categories)}",
-                        ProblemKind.UNKNOWN_CATEGORY,
-                    )
-                )
-            values.append(text)
-    return values, problems, empty
-
-
-def _range_problem(
-    number: float, text: str, low: float | None, high: float | None
-) -> tuple[str, ProblemKind] | None:
-    """Why ``number`` is refused (not finite, or outside ``[low, high]``), or None."""
-    if not math.isfinite(number):
-        return f"expected a finite number, found {text!r}", ProblemKind.NOT_FINITE
-    if low is not None and number < low:
-        return f"{number:g} is below the minimum {low:g}", ProblemKind.OUT_OF_RANGE
-    if high is not None and number > high:
-        return f"{number:g} is above the maximum {high:g}", ProblemKind.OUT_OF_RANGE
-    return None
-
-
-def _canonical_label(text: str) -> str:
-    """'1.0' and '1' name the same class."""
-    try:
-        number = parse_number(text)
-    except ValueError:
-        return text
-    return str(int(number)) if number.is_integer() else text
-
-
-def _check_label(
-    cells: list, schema: SiteSchema, path: str, rows: list[int]
-) -> tuple[list, list[DataProblem], list[int]]:
-    labels: list = []
-    problems: list[DataProblem] = []
-    empty: list[int] = []
-    low, high = schema.label_range
-    for i, cell in enumerate(cells):
-        if _is_empty(cell, schema.classes):
-            empty.append(i)
-            labels.append(None)
-            continue
-        text = str(cell).strip()
-        if schema.task == "regression":
-            try:
-                value = parse_number(text)
-            except ValueError:
-                problems.append(
-                    DataProblem(
-                        path,
-                        rows[i],
-                        schema.label,
-                        f"expected a number, found {text!r}",
-                        ProblemKind.NOT_A_NUMBER,
-                    )
-                )
-                value = math.nan
-            else:
-                problem = _range_problem(value, text, low, high)
-                if problem is not None:
-                    problems.append(DataProblem(path, rows[i], schema.label, *problem))
-            labels.append(value)
-        else:
-            canonical = text if text in schema.classes else _canonical_label(text)
-            if canonical not in schema.classes:
-                problems.append(
-                    DataProblem(
-                        path,
-                        rows[i],
-                        schema.label,
-                        f"unknown label {text!r}; expected one of {list(schema.classes)}",
-                        ProblemKind.UNKNOWN_LABEL,
-                    )
-                )
-            labels.append(canonical)
-    if schema.missing == "reject":
-        problems.extend(
+    problems = []
+    for name in absent:
+        near = _near_header(name, header)
+        hint = f"; the file has '{near}' — headers match exactly" if near else ""
+        problems.append(
             DataProblem(
                 path,
-                rows[i],
-                schema.label,
-                "empty label (missing = reject)",
-                ProblemKind.EMPTY_CELL,
+                1,
+                name,
+                f"missing column (declared in the schema){hint}",
+                ProblemKind.MISSING_COLUMN,
             )
-            for i in empty
         )
-    return labels, problems, empty
+    return problems
+
+
+def _near_header(name: str, header: list[str]) -> str | None:
+    """A header that differs from ``name`` only in case/spacing, or is a close spelling."""
+    folded = {h.strip().casefold().replace(" ", "_"): h for h in header}
+    key = name.strip().casefold().replace(" ", "_")
+    if key in folded:
+        return folded[key]
+    close = difflib.get_close_matches(key, list(folded), n=1, cutoff=0.8)
+    return folded[close[0]] if close else None
+
+
+def _found(value: object) -> str:
+    """A cell as a site's own message quotes it (spaces included: they may be the fault)."""
+    return repr(value)
+
+
+def _value_problem(
+    path: str, row: int, column: str, value: object, refused: ValueRefused
+) -> DataProblem:
+    """A refused value as a problem: what was expected, what was found, and a hint."""
+    hint = f"; {refused.hint}" if refused.hint else ""
+    message = f"expected {refused.expected}, found {_found(value)}{hint}"
+    return DataProblem(path, row, column, message, ProblemKind(refused.kind))
+
+
+@dataclass
+class _CheckedColumn:
+    """One column's values read by its rule, what was refused and which rows are empty."""
+
+    values: list
+    problems: list[DataProblem]
+    empty: list[int]
+
+
+def _check_column(
+    cells: list,
+    rule: ValueRule,
+    missing: MissingValues,
+    column: str,
+    path: str,
+    rows: list[int],
+    label: bool = False,
+) -> _CheckedColumn:
+    """Read every cell of a column with ``rule``; missing cells are left as None.
+
+    A refused class of the ``label`` column is an ``unknown_label``.
+    """
+    checked = _CheckedColumn([], [], [])
+    for i, cell in enumerate(cells):
+        if missing.is_missing(cell, rule.categories):
+            checked.empty.append(i)
+            checked.values.append(None)
+            continue
+        try:
+            checked.values.append(rule.read(cell))
+        except ValueRefused as refused:
+            problem = _value_problem(path, rows[i], column, cell, refused)
+            if label and problem.kind == ProblemKind.UNKNOWN_CATEGORY:
+                problem = replace(problem, kind=ProblemKind.UNKNOWN_LABEL)
+            checked.problems.append(problem)
+            checked.values.append(None)
+    return checked
+
+
+def _label_rule(schema: SiteSchema) -> ValueRule:
+    """A label is read as a number (regression) or as one of the classes."""
+    if schema.task == "regression":
+        low, high = schema.label_range
+        return ValueRule("numeric", min=low, max=high)
+    return ValueRule("categorical", schema.classes)
+
+
+def _empty_problems(
+    checked: _CheckedColumn, column: str, path: str, rows: list[int]
+) -> list[DataProblem]:
+    """The empty cells of a feature's column under ``missing = reject``."""
+    return [
+        DataProblem(path, rows[i], column, "empty cell (missing = reject)", ProblemKind.EMPTY_CELL)
+        for i in checked.empty
+    ]

@@ -517,4 +517,4 @@ def test_fedcare_predict_reads_a_csv_and_writes_predictions(service, fed, tmp_pa
     csv.write_text("age,sex,smoker\n50,M,\n")
     run = CliRunner().invoke(app, [*args, "--input", str(csv), "--token", fed.token_ward])
     assert run.exit_code == 2
-    assert "line 2, column 'smoker' is empty" in " ".join(run.stderr.split())
+    assert "patients.csv, row 2, column 'smoker': missing value" in " ".join(run.stderr.split())

@@ -87,6 +87,10 @@ class SiteExamples(Protocol):
     def num_examples(self) -> int:
         """Number of examples (rows, images, patients, notes)."""
 
+    @property
+    def dropped_rows(self) -> list[int]:
+        """File rows dropped for a missing value (``missing = drop_row`` …), for the report."""
+
     def strata(self) -> np.ndarray | None:
         """One label per example to stratify the train/validation split on, or None."""
 
@@ -104,6 +108,8 @@ class DataKind(Protocol):
     tasks: tuple[str, ...]
     # the kind's own [dataset] keys (any other key is refused)
     keys: tuple[str, ...]
+    # what a site's source in a --data-dir is, for messages ("a .csv, .tsv or .parquet file")
+    sources: str
 
     def check_schema(self, schema: SiteSchema) -> None:
         """Raise :class:`SchemaError` naming the key this kind needs and does not find."""

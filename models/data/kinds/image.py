@@ -102,6 +102,11 @@ class ImageExamples:
         """Number of images."""
         return len(self.labels)
 
+    @property
+    def dropped_rows(self) -> list[int]:
+        """None: an image is never dropped (a bad one is an error)."""
+        return []
+
     def strata(self) -> np.ndarray | None:
         """The class indices: splits are stratified by class."""
         return self.labels
@@ -316,6 +321,7 @@ class ImageKind:
     name = "image"
     tasks: tuple[str, ...] = ("binary", "multiclass")
     keys: tuple[str, ...] = ("channels", "image_size")
+    sources = "a .npz file or a folder of PNG files"
 
     def check_schema(self, schema: SiteSchema) -> None:
         """Check ``channels`` and ``image_size``, and that there are no ``[features]``."""

@@ -18,7 +18,7 @@ per-patient label's). A request instance is ``{"steps": [{"<time>": t, "<feature
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,15 @@ from models.data.kinds.base import (
     column_option,
     integer_option,
 )
-from models.data.kinds.table import TABLE_SUFFIXES, attributions_by_feature, check_rows
+from models.data.kinds.table import attributions_by_feature, check_rows
 from models.data.schema import FeatureSpec, SchemaError, SiteSchema
-from models.data.tables import DataProblem, SiteDataError, load_site_table
+from models.data.tables import (
+    TABLE_FILE,
+    TABLE_SUFFIXES,
+    DataProblem,
+    SiteDataError,
+    load_site_table,
+)
 
 STEPS_FIELD = "steps"
 
@@ -97,12 +103,15 @@ class SequenceExamples:
         ``max_steps``, the latest).
     labels : DataFrame
         One row per patient: its label.
+    dropped_rows : list of int
+        File rows dropped for a missing value.
     """
 
     schema: SiteSchema
     steps: pd.DataFrame
     rows: list[np.ndarray]
     labels: pd.DataFrame
+    dropped_rows: list[int] = field(default_factory=list)
 
     @property
     def num_examples(self) -> int:
@@ -218,6 +227,7 @@ class SequenceKind:
     name = "sequence"
     tasks: tuple[str, ...] = ("binary", "multiclass", "regression")
     keys: tuple[str, ...] = ("patient", "time", "max_steps")
+    sources = f"{TABLE_FILE} (one row per measurement)"
 
     def check_schema(self, schema: SiteSchema) -> None:
         """Check ``patient``, ``time``, ``max_steps`` and that features are declared."""
@@ -240,7 +250,7 @@ class SequenceKind:
         layout = SequenceLayout.of(schema)
         table = load_site_table(path, step_schema(schema), passthrough=[layout.patient])
         rows, labels = _group_patients(str(path), schema, table.frame, table.source_rows)
-        examples = SequenceExamples(schema, table.frame, rows, labels)
+        examples = SequenceExamples(schema, table.frame, rows, labels, table.dropped_rows)
         strata = examples.strata()
         if strata is not None and len(set(strata)) < 2:
             raise SiteDataError(

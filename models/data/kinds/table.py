@@ -10,7 +10,6 @@ categorical ones one-hot encoded (:class:`models.data.features.FeatureEncoder`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,17 +21,23 @@ import pandas as pd
 from models.data.features import FeatureEncoder, FeatureStatistics, Standardization
 from models.data.kinds.base import EncodedExamples, ModelInput, RowError, column_option
 from models.data.schema import FeatureSpec, SchemaError, SiteSchema
-from models.data.tables import DataProblem, SiteDataError, SiteTable, load_site_table
-
-TABLE_SUFFIXES = (".csv", ".parquet")
-_BOOL_WORDS = {"true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0, "1": 1.0, "0": 0.0}
+from models.data.tables import (
+    TABLE_FILE,
+    TABLE_SUFFIXES,
+    DataProblem,
+    SiteDataError,
+    SiteTable,
+    load_site_table,
+)
+from models.data.values import ValueRefused
 
 
 def check_rows(schema: SiteSchema, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Check request rows against the schema's features and return them as a typed frame.
 
-    Every declared feature must be present with a value of its type; numbers must be
-    finite and within the declared range; extra keys are refused (a misspelt feature
+    Every declared feature must be present with a value its rule reads
+    (:mod:`models.data.values`, exactly as training reads a cell); a missing value is
+    refused (a prediction imputes nothing); extra keys are refused (a misspelt feature
     name would otherwise be silently ignored).
 
     Parameters
@@ -53,6 +58,7 @@ def check_rows(schema: SiteSchema, rows: Sequence[Mapping[str, Any]]) -> pd.Data
         The first row and feature that do not fit.
     """
     names = schema.feature_names
+    missing = schema.missing_values
     columns: dict[str, list[Any]] = {n: [] for n in names}
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
@@ -61,35 +67,14 @@ def check_rows(schema: SiteSchema, rows: Sequence[Mapping[str, Any]]) -> pd.Data
         if unknown:
             raise RowError(i, unknown[0], "unknown feature (not in the model's schema)")
         for spec in schema.features:
-            if spec.name not in row or row[spec.name] is None:
+            value = row.get(spec.name)
+            if missing.is_missing(value, spec.categories):
                 raise RowError(i, spec.name, "missing value")
-            columns[spec.name].append(_checked_value(i, spec, row[spec.name]))
+            try:
+                columns[spec.name].append(spec.rule.read(value))
+            except ValueRefused as refused:
+                raise RowError(i, spec.name, str(refused)) from None
     return pd.DataFrame(columns)
-
-
-def _checked_value(row: int, spec: FeatureSpec, value: Any) -> Any:
-    if spec.type == "numeric":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RowError(row, spec.name, "expected a number")
-        number = float(value)
-        if not math.isfinite(number):
-            raise RowError(row, spec.name, "expected a finite number")
-        if spec.min is not None and number < spec.min:
-            raise RowError(row, spec.name, f"below the minimum {spec.min:g}")
-        if spec.max is not None and number > spec.max:
-            raise RowError(row, spec.name, f"above the maximum {spec.max:g}")
-        return number
-    if spec.type == "binary":
-        if isinstance(value, bool):
-            return float(value)
-        if isinstance(value, int | float) and value in (0, 1):
-            return float(value)
-        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.strip().lower()]
-        raise RowError(row, spec.name, "expected 0/1 or true/false")
-    if not isinstance(value, str) or value not in spec.categories:
-        raise RowError(row, spec.name, f"expected one of {list(spec.categories)}")
-    return value
 
 
 def survival_row_schema(schema: SiteSchema) -> SiteSchema:
@@ -132,6 +117,11 @@ class TableExamples:
         """Number of rows."""
         return self.table.num_rows
 
+    @property
+    def dropped_rows(self) -> list[int]:
+        """File rows dropped for a missing value."""
+        return self.table.dropped_rows
+
     def strata(self) -> np.ndarray | None:
         """The label (classification) or event column (survival); None for regression."""
         if self.schema.task == "survival":
@@ -163,6 +153,7 @@ class TableKind:
     name = "table"
     tasks: tuple[str, ...] = ("binary", "multiclass", "regression", "survival")
     keys: tuple[str, ...] = ("event",)
+    sources = TABLE_FILE
 
     def check_schema(self, schema: SiteSchema) -> None:
         """Check that features are declared, and ``event`` for survival."""

@@ -27,9 +27,15 @@ from models.data.kinds.base import (
     column_option,
     integer_option,
 )
-from models.data.kinds.table import TABLE_SUFFIXES
 from models.data.schema import SchemaError, SiteSchema
-from models.data.tables import DataProblem, SiteDataError, SiteTable, load_site_table
+from models.data.tables import (
+    TABLE_FILE,
+    TABLE_SUFFIXES,
+    DataProblem,
+    SiteDataError,
+    SiteTable,
+    load_site_table,
+)
 from models.text import TextHasher
 
 MAX_NOTE_CHARS = 100_000
@@ -49,6 +55,11 @@ class NoteExamples:
 
     schema: SiteSchema
     table: SiteTable
+
+    @property
+    def dropped_rows(self) -> list[int]:
+        """File rows dropped for a missing value."""
+        return self.table.dropped_rows
 
     @property
     def num_examples(self) -> int:
@@ -78,6 +89,7 @@ class TextKind:
     name = "text"
     tasks: tuple[str, ...] = ("binary", "multiclass")
     keys: tuple[str, ...] = ("text", "n_features", "ngram_max")
+    sources = f"{TABLE_FILE} (one row per note)"
 
     def check_schema(self, schema: SiteSchema) -> None:
         """Check ``text``, ``n_features``, ``ngram_max``, and that there are no features."""

@@ -42,8 +42,8 @@ def test_data_dir_with_bad_rows_lists_every_problem_before_training(tmp_path):
     result = runner.invoke(app, ["simulate", "--data-dir", str(tmp_path), "--out", str(tmp_path)])
     assert result.exit_code == 2
     output = " ".join(result.output.split())
-    assert "south.csv, row 3, column 'age': 400 is above the maximum 120" in output
-    assert "south.csv, row 4, column 'sex': unknown category 'X'" in output
+    assert "south.csv, row 3, column 'age': expected a number at most 120 (max)" in output
+    assert "south.csv, row 4, column 'sex': expected one of ['F', 'M'], found 'X'" in output
     assert "north.csv" not in output
 
 

@@ -298,7 +298,7 @@ def test_he_rows_are_encoded_in_column_order_with_one_hot_categories():
         ({"dose": float("nan")}, "not_finite", "dose"),
         ({"dose": float("inf")}, "not_finite", "dose"),
         ({"dose": True}, "invalid_input", "dose"),
-        ({"dose": "3"}, "invalid_input", "dose"),
+        ({"dose": "3 mg"}, "invalid_input", "dose"),
         ({"sex": "X"}, "invalid_input", "sex"),
         ({"smoker": 2}, "invalid_input", "smoker"),
         ({"dose": None}, "invalid_input", "dose"),

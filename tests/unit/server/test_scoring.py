@@ -84,6 +84,6 @@ def test_every_bad_file_is_named_with_its_row_and_column(tmp_path, registry):
         score_files(find_version(registry.root, "ward"), [good, bad, tmp_path / "none.csv"])
     message = str(caught.value)
     assert "bad.csv, row 3, column 'age'" in message
-    assert "bad.csv, row 3, column 'sex': unknown category 'X'" in message
+    assert "bad.csv, row 3, column 'sex': expected one of ['F', 'M'], found 'X'" in message
     assert "none.csv: file not found" in message
     assert "good.csv" not in message

@@ -49,7 +49,7 @@ def test_parquet_is_read_like_csv(tmp_path, ward_schema_path):
         ("age,sex,outcome\n34,F,0\n61,M,1\n", "row 1, column 'smoker': missing column"),
         (
             "age,sex,smoker,outcome\n34,X,0,0\n61,M,1,1\n",
-            "row 2, column 'sex': unknown category 'X'; expected one of ['F', 'M']",
+            "row 2, column 'sex': expected one of ['F', 'M'], found 'X'",
         ),
         (
             "age,sex,smoker,outcome\n34,F,0,0\nold,M,1,1\n",
@@ -57,11 +57,11 @@ def test_parquet_is_read_like_csv(tmp_path, ward_schema_path):
         ),
         (
             "age,sex,smoker,outcome\n34,F,0,0\n161,M,1,1\n",
-            "row 3, column 'age': 161 is above the maximum 120",
+            "row 3, column 'age': expected a number at most 120 (max), found '161'",
         ),
         (
             "age,sex,smoker,outcome\n34,F,0,0\n61,M,1,2\n",
-            "row 3, column 'outcome': unknown label '2'",
+            "row 3, column 'outcome': expected one of ['0', '1'], found '2'",
         ),
         (
             "age,sex,smoker,outcome\n34,F,0,0\n,M,1,1\n",
@@ -76,7 +76,7 @@ def test_parquet_is_read_like_csv(tmp_path, ward_schema_path):
         ("age,sex,smoker,outcome\n", "the file has no data rows"),
         (
             "age,sex,smoker,outcome\n34,F,maybe,0\n61,M,1,1\n",
-            "row 2, column 'smoker': expected 0/1 (or true/false), found 'maybe'",
+            "row 2, column 'smoker': expected 0/1, true/false, yes/no, y/n or t/f, found 'maybe'",
         ),
         ("age,sex,smoker,outcome\ninf,F,0,0\n61,M,1,1\n", "expected a finite number"),
     ],
@@ -107,7 +107,7 @@ def test_missing_file_and_wrong_suffix(tmp_path, ward_schema_path):
     assert "file not found" in _problems(tmp_path / "none.csv", ward_schema_path)[0]
     odd = tmp_path / "site.xlsx"
     odd.write_bytes(b"PK")
-    assert "expected a .csv or .parquet file" in _problems(odd, ward_schema_path)[0]
+    assert "expected a .csv, .tsv or .parquet file" in _problems(odd, ward_schema_path)[0]
 
 
 def test_drop_row_policy_drops_and_reports_rows(tmp_path):
