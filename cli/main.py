@@ -204,8 +204,6 @@ def _run_simulation(settings: RunSettings, verbose: bool) -> dict:
     from simulations.runner import run_simulated_federation
 
     source = settings.data_dir or settings.dataset
-    # A --data-dir federation keeps each site's file whole: no partitioning happens.
-    partition = "partition as given" if settings.data_dir else settings.partition
     privacy = (
         f"DP ε={settings.epsilon} per site ({ACCOUNTANT.upper()} accountant, "
         f"noise seeded from --seed {settings.seed})"
@@ -213,7 +211,7 @@ def _run_simulation(settings: RunSettings, verbose: bool) -> dict:
         else "no DP"
     )
     console.print(
-        f"[bold]fedcare simulate[/]: {settings.sites} sites, {source}, {partition}, "
+        f"[bold]fedcare simulate[/]: {settings.sites} sites, {source}, partition {settings.partition_done}, "
         f"{settings.num_server_rounds} rounds, {privacy} → {settings.out_dir}"
     )
     try:

@@ -17,6 +17,8 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "kru
 MODES = ("simulation", "deployment")
 PARTITIONS = ("iid", "dirichlet", "size")
 CLASS_WEIGHTS = ("none", "balanced")
+# What a data-dir federation's report and header say of its partitioning.
+PARTITION_AS_GIVEN = "as given"
 SECURE_AGGREGATION = ("auto", "on", "off")
 # Aggregators that look at each site's update: impossible when the server only sees the sum.
 ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum")
@@ -170,9 +172,15 @@ class RunSettings:
             (self.epsilon > 0, "epsilon", "positive"),
             (0 < self.delta < 1, "delta", "in (0, 1)"),
             (
-                0 < self.statistics_epsilon_share < 1,
+                0 <= self.statistics_epsilon_share < 1,
                 "statistics-epsilon-share",
-                "in (0, 1)",
+                "in [0, 1)",
+            ),
+            (
+                self.statistics_epsilon_share > 0 or self.class_weights == "none",
+                "class-weights",
+                "'none' when statistics-epsilon-share is 0 (balanced weights need the "
+                "sites' class counts)",
             ),
             (self.min_sites >= 1, "min-sites", "at least 1"),
             (self.sites >= 1, "sites", "at least 1"),
@@ -268,6 +276,14 @@ class RunSettings:
                 raise SettingsError(f"run config '{key}' = {value!r}: wrong type") from err
             values[name] = value
         return cls(**values)
+
+    @property
+    def partition_done(self) -> str:
+        """How the sites' data was split: ``partition``, or "as given" for a ``data-dir``.
+
+        A ``data-dir`` federation keeps each site's file whole: no partitioning happens.
+        """
+        return PARTITION_AS_GIVEN if self.data_dir else self.partition
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by its (underscore) name (what checkpoints and reports record)."""

@@ -21,7 +21,7 @@ from typing import Any, cast
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from models.data.features import Standardization
+from models.data.features import FeatureStatistics, Standardization
 from models.data.kinds.registry import load_schema
 from models.families import build_model
 from models.spec import ModelSpec, get_weights
@@ -51,6 +51,7 @@ from server.federation.run_state import (
     SitePreparer,
 )
 from server.federation.setup import (
+    PooledStatistics,
     collect_statistics,
     model_spec_for,
     reply_site,
@@ -184,7 +185,12 @@ def start_run(
         epsilon_share=settings.statistics_epsilon_share,
         seed=settings.seed if settings.mode == "simulation" else None,
     )
-    pooled = collect_statistics(grid, nodes, query, names, settings.round_timeout)
+    # A share of 0: nothing is released, every feature is scaled by its declared range.
+    pooled = (
+        collect_statistics(grid, nodes, query, names, settings.round_timeout)
+        if settings.statistics_epsilon_share > 0
+        else PooledStatistics(FeatureStatistics(), {}, {schema.sha256}, {})
+    )
     for site, reason in pooled.refusals.items():
         say(f"site {site} left out of the statistics: {reason}")
     if not pooled.schema_hashes:
@@ -196,7 +202,8 @@ def start_run(
     stats = pooled.statistics
     (out / STATISTICS_FILE).write_text(json.dumps({"epsilon": pooled.epsilon}, indent=2))
     spec = model_spec_for(settings, schema, stats)
-    say(f"run {run_key}: {len(nodes)} sites, about {stats.rows} training rows, model {spec.kind}")
+    rows = f"about {stats.rows} training rows" if stats.rows else "no statistics released"
+    say(f"run {run_key}: {len(nodes)} sites, {rows}, model {spec.kind}")
     return RunState(
         settings=settings,
         out=out,
@@ -488,7 +495,7 @@ def finish_run(state: RunState, signer: Signer | None) -> RunOutcome:
     )
     report = {
         "run": state.run_key,
-        "settings": settings.to_dict(),
+        "settings": {**settings.to_dict(), "partition": settings.partition_done},
         "final": final,
         "final_source": "global_test" if last.get("global_test") else "federated_evaluation",
         "history": state.history,
