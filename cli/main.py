@@ -111,6 +111,13 @@ def simulate(
         DEFAULTS.epsilon, min=0.01, help="Each site's ε budget for the whole run."
     ),
     delta: float = typer.Option(DEFAULTS.delta, help="δ of each site's accounting (below 1/n)."),
+    statistics_epsilon_share: float = typer.Option(
+        DEFAULTS.statistics_epsilon_share,
+        min=0.0,
+        max=0.99,
+        help="Share of each site's ε the noisy federated statistics may cost; 0: none are "
+        "released and features are scaled by their declared ranges.",
+    ),
     dp: bool = typer.Option(DEFAULTS.dp, "--dp/--no-dp", help="Train with DP-SGD at the sites."),
     strategy: str = typer.Option(
         DEFAULTS.strategy, click_type=click.Choice(STRATEGIES), help="Aggregation strategy."
@@ -176,6 +183,7 @@ def simulate(
             max_grad_norm=max_grad_norm,
             epsilon=epsilon,
             delta=delta,
+            statistics_epsilon_share=statistics_epsilon_share,
             min_sites=min(DEFAULTS.min_sites, sites),
             dataset=dataset,
             data_dir=str(data_dir.resolve()) if data_dir else "",

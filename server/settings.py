@@ -40,7 +40,10 @@ class RunSettings:
     num_server_rounds : int
         Rounds in the whole run (a resumed run keeps the same total).
     local_epochs, learning_rate, batch_size : int, float, int
-        Local SGD at each site.
+        Local SGD at each site. ``batch_size`` is the expected batch under Poisson
+        sampling; the default 128 makes each round one full-batch noisy step at a site
+        of at most 128 training rows (fewer, larger noisy steps: chosen by
+        benchmarks/utility_methods.py on Breast Cancer Wisconsin at ε = 1).
     strategy : str
         One of ``STRATEGIES``; FedAvg by default.
     proximal_mu : float
@@ -64,9 +67,12 @@ class RunSettings:
         In simulation, each simulated site's ε budget and δ. In deployment, each site
         sets its own budget; δ is sent as the federation's δ.
     statistics_epsilon_share : float
-        The share, in (0, 1), of the ε each site has left for the run that the federated
+        The share, in [0, 1), of the ε each site has left for the run that the federated
         statistics (for standardization and class weights) may cost; training plans its
-        noise within the rest.
+        noise within the rest. 0 (the default): no statistics are released and every
+        numeric feature is scaled by its declared range (midpoint, quarter width); with
+        a few hundred rows per federation the noisy statistics cost more ε than they
+        help (benchmarks/results/utility_methods.md). Balanced class weights need them.
     min_sites : int
         Fewest sites a round needs; fewer replies and the round's update is skipped.
     dataset, data_dir, sites, partition, alpha, seed : simulation inputs.
@@ -120,8 +126,8 @@ class RunSettings:
     mode: str = "simulation"
     num_server_rounds: int = 10
     local_epochs: int = 1
-    learning_rate: float = 0.1
-    batch_size: int = 16
+    learning_rate: float = 1.0
+    batch_size: int = 128
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_learning_rate: float = 0.05
@@ -132,7 +138,7 @@ class RunSettings:
     max_grad_norm: float = 1.0
     epsilon: float = 1.0
     delta: float = 1e-5
-    statistics_epsilon_share: float = 0.2
+    statistics_epsilon_share: float = 0.0
     min_sites: int = 2
     dataset: str = "breast_cancer"
     data_dir: str = ""

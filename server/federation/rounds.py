@@ -103,6 +103,8 @@ def run_federation(
         entry = run_round(grid, state, server_round, say)
         save_checkpoint(state, entry)
         say(round_line(entry, settings.num_server_rounds))
+    if not any(entry["sites_trained"] for entry in state.history):
+        raise FederationError("no site trained in any round; see the refusals above")
     personalize_step(grid, state, say)
     return finish_run(state, signer)
 
