@@ -136,8 +136,10 @@ def markdown(rows: list[dict[str, Any]], load: tuple[float, float, float]) -> st
         "# Fed-TCGA-BRCA: C-index, mean over the 6 regions' own test rows",
         "",
         f"Linear Cox model, {COMMON['num_server_rounds']} rounds, learning rate "
-        f"{COMMON['learning_rate']}, batch {COMMON['batch_size']}, δ = 1e-5, ε per region "
-        "includes the statistics release; natural split (FLamby's train/test per region), "
+        f"{COMMON['learning_rate']}, batch {COMMON['batch_size']}, δ = 1e-5; ε is each region's "
+        "whole spend (at the default statistics share 0 no statistics are released and "
+        "features are scaled by the schema's declared ranges, so no test row is looked at); "
+        "natural split (FLamby's train/test per region), "
         f"{SEEDS} seeds. Load average at the end: {load[0]:.1f} / {load[1]:.1f} / "
         f"{load[2]:.1f}.",
         "",

@@ -219,8 +219,9 @@ def _run_simulation(settings: RunSettings, verbose: bool) -> dict:
         else "no DP"
     )
     console.print(
-        f"[bold]fedcare simulate[/]: {settings.sites} sites, {source}, partition {settings.partition_done}, "
-        f"{settings.num_server_rounds} rounds, {privacy} → {settings.out_dir}"
+        f"[bold]fedcare simulate[/]: {settings.sites} sites, {source}, "
+        f"partition {settings.partition_done}, {settings.num_server_rounds} rounds, {privacy} "
+        f"→ {settings.out_dir}"
     )
     try:
         outcome = run_simulated_federation(settings, progress=console.print, verbose=verbose)

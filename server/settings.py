@@ -126,7 +126,7 @@ class RunSettings:
     mode: str = "simulation"
     num_server_rounds: int = 10
     local_epochs: int = 1
-    learning_rate: float = 1.0
+    learning_rate: float = 2.0
     batch_size: int = 128
     strategy: str = "fedavg"
     proximal_mu: float = 0.01

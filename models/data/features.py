@@ -205,8 +205,9 @@ class Standardization:
         variance at or below 0 is noise, not data. Such a column falls back to its
         declared range (mean its midpoint, std a quarter of its width) or, without one,
         to mean 0 and std 1; so does a declared column the statistics do not count (a
-        run that releases none scales every feature by its range alone). Otherwise, with a range, the mean is kept within it and the
-        std within (0, half its width]: no value of the range is ever that far apart.
+        run that releases none scales every feature by its range alone). Otherwise, with
+        a range, the mean is kept within it and the std within (0, half its width]: no
+        value of the range is ever that far apart.
 
         Parameters
         ----------

@@ -167,7 +167,8 @@ def test_tokens_commands(tmp_path):
 def test_predict_names_no_model_by_default(tmp_path):
     patients = tmp_path / "patients.csv"
     patients.write_text("age\n50\n")
-    run = fedcare("predict", "--url", "https://127.0.0.1:1", "--token", "t", "--input", str(patients))
+    url = "https://127.0.0.1:1"
+    run = fedcare("predict", "--url", url, "--token", "t", "--input", str(patients))
     assert run.exit_code == 2 and "Missing option '--model'" in run.stderr
 
 
