@@ -56,7 +56,7 @@ from privacy.ledger import PrivacyLedger  # noqa: E402
 from server.federation.evaluation import evaluate_on_table  # noqa: E402
 from server.federation.setup import model_spec_for  # noqa: E402
 from server.settings import RunSettings  # noqa: E402
-from simulations.in_process import run_in_process_federation  # noqa: E402
+from simulations.in_process import run_in_process  # noqa: E402
 from simulations.prepare import prepare_simulation  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -97,7 +97,7 @@ def run_federation(
     key = run_key(partition, epsilon, seed, before)
     settings = federation_settings(partition, epsilon, seed, work / key, before)
     started = time.perf_counter()
-    report = run_in_process_federation(settings).report
+    report = run_in_process(settings).report
     privacy = report["privacy"]
     return {
         "key": key,

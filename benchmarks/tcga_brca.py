@@ -41,7 +41,7 @@ from model_families import COMMON, TCGA_SOURCE, center_c_indices  # noqa: E402
 
 from server.settings import RunSettings  # noqa: E402
 from simulations.datasets import CENTER_TESTS, write_fed_tcga_brca  # noqa: E402
-from simulations.in_process import run_in_process_federation  # noqa: E402
+from simulations.in_process import run_in_process  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 EPSILON = 3.0
@@ -85,14 +85,14 @@ def run_one(name: str, dp: bool, together: bool, seed: int, data: Path, work: Pa
     per_region, spent = [], []
     if together:
         out = work / f"together-{dp}-{seed}"
-        report = run_in_process_federation(run_settings(data, REGIONS, dp, seed, out)).report
+        report = run_in_process(run_settings(data, REGIONS, dp, seed, out)).report
         per_region = center_c_indices(report, data)
         spent = list(report["privacy"]["epsilon_spent"].values())
     else:
         for region in range(REGIONS):
             alone = region_alone(data, region, work / f"region-{region}")
             out = work / f"alone-{dp}-{seed}-{region}"
-            report = run_in_process_federation(run_settings(alone, 1, dp, seed, out)).report
+            report = run_in_process(run_settings(alone, 1, dp, seed, out)).report
             per_region.append(report["final"]["c_index"])
             spent += list(report["privacy"]["epsilon_spent"].values())
     return {

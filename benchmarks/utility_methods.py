@@ -44,7 +44,7 @@ import server.federation.rounds as rounds  # noqa: E402
 from models.data.features import Standardization, declared_bounds  # noqa: E402
 from server.federation.evaluation import evaluate_on_table  # noqa: E402
 from server.settings import RunSettings  # noqa: E402
-from simulations.in_process import run_in_process_federation  # noqa: E402
+from simulations.in_process import run_in_process  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PARTITIONS = ("iid", "dirichlet")
@@ -234,10 +234,10 @@ def run_one(candidate: Candidate, partition: str, seed: int, out: Path) -> dict[
     started = time.perf_counter()
     with _patched(rounds, "save_checkpoint", keep):
         if candidate.probe is None:
-            report = run_in_process_federation(settings).report
+            report = run_in_process(settings).report
         else:
             with candidate.probe():
-                report = run_in_process_federation(settings).report
+                report = run_in_process(settings).report
     state = states[0]
     tails = {}
     for k in TAILS:

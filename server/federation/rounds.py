@@ -21,7 +21,7 @@ from typing import Any, cast
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from models.data.features import FeatureStatistics, Standardization
+from models.data.features import Standardization
 from models.data.kinds.registry import load_schema
 from models.families import build_model
 from models.spec import ModelSpec, get_weights
@@ -51,7 +51,6 @@ from server.federation.run_state import (
     SitePreparer,
 )
 from server.federation.setup import (
-    PooledStatistics,
     collect_statistics,
     model_spec_for,
     reply_site,
@@ -187,12 +186,9 @@ def start_run(
         epsilon_share=settings.statistics_epsilon_share,
         seed=settings.seed if settings.mode == "simulation" else None,
     )
-    # A share of 0: nothing is released, every feature is scaled by its declared range.
-    pooled = (
-        collect_statistics(grid, nodes, query, names, settings.round_timeout)
-        if settings.statistics_epsilon_share > 0
-        else PooledStatistics(FeatureStatistics(), {}, {schema.sha256}, {})
-    )
+    # With a share of 0 the sites only say who they are and which schema they hold; every
+    # feature is then scaled by its declared range.
+    pooled = collect_statistics(grid, nodes, query, names, settings.round_timeout)
     for site, reason in pooled.refusals.items():
         say(f"site {site} left out of the statistics: {reason}")
     if not pooled.schema_hashes:

@@ -16,7 +16,7 @@ from models.data.kinds.registry import load_schema
 from privacy.ledger import PrivacyLedger
 from server.registry import ModelRegistry
 from server.settings import RunSettings, SettingsError
-from simulations.in_process import run_in_process_federation
+from simulations.in_process import run_in_process
 
 
 def _run(out: Path, share: float) -> dict:
@@ -28,12 +28,12 @@ def _run(out: Path, share: float) -> dict:
         statistics_epsilon_share=share,
         out_dir=str(out),
     )
-    return run_in_process_federation(settings).report
+    return run_in_process(settings).report
 
 
 def test_no_statistics_release_spends_the_whole_budget_on_training(tmp_path):
     report = _run(tmp_path / "run", share=0.0)
-    assert report["privacy"]["statistics_epsilon"] == {}
+    assert report["privacy"]["statistics_epsilon"] == {"hospital-0": 0.0, "hospital-1": 0.0}
     for state in sorted((tmp_path / "run" / "simulation" / "state").iterdir()):
         ledger = PrivacyLedger(state, 1.0)
         assert [r.round for r in ledger.releases] == [1, 2]  # training only
