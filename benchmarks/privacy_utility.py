@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import sys
@@ -44,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from runs_log import load_runs, record_run  # noqa: E402
 from utility_methods import BEFORE  # noqa: E402
 
 from client.site import SiteSettings, load_site  # noqa: E402
@@ -125,8 +125,7 @@ def run_federations(seeds: int, done: dict[str, dict], log_path: Path, work: Pat
                 continue
             row = run_federation(partition, epsilon, seed, before, work)
             done[key] = row
-            with log_path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            record_run(log_path, row)
             spent = "–" if row["max_epsilon_spent"] is None else f"{row['max_epsilon_spent']:.3f}"
             print(
                 f"  {key:<24} ROC-AUC {row['roc_auc']:.4f}  acc {row['accuracy']:.4f}  "
@@ -346,18 +345,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds per setting (default 5)")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier finished runs")
     args = parser.parse_args()
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
     log_path = RESULTS / "privacy_utility_runs.jsonl"
-    if args.fresh:
-        log_path.unlink(missing_ok=True)
-    done: dict[str, dict] = {}
-    if log_path.is_file():
-        for line in log_path.read_text().splitlines():
-            row = json.loads(line)
-            if row["seed"] < args.seeds:
-                done[row["key"]] = row
+    done = {k: r for k, r in load_runs(log_path, args.fresh).items() if r["seed"] < args.seeds}
 
     with tempfile.TemporaryDirectory(prefix="fedcare-bench-") as tmp:
         work = Path(tmp)

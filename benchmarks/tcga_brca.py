@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model_families import COMMON, TCGA_SOURCE, center_c_indices  # noqa: E402
+from runs_log import load_runs, record_run  # noqa: E402
 
 from server.settings import RunSettings  # noqa: E402
 from simulations.datasets import CENTER_TESTS, write_fed_tcga_brca  # noqa: E402
@@ -161,16 +161,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fresh", action="store_true", help="ignore earlier finished runs")
     args = parser.parse_args()
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     log_path = RESULTS / "tcga_brca_runs.jsonl"
-    if args.fresh:
-        log_path.unlink(missing_ok=True)
-    done: dict[str, dict] = {}
-    if log_path.is_file():
-        for line in log_path.read_text().splitlines():
-            row = json.loads(line)
-            done[row["key"]] = row
+    done = load_runs(log_path, args.fresh)
     with tempfile.TemporaryDirectory(prefix="fedcare-tcga-") as tmp:
         work = Path(tmp)
         data = write_fed_tcga_brca(TCGA_SOURCE, work / "tcga-data")
@@ -181,8 +173,7 @@ def main() -> None:
                     continue
                 row = run_one(name, dp, together, seed, data, work)
                 done[key] = row
-                with log_path.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
+                record_run(log_path, row)
                 print(
                     f"  {key:<32} C-index {row['c_index_mean']:.4f}  {row['wall_seconds']:.0f} s",
                     flush=True,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import sys
@@ -38,6 +37,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from runs_log import load_runs, record_run  # noqa: E402
 
 import privacy.dp_sgd as dp_sgd  # noqa: E402
 import server.federation.rounds as rounds  # noqa: E402
@@ -328,16 +329,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run only these candidates")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier finished runs")
     args = parser.parse_args()
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     log_path = RESULTS / "utility_methods_runs.jsonl"
-    if args.fresh:
-        log_path.unlink(missing_ok=True)
-    done: dict[str, dict] = {}
-    if log_path.is_file():
-        for line in log_path.read_text().splitlines():
-            row = json.loads(line)
-            done[row["key"]] = row
+    done = load_runs(log_path, args.fresh)
     with tempfile.TemporaryDirectory(prefix="fedcare-methods-") as tmp:
         for candidate in CANDIDATES:
             if args.only and candidate.name not in args.only:
@@ -350,8 +343,7 @@ def main() -> None:
                         continue
                     row = run_one(candidate, partition, seed, Path(tmp) / key)
                     done[key] = row
-                    with log_path.open("a") as handle:
-                        handle.write(json.dumps(row) + "\n")
+                    record_run(log_path, row)
                     shown = " ".join(
                         f"k{k}: {t['roc_auc']:.4f}/{t['accuracy']:.4f}"
                         for k, t in row["tails"].items()
