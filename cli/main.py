@@ -111,6 +111,13 @@ def simulate(
         DEFAULTS.epsilon, min=0.01, help="Each site's ε budget for the whole run."
     ),
     delta: float = typer.Option(DEFAULTS.delta, help="δ of each site's accounting (below 1/n)."),
+    statistics_epsilon_share: float = typer.Option(
+        DEFAULTS.statistics_epsilon_share,
+        min=0.0,
+        max=0.99,
+        help="Share of each site's ε the noisy federated statistics may cost; 0: none are "
+        "released and features are scaled by their declared ranges.",
+    ),
     dp: bool = typer.Option(DEFAULTS.dp, "--dp/--no-dp", help="Train with DP-SGD at the sites."),
     strategy: str = typer.Option(
         DEFAULTS.strategy, click_type=click.Choice(STRATEGIES), help="Aggregation strategy."
@@ -176,6 +183,7 @@ def simulate(
             max_grad_norm=max_grad_norm,
             epsilon=epsilon,
             delta=delta,
+            statistics_epsilon_share=statistics_epsilon_share,
             min_sites=min(DEFAULTS.min_sites, sites),
             dataset=dataset,
             data_dir=str(data_dir.resolve()) if data_dir else "",
@@ -204,8 +212,6 @@ def _run_simulation(settings: RunSettings, verbose: bool) -> dict:
     from simulations.runner import run_simulated_federation
 
     source = settings.data_dir or settings.dataset
-    # A --data-dir federation keeps each site's file whole: no partitioning happens.
-    partition = "partition as given" if settings.data_dir else settings.partition
     privacy = (
         f"DP ε={settings.epsilon} per site ({ACCOUNTANT.upper()} accountant, "
         f"noise seeded from --seed {settings.seed})"
@@ -213,8 +219,9 @@ def _run_simulation(settings: RunSettings, verbose: bool) -> dict:
         else "no DP"
     )
     console.print(
-        f"[bold]fedcare simulate[/]: {settings.sites} sites, {source}, {partition}, "
-        f"{settings.num_server_rounds} rounds, {privacy} → {settings.out_dir}"
+        f"[bold]fedcare simulate[/]: {settings.sites} sites, {source}, "
+        f"partition {settings.partition_done}, {settings.num_server_rounds} rounds, {privacy} "
+        f"→ {settings.out_dir}"
     )
     try:
         outcome = run_simulated_federation(settings, progress=console.print, verbose=verbose)

@@ -90,7 +90,11 @@ def predict(
         ..., envvar="FEDCARE_TOKEN", help="Bearer token (or set FEDCARE_TOKEN)."
     ),
     input: Path = typer.Option(..., exists=True, dir_okay=False, help="Patients, one per row."),
-    model: str = typer.Option("breast_cancer", help="The model's name in the registry."),
+    model: str = typer.Option(
+        ...,
+        help="The model's name, as the service serves it from its registry (e.g. "
+        "breast_cancer for `fedcare demo`'s model).",
+    ),
     ca_cert: Path | None = typer.Option(None, help="CA of the service's TLS certificate."),
     client_cert: Path | None = typer.Option(None, help="Client certificate (mTLS)."),
     client_key: Path | None = typer.Option(None, help="Client key (mTLS)."),

@@ -43,7 +43,7 @@ from client.site import (
     record_refusal,
     resolve_settings,
 )
-from models.data.features import FeatureEncoder, declared_bounds
+from models.data.features import FeatureEncoder, FeatureStatistics, declared_bounds
 from models.data.kinds.registry import load_schema
 from models.data.schema import SchemaError
 from models.data.tables import SiteDataError, public_summary, schema_columns
@@ -184,10 +184,22 @@ def _site_seed(seed: int, context: Context) -> int:
 @app.query()
 @_handle
 def query(msg: Message, context: Context) -> RecordDict:
-    """Reply with the site's additive feature statistics, noisy and accounted."""
+    """Reply with the site's additive feature statistics, noisy and accounted.
+
+    Asked for a share of 0, the site releases none (and spends no ε): it only names
+    itself and its schema's hash.
+    """
     asked = StatisticsQuery.from_message(msg)
     site = _site(context, asked.simulation_dir)
     name = site.settings.name
+    if asked.epsilon_share == 0:
+        return StatisticsReply(
+            site=name,
+            statistics=FeatureStatistics(),
+            train_examples=len(site.train_index),
+            schema_sha256=site.schema_sha256,
+            epsilon=0.0,
+        ).to_record_dict()
     seed = None if asked.seed is None else _site_seed(asked.seed, context)
     request = StatisticsRequest(asked.federation, asked.run, asked.epsilon_share, seed)
     try:

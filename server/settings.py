@@ -17,6 +17,8 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "kru
 MODES = ("simulation", "deployment")
 PARTITIONS = ("iid", "dirichlet", "size")
 CLASS_WEIGHTS = ("none", "balanced")
+# What a data-dir federation's report and header say of its partitioning.
+PARTITION_AS_GIVEN = "as given"
 SECURE_AGGREGATION = ("auto", "on", "off")
 # Aggregators that look at each site's update: impossible when the server only sees the sum.
 ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum")
@@ -38,7 +40,10 @@ class RunSettings:
     num_server_rounds : int
         Rounds in the whole run (a resumed run keeps the same total).
     local_epochs, learning_rate, batch_size : int, float, int
-        Local SGD at each site.
+        Local SGD at each site. ``batch_size`` is the expected batch under Poisson
+        sampling; the default 128 makes each round one full-batch noisy step at a site
+        of at most 128 training rows (fewer, larger noisy steps: chosen by
+        benchmarks/utility_methods.py on Breast Cancer Wisconsin at ε = 1).
     strategy : str
         One of ``STRATEGIES``; FedAvg by default.
     proximal_mu : float
@@ -62,9 +67,12 @@ class RunSettings:
         In simulation, each simulated site's ε budget and δ. In deployment, each site
         sets its own budget; δ is sent as the federation's δ.
     statistics_epsilon_share : float
-        The share, in (0, 1), of the ε each site has left for the run that the federated
+        The share, in [0, 1), of the ε each site has left for the run that the federated
         statistics (for standardization and class weights) may cost; training plans its
-        noise within the rest.
+        noise within the rest. 0 (the default): no statistics are released and every
+        numeric feature is scaled by its declared range (midpoint, quarter width); with
+        a few hundred rows per federation the noisy statistics cost more ε than they
+        help (benchmarks/results/utility_methods.md). Balanced class weights need them.
     min_sites : int
         Fewest sites a round needs; fewer replies and the round's update is skipped.
     dataset, data_dir, sites, partition, alpha, seed : simulation inputs.
@@ -118,8 +126,8 @@ class RunSettings:
     mode: str = "simulation"
     num_server_rounds: int = 10
     local_epochs: int = 1
-    learning_rate: float = 0.1
-    batch_size: int = 16
+    learning_rate: float = 2.0
+    batch_size: int = 128
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_learning_rate: float = 0.05
@@ -130,7 +138,7 @@ class RunSettings:
     max_grad_norm: float = 1.0
     epsilon: float = 1.0
     delta: float = 1e-5
-    statistics_epsilon_share: float = 0.2
+    statistics_epsilon_share: float = 0.0
     min_sites: int = 2
     dataset: str = "breast_cancer"
     data_dir: str = ""
@@ -170,9 +178,15 @@ class RunSettings:
             (self.epsilon > 0, "epsilon", "positive"),
             (0 < self.delta < 1, "delta", "in (0, 1)"),
             (
-                0 < self.statistics_epsilon_share < 1,
+                0 <= self.statistics_epsilon_share < 1,
                 "statistics-epsilon-share",
-                "in (0, 1)",
+                "in [0, 1)",
+            ),
+            (
+                self.statistics_epsilon_share > 0 or self.class_weights == "none",
+                "class-weights",
+                "'none' when statistics-epsilon-share is 0 (balanced weights need the "
+                "sites' class counts)",
             ),
             (self.min_sites >= 1, "min-sites", "at least 1"),
             (self.sites >= 1, "sites", "at least 1"),
@@ -268,6 +282,14 @@ class RunSettings:
                 raise SettingsError(f"run config '{key}' = {value!r}: wrong type") from err
             values[name] = value
         return cls(**values)
+
+    @property
+    def partition_done(self) -> str:
+        """How the sites' data was split: ``partition``, or "as given" for a ``data-dir``.
+
+        A ``data-dir`` federation keeps each site's file whole: no partitioning happens.
+        """
+        return PARTITION_AS_GIVEN if self.data_dir else self.partition
 
     def to_dict(self) -> dict[str, Any]:
         """Every field by its (underscore) name (what checkpoints and reports record)."""

@@ -204,8 +204,10 @@ class Standardization:
         The figures may carry noise (``privacy.statistics``): a count below 1 or a
         variance at or below 0 is noise, not data. Such a column falls back to its
         declared range (mean its midpoint, std a quarter of its width) or, without one,
-        to mean 0 and std 1. Otherwise, with a range, the mean is kept within it and the
-        std within (0, half its width]: no value of the range is ever that far apart.
+        to mean 0 and std 1; so does a declared column the statistics do not count (a
+        run that releases none scales every feature by its range alone). Otherwise, with
+        a range, the mean is kept within it and the std within (0, half its width]: no
+        value of the range is ever that far apart.
 
         Parameters
         ----------
@@ -216,7 +218,9 @@ class Standardization:
         """
         bounds = bounds or {}
         mean, std = {}, {}
-        for name, n in stats.count.items():
+        # a declared column no site counted (no statistics released) falls back too
+        for name in {**dict.fromkeys(stats.count), **dict.fromkeys(bounds)}:
+            n = stats.count.get(name, 0.0)
             low, high = bounds.get(name, (math.nan, math.nan))
             fallback = ((low + high) / 2, (high - low) / 4 or 1.0) if name in bounds else (0.0, 1.0)
             m = stats.total[name] / n if n >= 1 else math.nan

@@ -102,6 +102,8 @@ def run_federation(
         entry = run_round(grid, state, server_round, say)
         save_checkpoint(state, entry)
         say(round_line(entry, settings.num_server_rounds))
+    if not any(entry["sites_trained"] for entry in state.history):
+        raise FederationError("no site trained in any round; see the refusals above")
     personalize_step(grid, state, say)
     return finish_run(state, signer)
 
@@ -184,6 +186,8 @@ def start_run(
         epsilon_share=settings.statistics_epsilon_share,
         seed=settings.seed if settings.mode == "simulation" else None,
     )
+    # With a share of 0 the sites only say who they are and which schema they hold; every
+    # feature is then scaled by its declared range.
     pooled = collect_statistics(grid, nodes, query, names, settings.round_timeout)
     for site, reason in pooled.refusals.items():
         say(f"site {site} left out of the statistics: {reason}")
@@ -196,7 +200,8 @@ def start_run(
     stats = pooled.statistics
     (out / STATISTICS_FILE).write_text(json.dumps({"epsilon": pooled.epsilon}, indent=2))
     spec = model_spec_for(settings, schema, stats)
-    say(f"run {run_key}: {len(nodes)} sites, about {stats.rows} training rows, model {spec.kind}")
+    rows = f"about {stats.rows} training rows" if stats.rows else "no statistics released"
+    say(f"run {run_key}: {len(nodes)} sites, {rows}, model {spec.kind}")
     return RunState(
         settings=settings,
         out=out,
@@ -488,7 +493,7 @@ def finish_run(state: RunState, signer: Signer | None) -> RunOutcome:
     )
     report = {
         "run": state.run_key,
-        "settings": settings.to_dict(),
+        "settings": {**settings.to_dict(), "partition": settings.partition_done},
         "final": final,
         "final_source": "global_test" if last.get("global_test") else "federated_evaluation",
         "history": state.history,

@@ -44,7 +44,14 @@ def world(tmp_path_factory) -> dict:
     runs = root / "runs"
     out = runs / "breast-cancer-2x2"
     generate_signing_key(root / "keys" / "signing.key")
-    settings = RunSettings(sites=2, num_server_rounds=2, epsilon=1.0, seed=1, out_dir=str(out))
+    settings = RunSettings(
+        sites=2,
+        num_server_rounds=2,
+        epsilon=1.0,
+        statistics_epsilon_share=0.2,  # the site page lists the statistics release
+        seed=1,
+        out_dir=str(out),
+    )
     outcome = run_simulated_federation(
         settings, signer=signer_from_file(root / "keys" / "signing.key")
     )

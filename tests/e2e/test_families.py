@@ -74,6 +74,7 @@ def family_run(request, tmp_path_factory) -> dict[str, Any]:
         "epsilon": EPSILON,
         "learning_rate": 0.5,
         "batch_size": 32,
+        "statistics_epsilon_share": 0.2,  # every family's statistics are released
         "out_dir": str(out / "run"),
         **values,
     }

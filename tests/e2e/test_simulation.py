@@ -33,7 +33,14 @@ class CoordinatorCrash(RuntimeError):
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("run")
-    settings = RunSettings(sites=3, num_server_rounds=3, epsilon=1.0, seed=1, out_dir=str(out))
+    settings = RunSettings(
+        sites=3,
+        num_server_rounds=3,
+        epsilon=1.0,
+        statistics_epsilon_share=0.2,  # the noisy statistics are released and accounted
+        seed=1,
+        out_dir=str(out),
+    )
 
     def crash_after_round_two(line: str) -> None:
         if line.startswith("round 2/3"):

@@ -164,6 +164,14 @@ def test_tokens_commands(tmp_path):
     assert bad.exit_code == 2 and "is not a model name" in bad.stderr
 
 
+def test_predict_names_no_model_by_default(tmp_path):
+    patients = tmp_path / "patients.csv"
+    patients.write_text("age\n50\n")
+    url = "https://127.0.0.1:1"
+    run = fedcare("predict", "--url", url, "--token", "t", "--input", str(patients))
+    assert run.exit_code == 2 and "Missing option '--model'" in run.stderr
+
+
 def test_serve_has_an_option_for_every_setting_with_its_default():
     params = {p.name: p for p in typer.main.get_command(app).commands["serve"].params}
     # The ServiceConfig fields whose `fedcare serve` option has another name.

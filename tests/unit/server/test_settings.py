@@ -46,3 +46,8 @@ def test_every_field_is_a_key_but_the_documented_exceptions():
 
 def test_the_table_read_as_flower_passes_it_gives_the_defaults():
     assert RunSettings.from_run_config(run_config_table()) == RunSettings()
+
+
+def test_a_data_dir_run_says_its_partition_is_as_given():
+    assert RunSettings(partition="dirichlet").partition_done == "dirichlet"
+    assert RunSettings(data_dir="hospitals", partition="iid").partition_done == "as given"
