@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from deploy.provision import provision
 from deploy.site_runtime import (
     TASK_POLL_INTERVAL_ENV,
     app_refusal,
@@ -34,12 +33,6 @@ from simulations.loopback import snapshot_app
 from tests.unit.deploy.conftest import FAKE_APP_HASH, REAL_APP_FAB_SHA256
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture()
-def site(tmp_path: Path) -> Path:
-    provision("demo", ["a"], tmp_path / "fed", epsilon_budget=5.0, epsilon_per_run=2.0)
-    return tmp_path / "fed" / "sites" / "a" / "site.toml"
 
 
 def test_provisioned_site_approves_the_app_and_passes_the_epsilon_caps(site):
