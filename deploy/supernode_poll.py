@@ -6,8 +6,10 @@ the reply the executor stored (and for its objects). Every exchange of a round t
 waited on average 1.5 s before a site even saw its message, and up to 0.5 s more before the
 reply left. No option or environment variable sets these pauses, so this entry point caps
 every ``time.sleep`` of that one module at ``--poll-interval`` seconds and then runs
-Flower's own ``flower-supernode`` (same arguments, same code, same logs). Nothing else of
-Flower is touched; the SuperNode's heartbeats and retries keep their timings.
+Flower's own ``flower-supernode`` (same arguments, same code, same logs, now with
+timestamps). It also shortens Flower's back-off for message contents that are not uploaded
+yet (protocol/flower_waits.py). Nothing else of Flower is touched; the SuperNode's
+heartbeats and connection retries keep their timings.
 
 This is tied to flwr 1.41's code: before patching, :func:`check_flower_shape` reads the
 module's source and fails loudly (exit code 2, naming what changed) unless its
@@ -30,7 +32,10 @@ import types
 from collections import Counter
 from collections.abc import Sequence
 
+from flwr.supercore.logger import update_console_handler
 from flwr.supernode.cli import flower_supernode
+
+from protocol.flower_waits import FlowerChanged, shorten_object_pull_backoff
 
 # The module itself (its name is also a function's, which the package may re-export).
 SUPERNODE_LOOP = importlib.import_module("flwr.supernode.start_client_internal")
@@ -40,10 +45,6 @@ DEFAULT_SUPERNODE_POLL_INTERVAL = 0.2
 SUPERNODE_POLL_INTERVAL_ENV = "FEDCARE_SUPERNODE_POLL_INTERVAL"
 # The sleeps of flwr 1.41's SuperNode loop: 3 s while idle, 0.5 s twice waiting for a reply.
 FLOWER_SLEEPS = Counter({3: 1, 0.5: 2})
-
-
-class FlowerChanged(RuntimeError):
-    """The SuperNode module no longer has the shape this entry point was written for."""
 
 
 def module_sleeps(module: types.ModuleType) -> Counter:
@@ -154,11 +155,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     rest = args.supernode_args[1:] if args.supernode_args[:1] == ["--"] else args.supernode_args
     try:
         check_flower_shape()
+        shorten_object_pull_backoff()  # for the message contents it pulls from the SuperLink
         cap = supernode_poll_interval(args.poll_interval)
     except (FlowerChanged, ValueError) as err:
         print(f"fedcare cannot start the SuperNode: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     cap_sleeps(SUPERNODE_LOOP, cap)
+    # Timestamped, uncoloured lines: the site's log shows when each message came and went.
+    update_console_handler(timestamps=True, colored=False)
     sys.argv = ["flower-supernode", *rest]
     flower_supernode()
 

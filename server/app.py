@@ -18,6 +18,7 @@ from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
 from privacy.signing import signer_from_file
+from protocol.flower_waits import shorten_object_pull_backoff
 from server.federation.exchange import PromptGrid
 from server.federation.rounds import run_federation
 from server.federation.run_state import Progress, RunOutcome, SitePreparer
@@ -58,6 +59,9 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run_settings = settings or _settings_from_context(context)
+        if run_settings.mode == "deployment":
+            # replies are pulled promptly, so their contents may still be uploading
+            shorten_object_pull_backoff()
         run_signer = signer
         if run_signer is None and run_settings.signing_key:
             run_signer = signer_from_file(run_settings.signing_key)

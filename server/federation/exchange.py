@@ -13,15 +13,14 @@ without knowing.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
+from logging import INFO, WARNING
 
 from flwr.app import Message
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-
-log = logging.getLogger("fedcare.coordinator")
 
 
 def exchange(
@@ -46,10 +45,12 @@ def exchange(
     list of Message
         The replies that arrived in time (a site that did not answer has none).
     """
-    pushed = list(grid.push_messages(list(messages)))
+    messages = list(messages)
+    started = time.monotonic()
+    pushed = list(grid.push_messages(messages))
     waiting = {message_id for message_id in pushed if message_id}
     if len(waiting) < len(pushed):
-        log.warning("%d message(s) could not be pushed", len(pushed) - len(waiting))
+        flwr_log(WARNING, "%d message(s) could not be pushed", len(pushed) - len(waiting))
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
     while waiting:
@@ -59,6 +60,15 @@ def exchange(
         if not waiting or (deadline is not None and time.monotonic() >= deadline):
             break
         time.sleep(poll_interval)
+    kinds = sorted({m.metadata.message_type for m in messages})
+    flwr_log(
+        INFO,
+        "exchange of %d %s message(s): %d replies in %.2f s",
+        len(messages),
+        "/".join(kinds),
+        len(replies),
+        time.monotonic() - started,
+    )
     return replies
 
 
