@@ -19,7 +19,10 @@ Flower 1.41 facts this module relies on (read from its source and seen on loopba
 - `flwr log RUN --stream` returns once the run is finished (the SuperLink ends the stream,
   checking every 0.5 s): one process waits for a run instead of one `flwr ls` per poll.
 - the ServerApp's grid waits 3 s between pulls for replies (`send_and_receive`, hard-coded
-  in flwr 1.41's `HttpGrid`); nothing here can shorten it.
+  in flwr 1.41's `HttpGrid`); fedcare's ServerApp does not use it (its exchange pulls every
+  `reply-poll-interval` s, server/federation/exchange.py).
+- `flower-superexec` asks the SuperLink for runs to start every
+  `FLWR_SUPEREXEC_TASK_POLL_INTERVAL` s (default 1 s); the coordinator sets 0.25 s.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ from deploy.process import ManagedProcess, bin_dir, spawn
 from deploy.provision import FederationFile, load_federation
 
 CONNECTION = "fedcare"
+# How often the SuperLink's SuperExec asks for a run to start (Flower's default: 1 s).
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+SUPEREXEC_POLL_INTERVAL = 0.25
 FINISHED = "finished"
 COMPLETED = "finished:completed"
 
@@ -270,9 +276,8 @@ class Coordinator:
         assert s.database is not None and s.flwr_home is not None and s.log_path is not None
         s.database.parent.mkdir(parents=True, exist_ok=True)
         write_connection(s.flwr_home, self.address, self.fed.ca_cert)
-        self.process = spawn(
-            "flower-superlink", superlink_command(self.fed, s), self.env, s.log_path
-        )
+        env = {**self.env, SUPEREXEC_POLL_ENV: str(SUPEREXEC_POLL_INTERVAL)}
+        self.process = spawn("flower-superlink", superlink_command(self.fed, s), env, s.log_path)
         self.startup_seconds = wait_healthy(
             self.address, self.fed.ca_cert, timeout=timeout, proc=self.process
         )
