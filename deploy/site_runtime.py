@@ -59,7 +59,7 @@ from flwr.supernode.runtime.run_clientapp import (
     push_task_output,
 )
 
-from deploy.process import alive
+from deploy.process import alive, interval_setting
 from protocol.federation import RefusalCode
 from protocol.flower_waits import shorten_object_pull_backoff
 
@@ -322,10 +322,7 @@ def task_poll_interval(configured: float) -> float:
     ValueError
         The interval is not within [0.01, 60] seconds.
     """
-    value = float(os.environ.get(TASK_POLL_INTERVAL_ENV, configured))
-    if not 0.01 <= value <= 60.0:
-        raise ValueError(f"task poll interval must be within [0.01, 60] s, got {value}")
-    return value
+    return interval_setting(configured, TASK_POLL_INTERVAL_ENV, 0.01, 60.0, "task poll interval")
 
 
 def executor_command(

@@ -25,7 +25,6 @@ import argparse
 import ast
 import importlib
 import inspect
-import os
 import sys
 import time
 import types
@@ -35,6 +34,7 @@ from collections.abc import Sequence
 from flwr.supercore.logger import update_console_handler
 from flwr.supernode.cli import flower_supernode
 
+from deploy.process import interval_setting
 from protocol.flower_waits import FlowerChanged, shorten_object_pull_backoff
 
 # The module itself (its name is also a function's, which the package may re-export).
@@ -121,10 +121,9 @@ def supernode_poll_interval(configured: float) -> float:
     ValueError
         The interval is not within [0.05, 3] seconds (3 s is Flower's own pause).
     """
-    value = float(os.environ.get(SUPERNODE_POLL_INTERVAL_ENV, configured))
-    if not 0.05 <= value <= 3.0:
-        raise ValueError(f"SuperNode poll interval must be within [0.05, 3] s, got {value}")
-    return value
+    return interval_setting(
+        configured, SUPERNODE_POLL_INTERVAL_ENV, 0.05, 3.0, "SuperNode poll interval"
+    )
 
 
 def supernode_entry(python: str, poll_interval: float) -> list[str]:

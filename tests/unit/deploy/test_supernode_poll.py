@@ -13,13 +13,11 @@ from deploy import supernode_poll
 from deploy.supernode import load_site_config, supernode_command, write_node_config
 from deploy.supernode_poll import (
     SUPERNODE_LOOP,
-    SUPERNODE_POLL_INTERVAL_ENV,
     FlowerChanged,
     cap_sleeps,
     check_flower_shape,
     main,
     module_sleeps,
-    supernode_poll_interval,
 )
 
 SHAPED = """
@@ -77,15 +75,6 @@ def test_only_the_patched_module_sleeps_less(tmp_path, monkeypatch):
     assert module.time is not time and module.time.monotonic is time.monotonic
     time.sleep(3)  # the rest of the process keeps the real sleep
     assert slept[-1] == 3
-
-
-def test_the_poll_interval_comes_from_the_environment_and_is_bounded(monkeypatch):
-    assert supernode_poll_interval(0.3) == 0.3
-    monkeypatch.setenv(SUPERNODE_POLL_INTERVAL_ENV, "0.1")
-    assert supernode_poll_interval(0.3) == 0.1
-    monkeypatch.setenv(SUPERNODE_POLL_INTERVAL_ENV, "10")
-    with pytest.raises(ValueError, match="within"):
-        supernode_poll_interval(0.3)
 
 
 def test_a_bad_interval_stops_the_entry_point_before_flower_starts(monkeypatch, capsys):
