@@ -39,7 +39,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import tomli_w
+from flwr.proto.control_pb2 import ListNodesRequest, ListNodesResponse  # pylint: disable=E0611
+from flwr.supercore.control import ControlHttpClient
 
 from deploy.process import ManagedProcess, bin_dir, spawn
 from deploy.provision import FederationFile, load_federation
@@ -375,12 +378,29 @@ class Coordinator:
                 raise CoordinatorError(f"registering {site!r} failed: {res}")
         return out
 
-    def nodes(self) -> list[dict]:
-        """The registered SuperNodes, as `flwr supernode list` reports them."""
-        res = self.flwr_json("supernode", "list", CONNECTION)
-        if not res.get("success"):
-            raise CoordinatorError(f"listing SuperNodes failed: {res}")
-        return list(res.get("nodes", []))
+    def list_nodes(self, timeout: float = 10.0) -> ListNodesResponse:
+        """The Control API's ``ListNodes`` answer, asked in-process (no ``flwr`` process).
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the SuperLink.
+
+        Raises
+        ------
+        CoordinatorError
+            The SuperLink did not answer, refused, or answered something else.
+        """
+        try:
+            verify = ssl.create_default_context(cafile=str(self.fed.ca_cert))
+            with ControlHttpClient(
+                f"https://{self.address}", verify=verify, timeout=timeout
+            ) as client:
+                return client.ListNodes(ListNodesRequest())
+        except (httpx.HTTPError, ValueError, OSError) as err:
+            raise CoordinatorError(
+                f"the SuperLink at {self.address} did not list its nodes: {err}"
+            ) from err
 
     def wait_nodes_online(self, count: int, timeout: float = 60.0) -> float:
         """Wait until at least ``count`` SuperNodes are online; return seconds waited.
@@ -404,7 +424,8 @@ class Coordinator:
         """
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
-            if sum(1 for n in self.nodes() if n.get("status") == "online") >= count:
+            online = sum(n.status == "online" for n in self.list_nodes().nodes_info)
+            if online >= count:
                 return time.monotonic() - t0
             time.sleep(0.5)
         raise CoordinatorError(f"fewer than {count} SuperNodes online after {timeout:.0f}s")
