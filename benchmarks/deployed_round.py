@@ -9,10 +9,14 @@ rows; the sites train in parallel, so this is about what a round could take with
 framework). The machine's load average is recorded beside every measurement: on a shared
 2-core machine absolute times mean little without it.
 
-- default isolation: every message starts a fresh ``flwr-clientapp`` process that
-  installs the run's FAB and imports it (torch, Opacus, pandas, scikit-learn);
-- warm runtime: ``flower-supernode --isolation process`` plus the site executor
-  (deploy/site_runtime.py), which imported the site's ClientApp once and forks per message.
+- default isolation (today's way): Flower's ``flower-supernode`` as it is (3 s idle poll),
+  every message starting a fresh ``flwr-clientapp`` process that installs the run's FAB
+  and imports it (torch, Opacus, pandas, scikit-learn), and the coordinator pulling
+  replies every 3 s as Flower's grid does (``reply-poll-interval`` 3.0);
+- warm runtime: ``flower-supernode --isolation process`` started through
+  deploy/supernode_poll.py (pauses capped at 0.2 s) plus the site executor
+  (deploy/site_runtime.py), which imported the site's ClientApp once and forks per
+  message, and replies pulled every 0.1 s.
 
     .venv/bin/python benchmarks/deployed_round.py [--rounds 2] [--out benchmarks/results]
 """
@@ -86,6 +90,8 @@ def measure(rounds: int, secure: bool, warm: bool, workdir: Path) -> Measurement
                 "num-server-rounds": rounds,
                 "secure-aggregation": "on" if secure else "off",
                 "round-timeout": 300.0,
+                # today's way pulls replies every 3 s, as Flower's grid does
+                "reply-poll-interval": 0.1 if warm else 3.0,
             },
         )
         t0 = time.perf_counter()

@@ -25,17 +25,13 @@ Flower 1.41 facts used here (read from its source, seen on loopback):
 from __future__ import annotations
 
 import datetime as dt
-import ssl
 from dataclasses import dataclass
 
-import httpx
 from flwr.common.constant import HEARTBEAT_PATIENCE
-from flwr.proto.control_pb2 import ListNodesRequest  # pylint: disable=E0611
 from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=E0611
-from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 
-from deploy.superlink import Coordinator, CoordinatorError
+from deploy.superlink import Coordinator
 from privacy.pki import fingerprint
 
 ONLINE = "online"
@@ -146,10 +142,5 @@ def list_nodes(coordinator: Coordinator, timeout: float = 10.0) -> NodeListing:
         The SuperLink did not answer, refused, or answered something else.
     """
     address = coordinator.address
-    try:
-        verify = ssl.create_default_context(cafile=str(coordinator.fed.ca_cert))
-        with ControlHttpClient(f"https://{address}", verify=verify, timeout=timeout) as client:
-            answer = client.ListNodes(ListNodesRequest())
-    except (httpx.HTTPError, ValueError, OSError) as err:
-        raise CoordinatorError(f"the SuperLink at {address} did not list its nodes: {err}") from err
+    answer = coordinator.list_nodes(timeout)
     return NodeListing(address, answer.now, [node_record(n) for n in answer.nodes_info])

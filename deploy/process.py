@@ -29,6 +29,35 @@ def free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
+def interval_setting(configured: float, env: str, low: float, high: float, what: str) -> float:
+    """A pause in seconds: the environment variable ``env`` if set, else ``configured``.
+
+    Parameters
+    ----------
+    configured : float
+        The value from the settings file.
+    env : str
+        The environment variable that overrides it.
+    low, high : float
+        The allowed range, in seconds.
+    what : str
+        The setting's name in the error message.
+
+    Raises
+    ------
+    ValueError
+        The value is not a number within [low, high].
+    """
+    raw = os.environ.get(env, configured)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{what} must be a number of seconds, got {raw!r} ({env})") from None
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be within [{low:g}, {high:g}] s, got {value:g}")
+    return value
+
+
 def bin_dir() -> Path:
     """The running Python's `bin/`, where Flower's commands are."""
     return Path(sys.executable).parent

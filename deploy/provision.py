@@ -220,6 +220,7 @@ runtime-port = {d.runtime_port}
 approved-apps = [{approved}]
 client-app = "client.app:app"
 task-poll-interval = 0.1  # seconds between task requests while idle
+supernode-poll-interval = 0.2  # most seconds the SuperNode waits between asks for messages
 """
 
 

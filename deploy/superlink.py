@@ -19,7 +19,10 @@ Flower 1.41 facts this module relies on (read from its source and seen on loopba
 - `flwr log RUN --stream` returns once the run is finished (the SuperLink ends the stream,
   checking every 0.5 s): one process waits for a run instead of one `flwr ls` per poll.
 - the ServerApp's grid waits 3 s between pulls for replies (`send_and_receive`, hard-coded
-  in flwr 1.41's `HttpGrid`); nothing here can shorten it.
+  in flwr 1.41's `HttpGrid`); fedcare's ServerApp does not use it (its exchange pulls every
+  `reply-poll-interval` s, server/federation/exchange.py).
+- `flower-superexec` asks the SuperLink for runs to start every
+  `FLWR_SUPEREXEC_TASK_POLL_INTERVAL` s (default 1 s); the coordinator sets 0.25 s.
 """
 
 from __future__ import annotations
@@ -36,12 +39,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import tomli_w
+from flwr.proto.control_pb2 import ListNodesRequest, ListNodesResponse  # pylint: disable=E0611
+from flwr.supercore.control import ControlHttpClient
 
 from deploy.process import ManagedProcess, bin_dir, spawn
 from deploy.provision import FederationFile, load_federation
 
 CONNECTION = "fedcare"
+# How often the SuperLink's SuperExec asks for a run to start (Flower's default: 1 s).
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+SUPEREXEC_POLL_INTERVAL = 0.25
 FINISHED = "finished"
 COMPLETED = "finished:completed"
 
@@ -270,9 +279,8 @@ class Coordinator:
         assert s.database is not None and s.flwr_home is not None and s.log_path is not None
         s.database.parent.mkdir(parents=True, exist_ok=True)
         write_connection(s.flwr_home, self.address, self.fed.ca_cert)
-        self.process = spawn(
-            "flower-superlink", superlink_command(self.fed, s), self.env, s.log_path
-        )
+        env = {**self.env, SUPEREXEC_POLL_ENV: str(SUPEREXEC_POLL_INTERVAL)}
+        self.process = spawn("flower-superlink", superlink_command(self.fed, s), env, s.log_path)
         self.startup_seconds = wait_healthy(
             self.address, self.fed.ca_cert, timeout=timeout, proc=self.process
         )
@@ -370,12 +378,29 @@ class Coordinator:
                 raise CoordinatorError(f"registering {site!r} failed: {res}")
         return out
 
-    def nodes(self) -> list[dict]:
-        """The registered SuperNodes, as `flwr supernode list` reports them."""
-        res = self.flwr_json("supernode", "list", CONNECTION)
-        if not res.get("success"):
-            raise CoordinatorError(f"listing SuperNodes failed: {res}")
-        return list(res.get("nodes", []))
+    def list_nodes(self, timeout: float = 10.0) -> ListNodesResponse:
+        """The Control API's ``ListNodes`` answer, asked in-process (no ``flwr`` process).
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the SuperLink.
+
+        Raises
+        ------
+        CoordinatorError
+            The SuperLink did not answer, refused, or answered something else.
+        """
+        try:
+            verify = ssl.create_default_context(cafile=str(self.fed.ca_cert))
+            with ControlHttpClient(
+                f"https://{self.address}", verify=verify, timeout=timeout
+            ) as client:
+                return client.ListNodes(ListNodesRequest())
+        except (httpx.HTTPError, ValueError, OSError) as err:
+            raise CoordinatorError(
+                f"the SuperLink at {self.address} did not list its nodes: {err}"
+            ) from err
 
     def wait_nodes_online(self, count: int, timeout: float = 60.0) -> float:
         """Wait until at least ``count`` SuperNodes are online; return seconds waited.
@@ -399,7 +424,8 @@ class Coordinator:
         """
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
-            if sum(1 for n in self.nodes() if n.get("status") == "online") >= count:
+            online = sum(n.status == "online" for n in self.list_nodes().nodes_info)
+            if online >= count:
                 return time.monotonic() - t0
             time.sleep(0.5)
         raise CoordinatorError(f"fewer than {count} SuperNodes online after {timeout:.0f}s")

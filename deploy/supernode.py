@@ -38,6 +38,7 @@ from deploy.process import ManagedProcess, alive, bin_dir, spawn
 from deploy.site_check import DEFAULT_MIN_ROWS, SiteCheck, check_site_data
 from deploy.site_runtime import DEFAULT_CLIENT_APP, DEFAULT_TASK_POLL_INTERVAL, executor_command
 from deploy.superlink import flower_env
+from deploy.supernode_poll import DEFAULT_SUPERNODE_POLL_INTERVAL, supernode_entry
 from models.data.site_config import SiteConfigError
 from privacy.ledger import PrivacyLedger
 from privacy.pki import load_node_auth_private_key
@@ -81,6 +82,10 @@ class SiteConfig:
         The site's installed ClientApp, ``module:attribute`` (``[runtime] client-app``).
     task_poll_interval : float
         Seconds between the site executor's task requests while idle.
+    supernode_poll_interval : float
+        The most the warm runtime's SuperNode pauses between asking the SuperLink for a
+        message and between looks for a stored reply (``[runtime]
+        supernode-poll-interval``; Flower's own pauses are 3 s and 0.5 s).
     """
 
     path: Path
@@ -101,6 +106,7 @@ class SiteConfig:
     approved_apps: tuple[str, ...] = ()
     client_app: str = DEFAULT_CLIENT_APP
     task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL
+    supernode_poll_interval: float = DEFAULT_SUPERNODE_POLL_INTERVAL
 
     @property
     def node_config(self) -> dict:
@@ -184,6 +190,9 @@ def load_site_config(path: str | Path) -> SiteConfig:
         approved_apps=_approved_apps(path, runtime.get("approved-apps", [])),
         client_app=str(runtime.get("client-app", DEFAULT_CLIENT_APP)),
         task_poll_interval=float(runtime.get("task-poll-interval", DEFAULT_TASK_POLL_INTERVAL)),
+        supernode_poll_interval=float(
+            runtime.get("supernode-poll-interval", DEFAULT_SUPERNODE_POLL_INTERVAL)
+        ),
     )
     for label, p in (
         ("root-certificates", cfg.root_certificates),
@@ -204,12 +213,13 @@ def supernode_command(cfg: SiteConfig, node_config_file: Path, warm: bool = True
     node_config_file : Path
         The ClientApp's node config (see :func:`write_node_config`).
     warm : bool
-        ``--isolation process``: the site's own executor runs the ClientApp (see
-        deploy/site_runtime.py). Otherwise Flower's default: the SuperNode starts a
-        `flwr-clientapp` process, which installs and imports the run's FAB, per message.
+        The warm runtime: Flower's SuperNode started through deploy/supernode_poll.py
+        (its pauses capped at ``supernode_poll_interval``) with ``--isolation process``,
+        so that the site's own executor runs the ClientApp (see deploy/site_runtime.py).
+        Otherwise Flower's defaults: `flower-supernode` as it is, which starts a
+        `flwr-clientapp` process, installing and importing the run's FAB, per message.
     """
-    cmd = [
-        str(bin_dir() / "flower-supernode"),
+    args = [
         "--superlink",
         cfg.superlink,
         "--root-certificates",
@@ -223,7 +233,10 @@ def supernode_command(cfg: SiteConfig, node_config_file: Path, warm: bool = True
         "--node-config",
         str(node_config_file),
     ]
-    return [*cmd, "--isolation", "process"] if warm else cmd
+    if not warm:
+        return [str(bin_dir() / "flower-supernode"), *args]
+    entry = supernode_entry(sys.executable, cfg.supernode_poll_interval)
+    return [*entry, *args, "--isolation", "process"]
 
 
 def write_node_config(cfg: SiteConfig, overrides: Mapping[str, object] | None = None) -> Path:
@@ -326,7 +339,9 @@ def start_site(
     if max_wait_time is not None:
         cmd += ["--max-wait-time", str(max_wait_time)]
     env = flower_env(cfg.state_dir / "flwr-home")
-    supernode = spawn(f"supernode[{cfg.name}]", cmd, env, cfg.state_dir / "supernode.log")
+    supernode = spawn(
+        f"supernode[{cfg.name}]", cmd, env, cfg.state_dir / "supernode.log", cwd=FEDCARE_ROOT
+    )
     pid_file.write_text(str(supernode.pid))
     if warm:
         executor = executor_command(

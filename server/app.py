@@ -18,6 +18,8 @@ from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
 from privacy.signing import signer_from_file
+from protocol.flower_waits import shorten_object_pull_backoff
+from server.federation.exchange import PromptGrid
 from server.federation.rounds import run_federation
 from server.federation.run_state import Progress, RunOutcome, SitePreparer
 from server.federation.secure_aggregation import SecureAggregationGrid
@@ -57,9 +59,14 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run_settings = settings or _settings_from_context(context)
+        if run_settings.mode == "deployment":
+            # replies are pulled promptly, so their contents may still be uploading
+            shorten_object_pull_backoff()
         run_signer = signer
         if run_signer is None and run_settings.signing_key:
             run_signer = signer_from_file(run_settings.signing_key)
+        # Replies are pulled every reply-poll-interval s, not every 3 s as Flower's grid does.
+        grid = PromptGrid(grid, run_settings.reply_poll_interval)
         if run_settings.uses_secure_aggregation:
             # The round loop stays the same; its training messages go through SecAgg+.
             grid = SecureAggregationGrid(grid, context, run_settings)

@@ -98,6 +98,9 @@ class RunSettings:
         Continue from the last checkpoint in ``out_dir``.
     round_timeout : float
         Seconds to wait for the sites' replies each round.
+    reply_poll_interval : float
+        Seconds between the coordinator's pulls for missing replies during an exchange
+        (Flower 1.41's deployed grid waits 3 s; see server/federation/exchange.py).
     signing_key : str
         The coordinator's Ed25519 model-signing key (PKCS#8 PEM); when set, the registered
         model's manifest is signed with it.
@@ -155,6 +158,7 @@ class RunSettings:
     out_dir: str = "fedcare-runs/flwr-run"
     resume: bool = False
     round_timeout: float = 600.0
+    reply_poll_interval: float = 0.1
     signing_key: str = ""
     secure_aggregation: str = "auto"
     secagg_num_shares: float = 1.0
@@ -189,6 +193,11 @@ class RunSettings:
                 "sites' class counts)",
             ),
             (self.min_sites >= 1, "min-sites", "at least 1"),
+            (
+                0.01 <= self.reply_poll_interval <= 60,
+                "reply-poll-interval",
+                "within [0.01, 60] seconds",
+            ),
             (self.sites >= 1, "sites", "at least 1"),
             (self.alpha > 0, "alpha", "positive"),
             (0 < self.test_fraction < 1, "test-fraction", "in (0, 1)"),

@@ -72,6 +72,7 @@ from protocol.federation import (
     RefusalCode,
     site_record,
 )
+from server.federation.exchange import DelegatingGrid
 from server.settings import RunSettings
 
 MODULUS_RANGE = 2**32  # Flower's maximum; the sum of the quantized updates wraps modulo this
@@ -159,13 +160,14 @@ class _SecureRound:
         return parameters, {}
 
 
-class SecureAggregationGrid(Grid):
+class SecureAggregationGrid(DelegatingGrid):
     """A Grid that turns each round's training messages into one SecAgg+ session.
 
     Parameters
     ----------
     grid : Grid
-        The run's real Grid (the SuperLink).
+        The run's Grid (in fedcare's ServerApp a :class:`~server.federation.exchange.PromptGrid`
+        over the SuperLink's): it delivers SecAgg+'s own messages and everything else.
     context : Context
         The ServerApp's context (run id and config for the workflow).
     settings : RunSettings
@@ -173,36 +175,10 @@ class SecureAggregationGrid(Grid):
     """
 
     def __init__(self, grid: Grid, context: Context, settings: RunSettings):
-        self._grid = grid
+        super().__init__(grid)
         self._context = context
         self._settings = settings
         self._errors: dict[int, Error] = {}
-
-    # -- the Grid interface, delegated
-    def set_run(self, run) -> None:
-        """Set the run on the real Grid."""
-        self._grid.set_run(run)
-
-    @property
-    def run(self):
-        """The real Grid's run."""
-        return self._grid.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        """A message created by the real Grid."""
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        """The node ids of the connected SuperNodes."""
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Push messages through the real Grid; their message ids."""
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """The replies the real Grid has for ``message_ids``."""
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

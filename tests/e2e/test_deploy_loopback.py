@@ -123,8 +123,11 @@ def test_three_rounds_secagg_dp_signed_model_and_a_supernode_killed_mid_round(de
     assert report["settings"]["mode"] == "deployment"
     history = report["history"]
     assert history[0]["sites_trained"] == 2 and "c" in history[0]["refused"]
-    # back before round 2 or, if round 2 began while it restarted, round 3
+    # c trains again from the first round that begins once it is back (round 2, or round 3
+    # if round 2 began while it restarted); it is never refused after the round it left
+    assert all("c" not in entry["refused"] for entry in history[1:])
     assert history[-1]["sites_trained"] == 3 and not history[-1]["refused"]
+    TIMINGS["c_back_in_round"] = next(e["round"] for e in history[1:] if e["sites_trained"] == 3)
     assert report["final"]["roc_auc"] > 0.8
     _ledgers_agree_with_report(dep, report, SITES)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from flwr.common.config import parse_config_args
 
-from deploy.provision import provision
 from deploy.site_runtime import (
     TASK_POLL_INTERVAL_ENV,
     app_refusal,
@@ -28,18 +27,13 @@ from deploy.supernode import (
     supernode_command,
     write_node_config,
 )
+from deploy.supernode_poll import SUPERNODE_POLL_INTERVAL_ENV, supernode_poll_interval
 from models.data.site_config import SiteConfigError
 from protocol.federation import RefusalCode
 from simulations.loopback import snapshot_app
 from tests.unit.deploy.conftest import FAKE_APP_HASH, REAL_APP_FAB_SHA256
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture()
-def site(tmp_path: Path) -> Path:
-    provision("demo", ["a"], tmp_path / "fed", epsilon_budget=5.0, epsilon_per_run=2.0)
-    return tmp_path / "fed" / "sites" / "a" / "site.toml"
 
 
 def test_provisioned_site_approves_the_app_and_passes_the_epsilon_caps(site):
@@ -85,13 +79,21 @@ def test_only_an_approved_hash_runs_and_a_refusal_names_site_and_hash():
     assert error.reason.startswith("site a refused the run") and digest in error.reason
 
 
-def test_poll_interval_from_the_environment_wins_and_is_bounded(monkeypatch):
-    assert task_poll_interval(0.3) == 0.3
-    monkeypatch.setenv(TASK_POLL_INTERVAL_ENV, "0.05")
-    assert task_poll_interval(0.3) == 0.05
-    monkeypatch.setenv(TASK_POLL_INTERVAL_ENV, "0")
-    with pytest.raises(ValueError, match="poll interval"):
-        task_poll_interval(0.3)
+@pytest.mark.parametrize(
+    ("setting", "env", "bad"),
+    [
+        (task_poll_interval, TASK_POLL_INTERVAL_ENV, "0"),
+        (supernode_poll_interval, SUPERNODE_POLL_INTERVAL_ENV, "10"),
+        (supernode_poll_interval, SUPERNODE_POLL_INTERVAL_ENV, "fast"),
+    ],
+)
+def test_poll_interval_from_the_environment_wins_and_is_bounded(monkeypatch, setting, env, bad):
+    assert setting(0.3) == 0.3
+    monkeypatch.setenv(env, "0.1")
+    assert setting(0.3) == 0.1
+    monkeypatch.setenv(env, bad)
+    with pytest.raises(ValueError, match=f"poll interval must be .*{env if bad == 'fast' else ''}"):
+        setting(0.3)
 
 
 def test_the_client_app_reference_must_name_a_clientapp():

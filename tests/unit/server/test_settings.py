@@ -12,7 +12,9 @@ import tomllib
 from dataclasses import fields
 from pathlib import Path
 
-from server.settings import RunSettings
+import pytest
+
+from server.settings import RunSettings, SettingsError
 
 PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
 # Fields left out of the table on purpose. `from_run_config` accepts them too, but:
@@ -51,3 +53,9 @@ def test_the_table_read_as_flower_passes_it_gives_the_defaults():
 def test_a_data_dir_run_says_its_partition_is_as_given():
     assert RunSettings(partition="dirichlet").partition_done == "dirichlet"
     assert RunSettings(data_dir="hospitals", partition="iid").partition_done == "as given"
+
+
+def test_the_reply_poll_interval_is_read_and_bounded():
+    assert RunSettings.from_run_config({"reply-poll-interval": "0.5"}).reply_poll_interval == 0.5
+    with pytest.raises(SettingsError, match="'reply-poll-interval' = 0.0: expected within"):
+        RunSettings.from_run_config({"reply-poll-interval": 0.0})
