@@ -20,6 +20,11 @@ from typing import Any
 import torch
 
 from models.data.kinds.base import RowError
+
+# Imported with the service, not at the first request asking for attributions: importing
+# Captum (~0.4 s of bytecode under the import lock) in a worker thread stalls the event
+# loop for as long, health probes included.
+from models.explain import explain_rows
 from privacy import hpke
 from privacy.signing import load_storage_key, load_verify_key
 from privacy.tokens import RateLimiter, TokenRecord, TokenStore
@@ -333,8 +338,6 @@ def _with_attributions(
     predictor = model.predictor
     if not isinstance(predictor.model, torch.nn.Module):
         raise _not_explainable(model, "it is not a differentiable network")
-    from models.explain import explain_rows  # Captum: only for the requests that ask
-
     explained = explain_rows(predictor, instances)
     summaries = [_summary(model, e["attributions"]) for e in explained]
     if summaries and isinstance(summaries[0], dict):
