@@ -109,10 +109,11 @@ def path_part(value: str) -> str:
 
 def _cell(value: Cell) -> str:
     if isinstance(value, Html):
-        return value.text
+        return f"<td>{value.text}</td>"
     if isinstance(value, float):
-        return number(value)
-    return esc(value)
+        # A figure is never broken over two lines ("0.00" above "0").
+        return f'<td class="num">{number(value)}</td>'
+    return f"<td>{esc(value)}</td>"
 
 
 def table(caption: str, headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> Html:
@@ -128,7 +129,7 @@ def table(caption: str, headers: Sequence[str], rows: Sequence[Sequence[Cell]]) 
         The rows; floats are shown to 4 decimals.
     """
     head = "".join(f'<th scope="col">{esc(h)}</th>' for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
     if not rows:
         body = f'<tr><td colspan="{len(headers)}">none</td></tr>'
     return Html(
