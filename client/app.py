@@ -240,7 +240,8 @@ def _round(msg: Message, context: Context) -> tuple[RoundConfig, SiteData]:
 def train(msg: Message, context: Context) -> RecordDict:
     """Train the global model on the site's data with DP-SGD and reply with the update."""
     cfg, site = _round(msg, context)
-    update = _train_within_budget(msg, context, cfg, site)
+    global_weights = from_array_record(msg.content.array_records[ARRAYS])
+    update = _train_within_budget(global_weights, context, cfg, site)
     if update.resent:
         log.info(
             "round %d of run %s: re-sending the update already released",
@@ -266,7 +267,7 @@ def personalize(msg: Message, context: Context) -> RecordDict:
     cfg, site = _round(msg, context)
     global_weights = from_array_record(msg.content.array_records[ARRAYS])
     before = site.settings.ledger().spent
-    update = _train_within_budget(msg, context, cfg, site)
+    update = _train_within_budget(global_weights, context, cfg, site)
     _keep_personalized(site.settings.state_dir, cfg, update.weights)
     return PersonalizeReply(
         site=site.settings.name,
@@ -278,10 +279,9 @@ def personalize(msg: Message, context: Context) -> RecordDict:
 
 
 def _train_within_budget(
-    msg: Message, context: Context, cfg: RoundConfig, site: SiteData
+    global_weights: dict[str, np.ndarray], context: Context, cfg: RoundConfig, site: SiteData
 ) -> BudgetedUpdate:
-    """The message's weights trained as ``cfg`` says, within the site's budget."""
-    global_weights = from_array_record(msg.content.array_records[ARRAYS])
+    """``global_weights`` trained as ``cfg`` says, within the site's budget."""
     request = RoundRequest(
         federation=cfg.federation,
         run=cfg.run_key,
