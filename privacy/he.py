@@ -15,20 +15,23 @@ power of two above ``d``; the rest of the block is 0); a ciphertext holds
 ``slots // block`` patients one after the other. The service multiplies each ciphertext
 by the plaintext vector that repeats ``[w_0 … w_{d-1}, b, 0 …]`` once per patient, so
 slot ``j`` of a patient's block comes back as ``w_j · x_j`` and the constant slot as the
-intercept ``b``; the client sums its block. One plaintext multiplication per ciphertext
-and output: no rotation, hence no Galois key, no relinearization key, no public key —
-the public context is the parameters alone (under 100 bytes), and a request is one
-ciphertext per 64 patients of 30 features, not one per feature column.
+intercept ``b``; the client sums its block. One plaintext multiplication and one rescaling per ciphertext and
+output: no rotation, hence no Galois key, no relinearization key, no public key — the
+public context is the parameters alone (under 100 bytes), and a request is one ciphertext
+per 64 patients of 30 features, not one per feature column.
 
 **Parameters** (fixed): CKKS, polynomial modulus degree N = 4096 (2048 slots),
-coefficient modulus primes of 55, 38 and 16 bits (109 bits: the HomomorphicEncryption.org
+coefficient modulus primes of 57, 36 and 16 bits (109 bits: the HomomorphicEncryption.org
 standard's largest modulus for 128-bit classical security at N = 4096; SEAL refuses
 anything weaker at its default ``tc128``), scale 2^36, symmetric (secret-key) encryption.
-Fresh ciphertexts carry the two data primes (93 bits); the 16-bit prime is SEAL's special
-prime, used only by key switching, which this protocol never does. The product is not
-rescaled: it stays at scale 2^72 on 93 bits, so every slot value (a product ``w_j · x_j``
-or an intercept) must be below 2^20 in magnitude (:data:`MAX_SLOT_VALUE`); measured
-error of a 30-feature score: under 5e-6.
+Fresh ciphertexts carry the two data primes ``q0``, ``q1`` (93 bits); the 16-bit prime is
+SEAL's special prime, used only by key switching, which this protocol never does. The
+product (scale 2^72) is rescaled by ``q1``: the reply carries ``q0`` alone (57 bits), half
+the bytes of a fresh ciphertext, at the true scale ``2^72 / q1``. TenSEAL labels a
+rescaled ciphertext with the scale 2^36 nonetheless; the service multiplies the weights by
+``q1 / 2^36`` (:data:`RESCALE_CORRECTION`, 1 − 1.07e-6) so that the label is exact. Every
+slot value (a product ``w_j · x_j`` or an intercept) must stay below 2^20 in magnitude
+(:data:`MAX_SLOT_VALUE`); measured error of a 30-feature score: under 1e-5.
 
 Every failure is a :class:`HeError` whose message quotes no value.
 """
@@ -40,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import tenseal as ts
+import tenseal.sealapi as seal
 
 
 class HeError(ValueError):
@@ -63,7 +67,7 @@ class HeParameters:
     """
 
     poly_modulus_degree: int = 4096
-    coeff_mod_bit_sizes: tuple[int, ...] = (55, 38, 16)
+    coeff_mod_bit_sizes: tuple[int, ...] = (57, 36, 16)
     scale_bits: int = 36
     security_bits: int = 128
 
@@ -87,8 +91,21 @@ PARAMETERS = HeParameters()
 SCHEME = "CKKS"
 # The most bytes a serialized public context may have; the parameters alone are ~100.
 MAX_CONTEXT_BYTES = 4096
-# A product at scale 2^72 on a 93-bit modulus: every slot value must stay below this.
-MAX_SLOT_VALUE = 2.0 ** (PARAMETERS.data_bits - 1 - 2 * PARAMETERS.scale_bits)
+# SEAL's primes of these sizes (CoeffModulus.Create, deterministic): q0, q1, special.
+PRIMES = tuple(
+    prime.value()
+    for prime in seal.CoeffModulus.Create(
+        PARAMETERS.poly_modulus_degree, list(PARAMETERS.coeff_mod_bit_sizes)
+    )
+)
+# The product's true scale after rescaling is 2^72 / q1, which TenSEAL labels 2^36.
+RESCALE_CORRECTION = PRIMES[1] / 2.0**PARAMETERS.scale_bits
+# Every slot value must stay below this: the product at scale 2^72 on q0·q1 (93 bits),
+# and after rescaling at scale ~2^36 on q0 (57 bits).
+MAX_SLOT_VALUE = 2.0 ** min(
+    PARAMETERS.data_bits - 1 - 2 * PARAMETERS.scale_bits,
+    PARAMETERS.coeff_mod_bit_sizes[0] - 1 - PARAMETERS.scale_bits,
+)
 
 
 def context_id(public_bytes: bytes) -> str:
@@ -244,7 +261,7 @@ class PublicContext:
                 f"primes of {list(PARAMETERS.coeff_mod_bit_sizes)} bits and scale "
                 f"2^{PARAMETERS.scale_bits}"
             )
-        context.auto_rescale = False  # the product keeps scale 2^72 (module docstring)
+        context.auto_rescale = True  # the product is rescaled by q1 (module docstring)
         self._context = context
         self.id = context_id(public_bytes)
 
@@ -278,6 +295,9 @@ class PublicContext:
     ) -> list[list[bytes]]:
         """Per model output ``k``, per ciphertext: its blocks times ``[weights[k], bias[k]]``.
 
+        Each product is rescaled (it carries the prime ``q0`` alone); the weights are
+        multiplied by :data:`RESCALE_CORRECTION` so that its labelled scale is exact.
+
         Parameters
         ----------
         ciphertexts : sequence of bytes
@@ -300,7 +320,7 @@ class PublicContext:
         vectors = [self._load(data, n, block) for data, n in zip(ciphertexts, counts, strict=True)]
         padding = [0.0] * (block - len(weights[0]) - 1)
         tiles = [
-            [float(w) for w in row] + [float(b), *padding]
+            [float(value) * RESCALE_CORRECTION for value in (*row, b)] + padding
             for row, b in zip(weights, bias, strict=True)
         ]
         if not all(any(tile) for tile in tiles):
@@ -320,10 +340,9 @@ def _has_protocol_parameters(context: ts.Context) -> bool:
     """Whether a context is CKKS with :data:`PARAMETERS`: N, the primes' bits, the scale.
 
     SEAL's modulus chain gives each level's total bits: all primes (key level), the data
-    primes (first level), and one prime fewer per level down.
+    primes (first level), and one prime fewer per level down; and each level's modulus.
     """
-    seal = context.seal_context().data
-    key = seal.key_context_data()
+    key = context.seal_context().data.key_context_data()
     parms = key.parms()
     if (
         parms.scheme() != ts.SCHEME_TYPE.CKKS.value
@@ -331,10 +350,18 @@ def _has_protocol_parameters(context: ts.Context) -> bool:
         or context.global_scale != 2.0**PARAMETERS.scale_bits
     ):
         return False
-    totals, level = [], key
+    levels, level = [], key
     while level is not None:
-        totals.append(level.total_coeff_modulus_bit_count())
+        levels.append(level)
         level = level.next_context_data()
     sizes = PARAMETERS.coeff_mod_bit_sizes
     expected = [sum(sizes)] + [sum(sizes[: len(sizes) - 1 - i]) for i in range(len(sizes) - 1)]
-    return totals == expected
+    if [level.total_coeff_modulus_bit_count() for level in levels] != expected:
+        return False
+    # The data level's modulus q0·q1 (its low 64 bits, as SEAL gives it) and the last
+    # level's q0: the primes are SEAL's, so RESCALE_CORRECTION is exact.
+    q0, q1 = PRIMES[0], PRIMES[1]
+    return (
+        levels[1].total_coeff_modulus() == (q0 * q1) % 2**64
+        and levels[-1].total_coeff_modulus() == q0
+    )

@@ -371,15 +371,25 @@ class InferenceClient:
         return InferenceResult(parsed.model_name, parsed.model_version, parsed.predictions)
 
     def _post(
-        self, path: str, content_type: str, payload: bytes, response_key: bytes | None
+        self,
+        path: str,
+        content_type: str,
+        payload: bytes,
+        response_key: bytes | None,
+        frame: bool = False,
     ) -> Any:
-        """POST a request to the model's ``path``; the opened JSON of a 200, else raise."""
+        """POST a request to the model's ``path``; the opened JSON of a 200, else raise.
+
+        With ``frame``, a 200's opened bytes as they are (a homomorphic response frame).
+        """
         response = self._send(
             "POST",
             path.format(model=self.model),
             content=payload,
             headers={"Content-Type": content_type},
         )
+        if frame and response.status_code == 200 and response_key is not None:
+            return self._unseal(response, response_key)
         answer = self._open(response, response_key)
         if response.status_code != 200:
             raise _error_for(response.status_code, answer)
@@ -433,9 +443,7 @@ class InferenceClient:
                 data=data,
             )
             request_id, response_key = secrets.token_hex(16), hpke.new_response_key()
-            body = wire.dumps(
-                wire.build_he_request(request, request_id, int(time.time()), response_key)
-            )
+            body = wire.build_he_request(request, request_id, int(time.time()), response_key)
             key = self.key(refresh=attempt > 0)
             try:
                 answer = self._post(
@@ -443,6 +451,7 @@ class InferenceClient:
                     hpke.REQUEST_MEDIA_TYPE,
                     hpke.seal_request(key.public_key, body),
                     response_key,
+                    frame=True,
                 )
             except RequestRejected as err:
                 if attempt or err.code not in (
@@ -456,7 +465,9 @@ class InferenceClient:
             return self._he_result(answer, request_id, count, block)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    def _he_result(self, answer: Any, request_id: str, count: int, block: int) -> InferenceResult:
+    def _he_result(
+        self, answer: bytes, request_id: str, count: int, block: int
+    ) -> InferenceResult:
         """Decrypt a homomorphic response's products, sum each patient's block, apply the link."""
         try:  # privacy.he.HeError is a ValueError
             header, scores = wire.parse_he_response(answer)
@@ -470,16 +481,24 @@ class InferenceClient:
         predictions = wire.he_predictions(scores.link, values, scores.labels)
         return InferenceResult(header.model_name, header.model_version, predictions)
 
+    def _unseal(self, response: httpx.Response, response_key: bytes) -> bytes:
+        """The opened bytes of a sealed response; ``ProtocolViolation`` if it is not one."""
+        media = response.headers.get("content-type", "").split(";")[0].strip()
+        if media != hpke.RESPONSE_MEDIA_TYPE:
+            raise ProtocolViolation(f"a successful response must be sealed, got '{media}'")
+        try:
+            return hpke.open_response(response_key, response.content)
+        except hpke.EnvelopeError as err:
+            raise ProtocolViolation(f"the sealed response does not open: {err}") from None
+
     def _open(self, response: httpx.Response, response_key: bytes | None) -> Any:
         """The JSON of a response: opened if sealed, as is if plain."""
         media = response.headers.get("content-type", "").split(";")[0].strip()
-        if media == hpke.RESPONSE_MEDIA_TYPE and response_key is not None:
+        if response_key is not None and (
+            media == hpke.RESPONSE_MEDIA_TYPE or response.status_code == 200
+        ):
             try:
-                return wire.loads_strict(hpke.open_response(response_key, response.content))
-            except hpke.EnvelopeError as err:
-                raise ProtocolViolation(f"the sealed response does not open: {err}") from None
+                return wire.loads_strict(self._unseal(response, response_key))
             except ValueError:
                 raise ProtocolViolation("the sealed response holds no JSON") from None
-        if response.status_code == 200 and response_key is not None:
-            raise ProtocolViolation(f"a successful response must be sealed, got '{media}'")
         return self._json(response)
