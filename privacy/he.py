@@ -15,10 +15,11 @@ power of two above ``d``; the rest of the block is 0); a ciphertext holds
 ``slots // block`` patients one after the other. The service multiplies each ciphertext
 by the plaintext vector that repeats ``[w_0 … w_{d-1}, b, 0 …]`` once per patient, so
 slot ``j`` of a patient's block comes back as ``w_j · x_j`` and the constant slot as the
-intercept ``b``; the client sums its block. One plaintext multiplication and one rescaling per ciphertext and
-output: no rotation, hence no Galois key, no relinearization key, no public key — the
-public context is the parameters alone (under 100 bytes), and a request is one ciphertext
-per 64 patients of 30 features, not one per feature column.
+intercept ``b``; the client sums its block. One plaintext multiplication and one
+rescaling per ciphertext and output: no rotation, hence no Galois key, no
+relinearization key, no public key — the public context is the parameters alone (under
+100 bytes), and a request is one ciphertext per 64 patients of 30 features, not one per
+feature column.
 
 **Parameters** (fixed): CKKS, polynomial modulus degree N = 4096 (2048 slots),
 coefficient modulus primes of 57, 36 and 16 bits (109 bits: the HomomorphicEncryption.org

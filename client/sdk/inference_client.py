@@ -465,9 +465,7 @@ class InferenceClient:
             return self._he_result(answer, request_id, count, block)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    def _he_result(
-        self, answer: bytes, request_id: str, count: int, block: int
-    ) -> InferenceResult:
+    def _he_result(self, answer: bytes, request_id: str, count: int, block: int) -> InferenceResult:
         """Decrypt a homomorphic response's products, sum each patient's block, apply the link."""
         try:  # privacy.he.HeError is a ValueError
             header, scores = wire.parse_he_response(answer)

@@ -254,6 +254,7 @@ def he_offer(model: ServedModel, max_rows: int, ttl: float) -> wire.HeOffer:
         "security_bits": he.PARAMETERS.security_bits,
         "encryption": "symmetric",
         "layout": "blocks",
+        "frame": "length-prefixed",
         **layout,
         "max_slot_value": he.MAX_SLOT_VALUE,
         "context_ttl": ttl,
