@@ -3,11 +3,11 @@
 The only module of fedcare that touches TenSEAL. Two recipes, one per side of the wire:
 
 - :class:`SecretContext` (the client): a fresh CKKS secret key that never leaves the
-  object; it packs patients into ciphertexts in *blocks* and decrypts the products that
-  come back, summing each block into a score.
+  object; it packs patients into ciphertexts in *blocks* or *columns* and decrypts what
+  comes back into scores.
 - :class:`PublicContext` (the service): a context loaded from :meth:`SecretContext.public_bytes`,
-  checked to hold no secret key and the protocol's parameters, that multiplies each
-  ciphertext slot by slot with the model's tiled weights.
+  checked to hold no secret key and the protocol's parameters, that computes the model's
+  linear score on the ciphertexts.
 
 **Block layout** (``docs/PROTOCOL.md`` section 11). A patient's encoded features
 ``x_0 … x_{d-1}`` and a constant 1 fill one block of ``block_width(d)`` slots (the least
@@ -18,8 +18,15 @@ slot ``j`` of a patient's block comes back as ``w_j · x_j`` and the constant sl
 intercept ``b``; the client sums its block. One plaintext multiplication and one
 rescaling per ciphertext and output: no rotation, hence no Galois key, no
 relinearization key, no public key — the public context is the parameters alone (under
-100 bytes), and a request is one ciphertext per 64 patients of 30 features, not one per
-feature column.
+100 bytes), and a request is one ciphertext per 64 patients of 30 features.
+
+**Column layout**, for large batches (:func:`choose_layout`). Ciphertext ``j`` of a group
+of up to 2048 patients holds their values of column ``j``, one slot per patient; the
+service adds up ``w_j`` times each (a scalar multiplication and a rescaling per
+ciphertext) and the intercept, so one ciphertext per group and output comes back,
+holding the scores themselves. It sends ``d`` ciphertexts per 2048 patients instead of one
+per 64 and gets one back instead of 32: fewer ciphertexts both ways once a batch fills a
+group (measured at 4096 patients of 30 features: a third less CPU of both sides).
 
 **Parameters** (fixed): CKKS, polynomial modulus degree N = 4096 (2048 slots),
 coefficient modulus primes of 57, 36 and 16 bits (109 bits: the HomomorphicEncryption.org
@@ -109,6 +116,11 @@ MAX_SLOT_VALUE = 2.0 ** min(
 )
 
 
+BLOCKS = "blocks"
+COLUMNS = "columns"
+LAYOUTS = (BLOCKS, COLUMNS)
+
+
 def context_id(public_bytes: bytes) -> str:
     """The id both sides give a public context: the first 16 bytes of its SHA-256, in hex.
 
@@ -158,6 +170,28 @@ def ciphertext_patients(rows: int, block: int) -> list[int]:
     return [min(per, rows - start) for start in range(0, rows, per)]
 
 
+def choose_layout(rows: int, columns: int) -> str:
+    """The layout of a request: columns if they take no more ciphertexts than blocks.
+
+    Parameters
+    ----------
+    rows : int
+        The patients of the request.
+    columns : int
+        The model's encoded columns ``d``.
+    """
+    blocks = len(ciphertext_patients(rows, block_width(columns)))
+    groups = len(ciphertext_patients(rows, 1))  # one slot per patient: groups of 2048
+    return COLUMNS if groups * columns <= blocks else BLOCKS
+
+
+def _width(layout: str, block: int) -> int:
+    """Slots per patient in a ciphertext of ``layout``: the block, or 1 (columns)."""
+    if layout not in LAYOUTS:
+        raise HeError(f"the layout must be one of {list(LAYOUTS)}")
+    return 1 if layout == COLUMNS else block
+
+
 class SecretContext:
     """The client's CKKS context: encrypts patients in blocks, decrypts their scores.
 
@@ -189,49 +223,58 @@ class SecretContext:
         """:func:`context_id` of :meth:`public_bytes`."""
         return context_id(self._public)
 
-    def encrypt_rows(self, rows: Sequence[Sequence[float]]) -> list[bytes]:
-        """The serialized ciphertexts of the patients ``rows``, in blocks.
+    def encrypt_rows(self, rows: Sequence[Sequence[float]], layout: str = BLOCKS) -> list[bytes]:
+        """The serialized ciphertexts of the patients ``rows``, in blocks or columns.
 
         Parameters
         ----------
         rows : sequence of sequence of float
             Per patient, its encoded columns (the same number for every patient).
+        layout : str
+            :data:`BLOCKS` or :data:`COLUMNS` (group by group, column by column).
         """
         if not rows or len({len(row) for row in rows}) != 1:
             raise HeError("every patient must have the same, non-zero number of columns")
         block = block_width(len(rows[0]))
-        padding = [1.0] + [0.0] * (block - len(rows[0]) - 1)
-        per = patients_per_ciphertext(block)
-        out = []
-        for start in range(0, len(rows), per):
-            slots = [value for row in rows[start : start + per] for value in (*row, *padding)]
-            out.append(ts.ckks_vector(self._context, slots).serialize())
-        return out
+        per = patients_per_ciphertext(_width(layout, block))
+        groups = [rows[start : start + per] for start in range(0, len(rows), per)]
+        if layout == COLUMNS:
+            vectors = [[row[j] for row in group] for group in groups for j in range(len(rows[0]))]
+        else:
+            padding = [1.0] + [0.0] * (block - len(rows[0]) - 1)
+            vectors = [[value for row in group for value in (*row, *padding)] for group in groups]
+        return [ts.ckks_vector(self._context, vector).serialize() for vector in vectors]
 
-    def decrypt_scores(self, ciphertexts: Sequence[bytes], rows: int, block: int) -> list[float]:
-        """Each patient's score: the sum of its block, over the ciphertexts of one output.
+    def decrypt_scores(
+        self, ciphertexts: Sequence[bytes], rows: int, block: int, layout: str = BLOCKS
+    ) -> list[float]:
+        """Each patient's score, from the ciphertexts of one output.
 
         Parameters
         ----------
         ciphertexts : sequence of bytes
-            The service's products, one per request ciphertext, in order.
+            The service's results: one per request ciphertext (blocks, each patient's
+            block to be summed) or per group of patients (columns, the scores).
         rows : int
             How many patients the request held.
         block : int
-            The slots per patient.
+            The slots per patient of the block layout.
+        layout : str
+            The request's layout.
         """
-        counts = ciphertext_patients(rows, block)
+        width = _width(layout, block)
+        counts = ciphertext_patients(rows, width)
         if len(ciphertexts) != len(counts):
-            raise HeError(f"{len(ciphertexts)} score ciphertexts for {len(counts)} sent")
+            raise HeError(f"{len(ciphertexts)} score ciphertexts for {len(counts)} expected")
         scores: list[float] = []
         for data, count in zip(ciphertexts, counts, strict=True):
             try:
                 values = ts.ckks_vector_from(self._context, data).decrypt()
             except (ValueError, RuntimeError, TypeError):
                 raise HeError("a score ciphertext does not decrypt under this context") from None
-            if len(values) != count * block:
-                raise HeError(f"a score ciphertext holds {len(values)} values, not {count * block}")
-            scores.extend(sum(values[i : i + block]) for i in range(0, len(values), block))
+            if len(values) != count * width:
+                raise HeError(f"a score ciphertext holds {len(values)} values, not {count * width}")
+            scores.extend(sum(values[i : i + width]) for i in range(0, len(values), width))
         return scores
 
 
@@ -293,48 +336,81 @@ class PublicContext:
         rows: int,
         weights: Sequence[Sequence[float]],
         bias: Sequence[float],
+        layout: str = BLOCKS,
     ) -> list[list[bytes]]:
-        """Per model output ``k``, per ciphertext: its blocks times ``[weights[k], bias[k]]``.
+        """Per model output ``k``, its encrypted scores.
 
-        Each product is rescaled (it carries the prime ``q0`` alone); the weights are
-        multiplied by :data:`RESCALE_CORRECTION` so that its labelled scale is exact.
+        Blocks: per ciphertext, its blocks times ``[weights[k], bias[k]]``. Columns: per
+        group of patients, ``Σ_j weights[k][j] · ciphertext_j + bias[k]``. Each product is
+        rescaled (it carries the prime ``q0`` alone); what is multiplied is multiplied by
+        :data:`RESCALE_CORRECTION` too, so that the labelled scale is exact.
 
         Parameters
         ----------
         ciphertexts : sequence of bytes
-            The request's ciphertexts (:func:`ciphertext_patients` of ``rows`` patients).
+            The request's ciphertexts (:func:`ciphertext_patients` of ``rows`` patients;
+            for columns, ``d`` per group of patients).
         rows : int
             How many patients the request holds.
         weights : sequence of sequence of float
             ``[k][d]``: one row of column weights per output.
         bias : sequence of float
             One intercept per output.
+        layout : str
+            :data:`BLOCKS` or :data:`COLUMNS`.
         """
         if not weights or any(len(w) != len(weights[0]) for w in weights):
             raise HeError("the weights do not fit the columns")
         if len(bias) != len(weights):
             raise HeError("one intercept per output is needed")
-        block = block_width(len(weights[0]))
-        counts = ciphertext_patients(rows, block)
-        if len(ciphertexts) != len(counts):
-            raise HeError(f"{rows} patients take {len(counts)} ciphertexts, not {len(ciphertexts)}")
-        vectors = [self._load(data, n, block) for data, n in zip(ciphertexts, counts, strict=True)]
-        padding = [0.0] * (block - len(weights[0]) - 1)
-        tiles = [
-            [float(value) * RESCALE_CORRECTION for value in (*row, b)] + padding
-            for row, b in zip(weights, bias, strict=True)
-        ]
-        if not all(any(tile) for tile in tiles):
+        if not all(any(row) for row in weights):
             raise HeError("an output of the model has no non-zero weight")
-        scores = []
+        columns = len(weights[0])
+        width = _width(layout, block_width(columns))
+        counts = ciphertext_patients(rows, width)
+        per_group = columns if layout == COLUMNS else 1
+        if len(ciphertexts) != len(counts) * per_group:
+            raise HeError(
+                f"{rows} patients take {len(counts) * per_group} ciphertexts, "
+                f"not {len(ciphertexts)}"
+            )
+        sizes = [n for n in counts for _ in range(per_group)]
+        vectors = [self._load(data, n, width) for data, n in zip(ciphertexts, sizes, strict=True)]
         try:
-            for tile in tiles:
-                scores.append(
-                    [(v * (tile * n)).serialize() for v, n in zip(vectors, counts, strict=True)]
-                )
+            if layout == COLUMNS:
+                return [_column_sums(vectors, row, b) for row, b in zip(weights, bias, strict=True)]
+            return [
+                _block_products(vectors, counts, [*row, b], width)
+                for row, b in zip(weights, bias, strict=True)
+            ]
         except (ValueError, RuntimeError, TypeError):
             raise HeError("the encrypted linear score could not be computed") from None
-        return scores
+
+
+def _block_products(
+    vectors: Sequence[ts.CKKSVector], counts: Sequence[int], tile: Sequence[float], block: int
+) -> list[bytes]:
+    """Each ciphertext times ``tile`` (the weights and intercept) repeated per patient."""
+    corrected = [float(value) * RESCALE_CORRECTION for value in tile]
+    corrected += [0.0] * (block - len(tile))
+    return [(v * (corrected * n)).serialize() for v, n in zip(vectors, counts, strict=True)]
+
+
+def _column_sums(
+    vectors: Sequence[ts.CKKSVector], weights: Sequence[float], bias: float
+) -> list[bytes]:
+    """Per group of ``len(weights)`` column ciphertexts: ``Σ_j w_j · column_j + bias``."""
+    out = []
+    for start in range(0, len(vectors), len(weights)):
+        group = vectors[start : start + len(weights)]
+        pairs = zip(group, weights, strict=True)
+        terms = [v * (float(w) * RESCALE_CORRECTION) for v, w in pairs if w]
+        total = terms[0]
+        for term in terms[1:]:
+            total += term
+        total += [float(bias)] * total.size()  # added after rescaling: no correction
+        out.append(total.serialize())
+    return out
 
 
 def _has_protocol_parameters(context: ts.Context) -> bool:

@@ -907,8 +907,10 @@ class HeRequest:
     columns : tuple of str
         The encoded column names, in the order of a patient's block (the metadata's).
     data : tuple of bytes
-        The serialized CKKS ciphertexts: patients in blocks, ``slots // block`` per
-        ciphertext, in order (``docs/PROTOCOL.md`` section 11).
+        The serialized CKKS ciphertexts in order (``docs/PROTOCOL.md`` section 11).
+    layout : str
+        How they hold the patients: ``blocks`` or ``columns`` (``privacy.he.LAYOUTS``;
+        the service checks the name).
     """
 
     context_id: str
@@ -917,6 +919,7 @@ class HeRequest:
     block: int
     columns: tuple[str, ...]
     data: tuple[bytes, ...] = field(repr=False)
+    layout: str
 
     def header(self) -> dict[str, Any]:
         """The request's ``he`` object: the context's and ciphertexts' byte lengths."""
@@ -924,6 +927,7 @@ class HeRequest:
             "context_id": self.context_id,
             "rows": self.rows,
             "block": self.block,
+            "layout": self.layout,
             "columns": list(self.columns),
             "data": [len(c) for c in self.data],
         }
@@ -1024,14 +1028,15 @@ def parse_he_request(body: dict[str, Any], rest: memoryview, max_rows: int) -> H
     max_rows : int
         The most patients one request may carry (``too_many_rows`` beyond).
 
-    Only the frame is checked here; that ``block`` fits ``columns`` and ``data`` holds as
-    many ciphertexts as ``rows`` need is checked against the model's columns and the
-    CKKS parameters (``server.inference.linear``).
+    Only the frame is checked here; that ``block`` fits ``columns``, ``layout`` is one,
+    and ``data`` holds as many ciphertexts as ``rows`` need is checked against the
+    model's columns and the CKKS parameters (``server.inference.linear``).
     """
     he = body.get("he")
     if not isinstance(he, dict):
-        raise _bad("he must be an object with context_id, rows, block, columns and data")
-    unknown = sorted(set(he) - {"context_id", "context", "rows", "block", "columns", "data"})
+        raise _bad("he must be an object with context_id, rows, block, layout, columns and data")
+    known = {"context_id", "context", "rows", "block", "layout", "columns", "data"}
+    unknown = sorted(set(he) - known)
     if unknown:
         raise _bad(f"unknown he field '{unknown[0]}'")
     context_id = he.get("context_id")
@@ -1044,9 +1049,11 @@ def parse_he_request(body: dict[str, Any], rest: memoryview, max_rows: int) -> H
         raise TOO_MANY_ROWS.error(f"{rows} rows in one request; at most {max_rows} are allowed")
     if not isinstance(block, int) or isinstance(block, bool) or block < 2 or block & (block - 1):
         raise _bad("he.block must be a power of two, at least 2")
-    columns = he.get("columns")
+    columns, layout = he.get("columns"), he.get("layout")
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise _bad("he.columns must be a list of column names")
+    if not isinstance(layout, str):
+        raise _bad("he.layout must be the name of a layout")
     try:
         data = _lengths(he.get("data"), "he.data")
         context = [_length(he["context"], "he.context")] if "context" in he else []
@@ -1062,6 +1069,7 @@ def parse_he_request(body: dict[str, Any], rest: memoryview, max_rows: int) -> H
         block=block,
         columns=tuple(columns),
         data=tuple(parts[len(context) :]),
+        layout=layout,
     )
 
 

@@ -422,17 +422,18 @@ class InferenceClient:
         predictions: list[dict[str, Any]] = []
         result = InferenceResult(self.model, "", predictions)
         for start in range(0, len(rows), batch):
-            result = self._he_once(encoded[start : start + batch], names, block)
+            chunk = encoded[start : start + batch]
+            layout = he.choose_layout(len(chunk), len(names))
+            result = self._he_once(chunk, names, block, layout)
             predictions.extend(result.predictions)
         return InferenceResult(result.model_name, result.model_version, predictions)
 
     def _he_once(
-        self, encoded: list[list[float]], names: tuple[str, ...], block: int
+        self, encoded: list[list[float]], names: tuple[str, ...], block: int, layout: str
     ) -> InferenceResult:
         """One homomorphic request; its context is resent once if the service lost it."""
-        secret = self._he
-        data = tuple(secret.encrypt_rows(encoded))
-        count = len(encoded)
+        secret, count = self._he, len(encoded)
+        data = tuple(secret.encrypt_rows(encoded, layout))
         for attempt in range(2):
             request = wire.HeRequest(
                 context_id=secret.context_id,
@@ -441,6 +442,7 @@ class InferenceClient:
                 block=block,
                 columns=names,
                 data=data,
+                layout=layout,
             )
             request_id, response_key = secrets.token_hex(16), hpke.new_response_key()
             body = wire.build_he_request(request, request_id, int(time.time()), response_key)
@@ -462,16 +464,22 @@ class InferenceClient:
                 self._context_sent = False
                 continue
             self._context_sent = True
-            return self._he_result(answer, request_id, count, block)
+            return self._he_result(answer, request_id, request)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    def _he_result(self, answer: bytes, request_id: str, count: int, block: int) -> InferenceResult:
-        """Decrypt a homomorphic response's products, sum each patient's block, apply the link."""
+    def _he_result(
+        self, answer: bytes, request_id: str, request: wire.HeRequest
+    ) -> InferenceResult:
+        """Decrypt a homomorphic response's scores (summing blocks) and apply the link."""
+        rows, block = request.rows, request.block
         try:  # privacy.he.HeError is a ValueError
             header, scores = wire.parse_he_response(answer)
-            if scores.rows != count or scores.block != block:
+            if scores.rows != rows or scores.block != block:
                 raise ValueError("it holds another number of patients or another block")
-            values = [self._he.decrypt_scores(o, count, block) for o in scores.scores]
+            values = [
+                self._he.decrypt_scores(output, rows, block, request.layout)
+                for output in scores.scores
+            ]
         except ValueError as err:
             raise ProtocolViolation(f"the homomorphic response does not parse: {err}") from None
         if header.id != request_id or header.model_name != self.model:

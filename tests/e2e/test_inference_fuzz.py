@@ -225,6 +225,7 @@ def real_he_object(material: HeMaterial) -> dict:
         "context": len(material.context),
         "rows": ROWS_SENT,
         "block": material.block,
+        "layout": "blocks",
         "columns": material.columns,
         "data": [len(c) for c in material.data],
     }
@@ -337,7 +338,7 @@ def draw_data(data, material: HeMaterial) -> tuple[object, list[bytes]]:
     return lengths, parts
 
 
-HE_FIELDS = ("context", "context_id", "rows", "block", "columns", "data", "shape")
+HE_FIELDS = ("context", "context_id", "rows", "block", "layout", "columns", "data", "shape")
 
 
 @FUZZ
@@ -376,6 +377,9 @@ def test_homomorphic_requests_never_answer_5xx(env, he_material, data):
             st.sampled_from([0, 1, 2, 16, 33, 64, 2048, 4096, 2**40, -32])
             | st.sampled_from([True, 32.0, "32", None, [32]])
         )
+    layout = "blocks"
+    if "layout" in broken:  # columns is a layout, but not of these ciphertexts
+        layout = data.draw(st.sampled_from(["columns", "Blocks", "", "rows"]) | junk)
     columns = material.columns
     if "columns" in broken:
         columns = data.draw(
@@ -392,6 +396,7 @@ def test_homomorphic_requests_never_answer_5xx(env, he_material, data):
         "context_id": context_id,
         "rows": rows,
         "block": block,
+        "layout": layout,
         "columns": columns,
         "data": lengths,
     }
@@ -400,7 +405,7 @@ def test_homomorphic_requests_never_answer_5xx(env, he_material, data):
         parts = [raw, *parts]
     if "shape" in broken:  # an unknown field, or a required one missing
         field = data.draw(
-            st.sampled_from(["context_id", "rows", "block", "columns", "data", "extra"])
+            st.sampled_from(["context_id", "rows", "block", "layout", "columns", "data", "extra"])
         )
         if field == "extra":
             he_object["extra"] = 1
@@ -428,6 +433,7 @@ def test_mutated_seal_bytes_never_answer_5xx(env, he_material, target, how):
         "context": len(context),
         "rows": ROWS_SENT,
         "block": material.block,
+        "layout": "blocks",
         "columns": material.columns,
         "data": [len(c) for c in ciphertexts],
     }

@@ -137,3 +137,45 @@ def test_ciphertexts_that_do_not_fit_are_refused(secret):
         public.linear_scores(ciphertexts, 2, [[0.0]], [0.0])
     with pytest.raises(he.HeError, match="does not decrypt|holds"):
         secret.decrypt_scores([ciphertexts[0]], 3, 2)
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "layout"),
+    [(1, 30, "blocks"), (256, 30, "blocks"), (1856, 30, "blocks"), (1857, 30, "columns"),
+     (4096, 30, "columns"), (4097, 30, "blocks"), (1, 1, "columns"), (2048, 2, "columns")],
+)  # fmt: skip
+def test_columns_are_chosen_when_they_take_no_more_ciphertexts(rows, columns, layout):
+    assert he.choose_layout(rows, columns) == layout
+
+
+def test_the_column_layout_gives_the_scores_themselves(secret):
+    """2050 patients of 30 columns (two groups, the second of 2), two outputs, a zero weight."""
+    public = he.PublicContext(secret.public_bytes())
+    rows = [
+        [((i * 7 + j * 13) % 97) * (1 + 40 * (j % 3)) / 10 for j in range(30)] for i in range(2050)
+    ]
+    weights = [[(-1) ** j * (0.01 + (j % 5) * 3.7) for j in range(30)], [0.0] * 29 + [2.0]]
+    ciphertexts = secret.encrypt_rows(rows, he.COLUMNS)
+    assert len(ciphertexts) == 60
+    outputs = public.linear_scores(ciphertexts, 2050, weights, [-2.5, 1.0], he.COLUMNS)
+    assert [len(output) for output in outputs] == [2, 2]
+    for output, row_weights, bias in zip(outputs, weights, [-2.5, 1.0], strict=True):
+        got = secret.decrypt_scores(output, 2050, 32, he.COLUMNS)
+        expected = [
+            sum(w * x for w, x in zip(row_weights, row, strict=True)) + bias for row in rows
+        ]
+        assert max(abs(g - e) for g, e in zip(got, expected, strict=True)) < 1e-4
+
+
+def test_ciphertexts_of_another_layout_or_count_are_refused(secret):
+    public = he.PublicContext(secret.public_bytes())
+    blocks = secret.encrypt_rows([[1.0, 2.0], [3.0, 4.0]])
+    columns = secret.encrypt_rows([[1.0, 2.0], [3.0, 4.0]], he.COLUMNS)
+    with pytest.raises(he.HeError, match="take 2 ciphertexts, not 1"):
+        public.linear_scores(blocks, 2, [[1.0, 1.0]], [0.0], he.COLUMNS)
+    with pytest.raises(he.HeError, match="take 1 ciphertexts, not 2"):
+        public.linear_scores(columns, 2, [[1.0, 1.0]], [0.0])
+    with pytest.raises(he.HeError, match="not a fresh one of 2"):
+        public.linear_scores([blocks[0], blocks[0]], 2, [[1.0, 1.0]], [0.0], he.COLUMNS)
+    with pytest.raises(he.HeError, match="layout must be one of"):
+        public.linear_scores(blocks, 2, [[1.0, 1.0]], [0.0], "rows")

@@ -332,6 +332,7 @@ VECTOR_REQUEST = wire.HeRequest(
     block=4,
     columns=("a", "b"),
     data=(b"\x03\x04\x05",),
+    layout="blocks",
 )
 
 
@@ -346,7 +347,7 @@ def test_the_he_request_frame_is_the_documented_vector_both_ways():
 
 
 def test_a_he_request_without_its_context_has_only_the_ciphertext_parts():
-    request = wire.HeRequest("ab" * 16, None, 130, 32, ("x",), (b"one", b"two", b"3"))
+    request = wire.HeRequest("ab" * 16, None, 130, 32, ("x",), (b"one", b"two", b"3"), "columns")
     decoded, rest = wire.decode_he_request(wire.build_he_request(request, "cd" * 16, 1, KEY))
     assert "context" not in decoded["he"] and decoded["he"]["data"] == [3, 3, 1]
     assert wire.parse_he_request(decoded, rest, max_rows=256) == request
@@ -386,6 +387,7 @@ def test_frames_that_do_not_parse_are_malformed_requests(frame, message):
         ({"data": []}, b"", "at least one ciphertext"),
         ({"context": "2"}, b"", "he.context must be a positive byte length"),
         ({"context": -2}, b"", "he.context must be a positive byte length"),
+        ({"layout": 1}, b"", "he.layout must be the name of a layout"),
     ],
 )
 def test_part_lengths_that_do_not_fit_the_bytes_are_malformed_requests(change, extra, message):
