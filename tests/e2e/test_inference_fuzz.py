@@ -452,7 +452,12 @@ def test_mutated_frames_never_answer_5xx(env, he_material, how):
     material = he_material
     response_key = hpke.new_response_key()
     frame = he_frame(real_he_object(material), [material.context, *material.data], response_key)
-    check_he(send_sealed_he(http, fed, key, mutate(frame, how)), response_key)
+    mutated = mutate(frame, how)
+    try:  # the mutation may have changed the response key the reply is sealed with
+        response_key = wire.parse_header(wire.decode_he_request(mutated)[0]).response_key
+    except wire.ApiError:
+        pass  # refused before the response key is read: a plain JSON error
+    check_he(send_sealed_he(http, fed, key, mutated), response_key)
 
 
 def test_an_uncached_context_id_without_its_context_is_refused(env, he_material):
