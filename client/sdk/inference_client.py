@@ -13,11 +13,12 @@ key, checks that it answers this request, and returns the predictions.
 
 With ``mode="he"`` (``pip install fedcare-sdk[he]``, linear models only) the features are
 not sent at all: the client one-hot encodes them from the schema the metadata publishes,
-packs each patient's encoded columns into a block of a CKKS ciphertext under a key that
-never leaves this object (:mod:`privacy.he`), and the service multiplies them by the
-model's weights inside the same HPKE envelope; the client decrypts the products, sums
-each patient's block into its score and applies the link (sigmoid, softmax, identity or
-exp), so the host never sees a feature value or a prediction. Every failure is
+packs each patient's encoded columns into a block of a CKKS ciphertext (or, for a large
+batch, each column of 2048 patients into one) under a key that never leaves this object
+(:mod:`privacy.he`), and sends them as raw parts of a frame inside the same HPKE
+envelope; the service computes the linear score on them; the client decrypts what comes
+back, sums each patient's block into its score and applies the link (sigmoid, softmax,
+identity or exp), so the host never sees a feature value or a prediction. Every failure is
 an :class:`InferenceError` subclass saying what went wrong. ``docs/PROTOCOL.md`` is the
 wire format this implements.
 """
