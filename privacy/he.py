@@ -26,7 +26,7 @@ service adds up ``w_j`` times each (a scalar multiplication and a rescaling per
 ciphertext) and the intercept, so one ciphertext per group and output comes back,
 holding the scores themselves. It sends ``d`` ciphertexts per 2048 patients instead of one
 per 64 and gets one back instead of 32: fewer ciphertexts both ways once a batch fills a
-group (measured at 4096 patients of 30 features: a third less CPU of both sides).
+group (measured at 4096 patients of 30 features: a quarter less CPU of both sides).
 
 **Parameters** (fixed): CKKS, polynomial modulus degree N = 4096 (2048 slots),
 coefficient modulus primes of 57, 36 and 16 bits (109 bits: the HomomorphicEncryption.org
@@ -60,7 +60,7 @@ class HeError(ValueError):
 
 @dataclass(frozen=True)
 class HeParameters:
-    """The CKKS parameters of the protocol (one set, version 2).
+    """The CKKS parameters of the protocol (one set, version 3: primes of 57, 36, 16 bits).
 
     Parameters
     ----------
