@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -595,23 +596,26 @@ def _rows_of(tensor: Any, index: int, max_rows: int) -> tuple[str, list[Any]]:
     return name, _nest(values, shape)
 
 
-def decode_request(plaintext: bytes, he: bool = False) -> dict[str, Any]:
+def decode_request(plaintext: bytes) -> dict[str, Any]:
     """The request's JSON object (:class:`ApiError` ``malformed_request`` otherwise).
 
     Parameters
     ----------
     plaintext : bytes
         The opened request envelope (or the benchmark-only plaintext body).
-    he : bool
-        The body is a homomorphic-encryption request (``he`` instead of ``inputs``).
     """
     try:
         body = loads_strict(plaintext)
     except ValueError as err:
         raise _bad(f"the request is not valid JSON ({err})") from None
+    return _request_object(body, "inputs")
+
+
+def _request_object(body: Any, payload_field: str) -> dict[str, Any]:
+    """``body`` if it is an object of ``id``, ``parameters`` and ``payload_field`` only."""
     if not isinstance(body, dict):
         raise _bad("the request must be a JSON object")
-    unknown = sorted(set(body) - {"id", "parameters", "he" if he else "inputs"})
+    unknown = sorted(set(body) - {"id", "parameters", payload_field})
     if unknown:
         raise _bad(f"unknown request field '{unknown[0]}'")
     return body
@@ -814,6 +818,77 @@ HE_SURVIVAL_LINK = "exp"
 HAZARD_CLIP = 50.0
 
 
+# A frame's first 4 bytes: the length of its JSON header, big-endian (section 11).
+FRAME_HEADER_LENGTH = struct.Struct(">I")
+
+
+def pack_frame(header: dict[str, Any], blobs: Sequence[bytes]) -> bytes:
+    """A homomorphic message: header length, JSON header, then the binary parts in order.
+
+    Parameters
+    ----------
+    header : dict
+        The message's JSON object; it gives each part's length where the part belongs.
+    blobs : sequence of bytes
+        The parts (serialized context and ciphertexts), concatenated after the header.
+    """
+    text = dumps(header)
+    return b"".join([FRAME_HEADER_LENGTH.pack(len(text)), text, *blobs])
+
+
+def unpack_frame(frame: bytes) -> tuple[Any, memoryview]:
+    """The JSON header of a frame and the bytes after it; ``ValueError`` otherwise.
+
+    Parameters
+    ----------
+    frame : bytes
+        A :func:`pack_frame` message.
+    """
+    size = FRAME_HEADER_LENGTH.size
+    if len(frame) < size:
+        raise ValueError(f"a frame starts with its {size}-byte header length")
+    (length,) = FRAME_HEADER_LENGTH.unpack_from(frame)
+    if length > len(frame) - size:
+        raise ValueError(f"the header length {length} exceeds the frame")
+    view = memoryview(frame)
+    return loads_strict(bytes(view[size : size + length])), view[size + length :]
+
+
+def _length(value: Any, where: str) -> int:
+    """A header's part length; ``ValueError`` naming ``where`` otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{where} must be a positive byte length")
+    return value
+
+
+def _lengths(value: Any, where: str) -> list[int]:
+    """A header's list of part lengths; ``ValueError`` naming ``where`` otherwise."""
+    if not isinstance(value, list):
+        raise ValueError(f"{where} must be a list of byte lengths")
+    return [_length(n, where) for n in value]
+
+
+def split_parts(rest: memoryview, lengths: Sequence[int], where: str) -> list[bytes]:
+    """The parts of ``lengths`` bytes each that ``rest`` must hold, exactly.
+
+    Parameters
+    ----------
+    rest : memoryview
+        The bytes after a frame's header.
+    lengths : sequence of int
+        Each part's length, in order.
+    where : str
+        The header field the lengths come from, for the message.
+    """
+    if sum(lengths) != len(rest):
+        raise ValueError(f"{where} add up to {sum(lengths)} bytes; {len(rest)} follow the header")
+    parts, offset = [], 0
+    for length in lengths:
+        parts.append(bytes(rest[offset : offset + length]))
+        offset += length
+    return parts
+
+
 @dataclass(frozen=True)
 class HeRequest:
     """The homomorphic part of a request (``he``), parsed; its ciphertexts still opaque.
@@ -832,8 +907,10 @@ class HeRequest:
     columns : tuple of str
         The encoded column names, in the order of a patient's block (the metadata's).
     data : tuple of bytes
-        The serialized CKKS ciphertexts: patients in blocks, ``slots // block`` per
-        ciphertext, in order (``docs/PROTOCOL.md`` section 11).
+        The serialized CKKS ciphertexts in order (``docs/PROTOCOL.md`` section 11).
+    layout : str
+        How they hold the patients: ``blocks`` or ``columns`` (``privacy.he.LAYOUTS``;
+        the service checks the name).
     """
 
     context_id: str
@@ -842,19 +919,25 @@ class HeRequest:
     block: int
     columns: tuple[str, ...]
     data: tuple[bytes, ...] = field(repr=False)
+    layout: str
 
-    def to_json(self) -> dict[str, Any]:
-        """The request's ``he`` object."""
+    def header(self) -> dict[str, Any]:
+        """The request's ``he`` object: the context's and ciphertexts' byte lengths."""
         body: dict[str, Any] = {
             "context_id": self.context_id,
             "rows": self.rows,
             "block": self.block,
+            "layout": self.layout,
             "columns": list(self.columns),
-            "data": [hpke.b64encode(c) for c in self.data],
+            "data": [len(c) for c in self.data],
         }
         if self.context is not None:
-            body["context"] = hpke.b64encode(self.context)
+            body["context"] = len(self.context)
         return body
+
+    def parts(self) -> list[bytes]:
+        """The binary parts after the header: the context if sent, then the ciphertexts."""
+        return [*([self.context] if self.context is not None else []), *self.data]
 
 
 @dataclass(frozen=True)
@@ -884,31 +967,20 @@ class HeScores:
     labels: tuple[str, ...]
     scores: tuple[tuple[bytes, ...], ...] = field(repr=False)
 
-    def to_json(self) -> dict[str, Any]:
-        """The response's ``he`` object."""
+    def header(self) -> dict[str, Any]:
+        """The response's ``he`` object: per output, its ciphertexts' byte lengths."""
         return {
             "context_id": self.context_id,
             "rows": self.rows,
             "block": self.block,
             "link": self.link,
             "labels": list(self.labels),
-            "scores": [[hpke.b64encode(c) for c in output] for output in self.scores],
+            "scores": [[len(c) for c in output] for output in self.scores],
         }
 
 
-def _b64(value: Any, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise _bad(f"{where} must be a base64 string")
-    try:
-        return hpke.b64decode(value)
-    except ValueError as err:
-        raise _bad(f"{where}: {err}") from None
-
-
-def build_he_request(
-    he: HeRequest, request_id: str, timestamp: int, response_key: bytes
-) -> dict[str, Any]:
-    """The JSON of a homomorphic request (the plaintext of its HPKE envelope).
+def build_he_request(he: HeRequest, request_id: str, timestamp: int, response_key: bytes) -> bytes:
+    """The frame of a homomorphic request (the plaintext of its HPKE envelope).
 
     Parameters
     ----------
@@ -922,27 +994,49 @@ def build_he_request(
         The 16-byte key the response is to be sealed with.
     """
     parameters = {"timestamp": timestamp, "response_key": hpke.b64encode(response_key)}
-    return {"id": request_id, "parameters": parameters, "he": he.to_json()}
+    header = {"id": request_id, "parameters": parameters, "he": he.header()}
+    return pack_frame(header, he.parts())
 
 
-def parse_he_request(body: dict[str, Any], max_rows: int) -> HeRequest:
-    """The ``he`` object of a decoded request (``decode_request(…, he=True)``).
+def decode_he_request(plaintext: bytes) -> tuple[dict[str, Any], memoryview]:
+    """The JSON header of a homomorphic request's frame and the bytes after it.
+
+    Parameters
+    ----------
+    plaintext : bytes
+        The opened request envelope.
+
+    Raises :class:`ApiError` ``malformed_request`` if it is not a frame of an object.
+    """
+    try:
+        body, rest = unpack_frame(plaintext)
+    except ValueError as err:
+        raise _bad(f"the request is not a homomorphic frame ({err})") from None
+    return _request_object(body, "he"), rest
+
+
+def parse_he_request(body: dict[str, Any], rest: memoryview, max_rows: int) -> HeRequest:
+    """The ``he`` object of a decoded request and the parts it gives the lengths of.
 
     Parameters
     ----------
     body : dict
-        The decoded request.
+        The request's header (:func:`decode_he_request`).
+    rest : memoryview
+        The bytes after the header: the context (if ``he.context`` is given), then the
+        ciphertexts.
     max_rows : int
         The most patients one request may carry (``too_many_rows`` beyond).
 
-    Only the JSON is checked here; that ``block`` fits ``columns`` and ``data`` holds as
-    many ciphertexts as ``rows`` need is checked against the model's columns and the
-    CKKS parameters (``server.inference.linear``).
+    Only the frame is checked here; that ``block`` fits ``columns``, ``layout`` is one,
+    and ``data`` holds as many ciphertexts as ``rows`` need is checked against the
+    model's columns and the CKKS parameters (``server.inference.linear``).
     """
     he = body.get("he")
     if not isinstance(he, dict):
-        raise _bad("he must be an object with context_id, rows, block, columns and data")
-    unknown = sorted(set(he) - {"context_id", "context", "rows", "block", "columns", "data"})
+        raise _bad("he must be an object with context_id, rows, block, layout, columns and data")
+    known = {"context_id", "context", "rows", "block", "layout", "columns", "data"}
+    unknown = sorted(set(he) - known)
     if unknown:
         raise _bad(f"unknown he field '{unknown[0]}'")
     context_id = he.get("context_id")
@@ -955,26 +1049,34 @@ def parse_he_request(body: dict[str, Any], max_rows: int) -> HeRequest:
         raise TOO_MANY_ROWS.error(f"{rows} rows in one request; at most {max_rows} are allowed")
     if not isinstance(block, int) or isinstance(block, bool) or block < 2 or block & (block - 1):
         raise _bad("he.block must be a power of two, at least 2")
-    columns, data = he.get("columns"), he.get("data")
+    columns, layout = he.get("columns"), he.get("layout")
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise _bad("he.columns must be a list of column names")
-    if not isinstance(data, list) or not data:
-        raise _bad("he.data must be a non-empty list of ciphertexts")
-    context = _b64(he["context"], "he.context") if "context" in he else None
+    if not isinstance(layout, str):
+        raise _bad("he.layout must be the name of a layout")
+    try:
+        data = _lengths(he.get("data"), "he.data")
+        context = [_length(he["context"], "he.context")] if "context" in he else []
+        if not data:
+            raise ValueError("he.data must list at least one ciphertext")
+        parts = split_parts(rest, [*context, *data], "he.context and he.data")
+    except ValueError as err:
+        raise _bad(str(err)) from None
     return HeRequest(
         context_id=context_id,
-        context=context,
+        context=parts[0] if context else None,
         rows=rows,
         block=block,
         columns=tuple(columns),
-        data=tuple(_b64(c, f"he.data[{i}]") for i, c in enumerate(data)),
+        data=tuple(parts[len(context) :]),
+        layout=layout,
     )
 
 
 def build_he_response(
     model_name: str, model_version: int, request_id: str, scores: HeScores
-) -> dict[str, Any]:
-    """The response JSON of a homomorphic request.
+) -> bytes:
+    """The frame of a homomorphic response (the plaintext of its sealed response).
 
     Parameters
     ----------
@@ -987,38 +1089,38 @@ def build_he_response(
     scores : HeScores
         The encrypted scores.
     """
-    return {
+    header = {
         "model_name": model_name,
         "model_version": str(model_version),
         "id": request_id,
-        "he": scores.to_json(),
+        "he": scores.header(),
     }
+    return pack_frame(header, [c for output in scores.scores for c in output])
 
 
-def parse_he_response(body: Any) -> tuple[InferenceResponse, HeScores]:
+def parse_he_response(frame: bytes) -> tuple[InferenceResponse, HeScores]:
     """The header and encrypted scores of a homomorphic response; ``ValueError`` otherwise.
 
     Parameters
     ----------
-    body : Any
-        The decoded JSON of an opened response.
+    frame : bytes
+        The opened response of status 200.
     """
+    body, rest = unpack_frame(frame)
     he = body.get("he") if isinstance(body, dict) else None
     if not isinstance(he, dict):
         raise ValueError("the response has no he object")
     scores, labels = he.get("scores"), he.get("labels")
     rows, block = he.get("rows"), he.get("block")
-    if (
-        not isinstance(scores, list)
-        or not scores
-        or not all(isinstance(o, list) and all(isinstance(c, str) for c in o) for o in scores)
-    ):
-        raise ValueError("he.scores is not a list of ciphertext lists, one per output")
+    if not isinstance(scores, list) or not scores:
+        raise ValueError("he.scores is not a list of ciphertext lengths, one list per output")
+    lengths = [_lengths(output, "each list of he.scores") for output in scores]
     if not isinstance(labels, list) or not isinstance(rows, int) or not isinstance(block, int):
         raise ValueError("he.labels, he.rows or he.block is missing")
     link = he.get("link")
     if link not in (*HE_LINKS.values(), HE_SURVIVAL_LINK):
         raise ValueError(f"unknown link {link!r}")
+    parts = iter(split_parts(rest, [n for output in lengths for n in output], "he.scores"))
     header = InferenceResponse(
         id=str(body.get("id")),
         model_name=str(body.get("model_name")),
@@ -1031,7 +1133,7 @@ def parse_he_response(body: Any) -> tuple[InferenceResponse, HeScores]:
         block=block,
         link=link,
         labels=tuple(str(label) for label in labels),
-        scores=tuple(tuple(hpke.b64decode(c) for c in output) for output in scores),
+        scores=tuple(tuple(next(parts) for _ in output) for output in lengths),
     )
 
 

@@ -13,11 +13,12 @@ key, checks that it answers this request, and returns the predictions.
 
 With ``mode="he"`` (``pip install fedcare-sdk[he]``, linear models only) the features are
 not sent at all: the client one-hot encodes them from the schema the metadata publishes,
-packs each patient's encoded columns into a block of a CKKS ciphertext under a key that
-never leaves this object (:mod:`privacy.he`), and the service multiplies them by the
-model's weights inside the same HPKE envelope; the client decrypts the products, sums
-each patient's block into its score and applies the link (sigmoid, softmax, identity or
-exp), so the host never sees a feature value or a prediction. Every failure is
+packs each patient's encoded columns into a block of a CKKS ciphertext (or, for a large
+batch, each column of 2048 patients into one) under a key that never leaves this object
+(:mod:`privacy.he`), and sends them as raw parts of a frame inside the same HPKE
+envelope; the service computes the linear score on them; the client decrypts what comes
+back, sums each patient's block into its score and applies the link (sigmoid, softmax,
+identity or exp), so the host never sees a feature value or a prediction. Every failure is
 an :class:`InferenceError` subclass saying what went wrong. ``docs/PROTOCOL.md`` is the
 wire format this implements.
 """
@@ -371,15 +372,25 @@ class InferenceClient:
         return InferenceResult(parsed.model_name, parsed.model_version, parsed.predictions)
 
     def _post(
-        self, path: str, content_type: str, payload: bytes, response_key: bytes | None
+        self,
+        path: str,
+        content_type: str,
+        payload: bytes,
+        response_key: bytes | None,
+        frame: bool = False,
     ) -> Any:
-        """POST a request to the model's ``path``; the opened JSON of a 200, else raise."""
+        """POST a request to the model's ``path``; the opened JSON of a 200, else raise.
+
+        With ``frame``, a 200's opened bytes as they are (a homomorphic response frame).
+        """
         response = self._send(
             "POST",
             path.format(model=self.model),
             content=payload,
             headers={"Content-Type": content_type},
         )
+        if frame and response.status_code == 200 and response_key is not None:
+            return self._unseal(response, response_key)
         answer = self._open(response, response_key)
         if response.status_code != 200:
             raise _error_for(response.status_code, answer)
@@ -412,17 +423,18 @@ class InferenceClient:
         predictions: list[dict[str, Any]] = []
         result = InferenceResult(self.model, "", predictions)
         for start in range(0, len(rows), batch):
-            result = self._he_once(encoded[start : start + batch], names, block)
+            chunk = encoded[start : start + batch]
+            layout = he.choose_layout(len(chunk), len(names))
+            result = self._he_once(chunk, names, block, layout)
             predictions.extend(result.predictions)
         return InferenceResult(result.model_name, result.model_version, predictions)
 
     def _he_once(
-        self, encoded: list[list[float]], names: tuple[str, ...], block: int
+        self, encoded: list[list[float]], names: tuple[str, ...], block: int, layout: str
     ) -> InferenceResult:
         """One homomorphic request; its context is resent once if the service lost it."""
-        secret = self._he
-        data = tuple(secret.encrypt_rows(encoded))
-        count = len(encoded)
+        secret, count = self._he, len(encoded)
+        data = tuple(secret.encrypt_rows(encoded, layout))
         for attempt in range(2):
             request = wire.HeRequest(
                 context_id=secret.context_id,
@@ -431,11 +443,10 @@ class InferenceClient:
                 block=block,
                 columns=names,
                 data=data,
+                layout=layout,
             )
             request_id, response_key = secrets.token_hex(16), hpke.new_response_key()
-            body = wire.dumps(
-                wire.build_he_request(request, request_id, int(time.time()), response_key)
-            )
+            body = wire.build_he_request(request, request_id, int(time.time()), response_key)
             key = self.key(refresh=attempt > 0)
             try:
                 answer = self._post(
@@ -443,6 +454,7 @@ class InferenceClient:
                     hpke.REQUEST_MEDIA_TYPE,
                     hpke.seal_request(key.public_key, body),
                     response_key,
+                    frame=True,
                 )
             except RequestRejected as err:
                 if attempt or err.code not in (
@@ -453,16 +465,22 @@ class InferenceClient:
                 self._context_sent = False
                 continue
             self._context_sent = True
-            return self._he_result(answer, request_id, count, block)
+            return self._he_result(answer, request_id, request)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    def _he_result(self, answer: Any, request_id: str, count: int, block: int) -> InferenceResult:
-        """Decrypt a homomorphic response's products, sum each patient's block, apply the link."""
+    def _he_result(
+        self, answer: bytes, request_id: str, request: wire.HeRequest
+    ) -> InferenceResult:
+        """Decrypt a homomorphic response's scores (summing blocks) and apply the link."""
+        rows, block = request.rows, request.block
         try:  # privacy.he.HeError is a ValueError
             header, scores = wire.parse_he_response(answer)
-            if scores.rows != count or scores.block != block:
+            if scores.rows != rows or scores.block != block:
                 raise ValueError("it holds another number of patients or another block")
-            values = [self._he.decrypt_scores(o, count, block) for o in scores.scores]
+            values = [
+                self._he.decrypt_scores(output, rows, block, request.layout)
+                for output in scores.scores
+            ]
         except ValueError as err:
             raise ProtocolViolation(f"the homomorphic response does not parse: {err}") from None
         if header.id != request_id or header.model_name != self.model:
@@ -470,16 +488,24 @@ class InferenceClient:
         predictions = wire.he_predictions(scores.link, values, scores.labels)
         return InferenceResult(header.model_name, header.model_version, predictions)
 
+    def _unseal(self, response: httpx.Response, response_key: bytes) -> bytes:
+        """The opened bytes of a sealed response; ``ProtocolViolation`` if it is not one."""
+        media = response.headers.get("content-type", "").split(";")[0].strip()
+        if media != hpke.RESPONSE_MEDIA_TYPE:
+            raise ProtocolViolation(f"a successful response must be sealed, got '{media}'")
+        try:
+            return hpke.open_response(response_key, response.content)
+        except hpke.EnvelopeError as err:
+            raise ProtocolViolation(f"the sealed response does not open: {err}") from None
+
     def _open(self, response: httpx.Response, response_key: bytes | None) -> Any:
         """The JSON of a response: opened if sealed, as is if plain."""
         media = response.headers.get("content-type", "").split(";")[0].strip()
-        if media == hpke.RESPONSE_MEDIA_TYPE and response_key is not None:
+        if response_key is not None and (
+            media == hpke.RESPONSE_MEDIA_TYPE or response.status_code == 200
+        ):
             try:
-                return wire.loads_strict(hpke.open_response(response_key, response.content))
-            except hpke.EnvelopeError as err:
-                raise ProtocolViolation(f"the sealed response does not open: {err}") from None
+                return wire.loads_strict(self._unseal(response, response_key))
             except ValueError:
                 raise ProtocolViolation("the sealed response holds no JSON") from None
-        if response.status_code == 200 and response_key is not None:
-            raise ProtocolViolation(f"a successful response must be sealed, got '{media}'")
         return self._json(response)

@@ -318,7 +318,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         try:
             caller = service.authorize(request.headers.get("authorization"), model)
             token_id, version = caller.token.id, caller.model.version
-            sealed = service.check_content_type(request.headers.get("content-type"))
+            sealed = service.check_content_type(request.headers.get("content-type"), homomorphic)
             body = await read_body(request, limit)
             loop = asyncio.get_running_loop()
             reply = await loop.run_in_executor(

@@ -49,8 +49,8 @@ class ServiceConfig:
         Per-token limit of requests that ask for attributions, apart from the request
         rate (an explanation costs ~128 forward and backward passes per row).
     he_max_body_bytes : int
-        Larger homomorphic request bodies get 413 (a CKKS ciphertext is ~145 kB in
-        base64 and holds 2048 / block patients: 64 of 30 features).
+        Larger homomorphic request bodies get 413 (a CKKS ciphertext is ~108 kB and
+        holds 2048 / block patients: 64 of 30 features).
     he_context_ttl : float
         Seconds a client's public CKKS context stays cached after it was last sent.
     he_max_contexts : int

@@ -214,8 +214,12 @@ def he_scores(
             f"he.block must be {block} for {len(linear.columns)} columns (docs/PROTOCOL.md "
             "section 11)"
         )
+    if request.layout not in he.LAYOUTS:
+        raise wire.MALFORMED_REQUEST.error(f"he.layout must be one of {list(he.LAYOUTS)}")
     try:
-        scores = context.linear_scores(request.data, request.rows, linear.weights, linear.bias)
+        scores = context.linear_scores(
+            request.data, request.rows, linear.weights, linear.bias, request.layout
+        )
     except he.HeError as err:
         raise wire.INVALID_CIPHERTEXT.error(str(err)) from None
     return wire.HeScores(
@@ -253,7 +257,8 @@ def he_offer(model: ServedModel, max_rows: int, ttl: float) -> wire.HeOffer:
         "scale_bits": he.PARAMETERS.scale_bits,
         "security_bits": he.PARAMETERS.security_bits,
         "encryption": "symmetric",
-        "layout": "blocks",
+        "layouts": list(he.LAYOUTS),
+        "frame": "length-prefixed",
         **layout,
         "max_slot_value": he.MAX_SLOT_VALUE,
         "context_ttl": ttl,

@@ -164,18 +164,20 @@ class InferenceService:
             )
         return Caller(token=token, model=model)
 
-    def check_content_type(self, content_type: str | None) -> bool:
+    def check_content_type(self, content_type: str | None, homomorphic: bool = False) -> bool:
         """Whether the body is sealed (True) or benchmark plaintext (False); else 415.
 
         Parameters
         ----------
         content_type : str or None
             The request's ``Content-Type`` header.
+        homomorphic : bool
+            The request is for the homomorphic route, which has no plaintext mode.
         """
         media = (content_type or "").split(";")[0].strip().lower()
         if media == hpke.REQUEST_MEDIA_TYPE:
             return True
-        if media == wire.JSON_MEDIA_TYPE and self.config.plaintext_payloads:
+        if media == wire.JSON_MEDIA_TYPE and self.config.plaintext_payloads and not homomorphic:
             return False
         raise wire.UNSUPPORTED_MEDIA_TYPE.error(
             f"Content-Type must be {hpke.REQUEST_MEDIA_TYPE}, got '{media or 'none'}'"
@@ -214,7 +216,7 @@ class InferenceService:
 
     def _predict(
         self, caller: Caller, header: wire.RequestHeader, decoded: dict[str, Any]
-    ) -> tuple[dict[str, Any], int]:
+    ) -> tuple[bytes, int]:
         """The response JSON of a plaintext-feature request, and its row count."""
         model = caller.model
         instances = wire.parse_rows(decoded, self.config.max_rows)
@@ -230,17 +232,24 @@ class InferenceService:
         if header.explain:
             predictions = _with_attributions(model, instances, predictions)
         payload = wire.build_response(model.name, model.version, header.id, predictions)
-        return payload, len(instances)
+        return wire.dumps(payload), len(instances)
 
     def _he_predict(
-        self, caller: Caller, header: wire.RequestHeader, decoded: dict[str, Any]
-    ) -> tuple[dict[str, Any], int]:
-        """The response JSON of a homomorphic request, and its row count."""
+        self,
+        caller: Caller,
+        header: wire.RequestHeader,
+        decoded: dict[str, Any],
+        rest: memoryview,
+    ) -> tuple[bytes, int]:
+        """The response frame of a homomorphic request, and its row count.
+
+        ``decoded`` is the frame's header, ``rest`` the context and ciphertexts after it.
+        """
         model = caller.model
         linear = self.linear(model)
         if header.explain:
             raise _not_explainable(model, "a homomorphic request carries no attributions")
-        request = wire.parse_he_request(decoded, self.config.max_rows)
+        request = wire.parse_he_request(decoded, rest, self.config.max_rows)
         if request.context is not None:
             context = self.contexts.put(request.context_id, request.context)
         else:
@@ -262,34 +271,40 @@ class InferenceService:
             Whether the body is a sealed envelope (False only in the benchmark-only
             plaintext mode).
         homomorphic : bool
-            The request carries CKKS ciphertexts (``he``), not feature values.
+            The request is a frame of CKKS ciphertexts (``he``), not feature values; it
+            is always sealed.
 
         Errors found before the response key is known come back as plain JSON (they
         concern only the envelope); every later reply, errors included, is sealed.
         """
+        rest = memoryview(b"")
         try:
             plaintext = self._open(body) if sealed else body
-            decoded = wire.decode_request(plaintext, he=homomorphic)
+            if homomorphic:
+                decoded, rest = wire.decode_he_request(plaintext)
+            else:
+                decoded = wire.decode_request(plaintext)
             header = wire.parse_header(decoded, response_key_required=sealed)
         except ApiError as err:
             return Reply(err.status, wire.JSON_MEDIA_TYPE, wire.dumps(err.body()), 0, err.code)
         rows = 0
         try:
             self.replay.check(header.id, header.timestamp)
-            compute = self._he_predict if homomorphic else self._predict
-            payload, rows = compute(caller, header, decoded)
+            if homomorphic:
+                data, rows = self._he_predict(caller, header, decoded, rest)
+            else:
+                data, rows = self._predict(caller, header, decoded)
             status, code = 200, "ok"
         except ApiError as err:
-            status, code, payload = err.status, err.code, err.body()
+            status, code, data = err.status, err.code, wire.dumps(err.body())
         except RowError as err:
             refused = wire.INVALID_INPUT.error(str(err), row=err.row, feature=err.feature)
-            status, code, payload = refused.status, refused.code, refused.body()
+            status, code, data = refused.status, refused.code, wire.dumps(refused.body())
         except (ValueError, TypeError, IndexError) as err:
             # Another data kind's encoder refusing a shape; its message may quote values.
             message = f"the inputs do not fit the model ({type(err).__name__})"
             refused = wire.INVALID_INPUT.error(message)
-            status, code, payload = refused.status, refused.code, refused.body()
-        data = wire.dumps(payload)
+            status, code, data = refused.status, refused.code, wire.dumps(refused.body())
         if header.response_key is None:
             return Reply(status, wire.JSON_MEDIA_TYPE, data, rows, code)
         sealed_reply = hpke.seal_response(header.response_key, data)

@@ -3,9 +3,9 @@
 Five layers, each against the real `fedcare serve` process: arbitrary bytes, paths and
 headers; arbitrary JSON sealed correctly; well-formed envelopes around arbitrary request
 objects; well-formed requests with arbitrary tensors; and homomorphic requests to a
-linear model around real CKKS material (malformed base64, wrong sizes, wrong context ids,
-huge counts, wrong types, truncated or altered SEAL bytes). Every answer must be 2xx or
-4xx, and every 4xx must be a JSON error naming its code.
+linear model around real CKKS material (altered frames, wrong byte lengths, wrong sizes,
+wrong context ids, huge counts, wrong types, truncated or altered SEAL bytes). Every
+answer must be 2xx or 4xx, and every 4xx must be a JSON error naming its code.
 """
 
 from __future__ import annotations
@@ -208,40 +208,58 @@ def he_material(env) -> HeMaterial:
         weak_data=ts.ckks_vector(weak, [1.0] * ROWS_SENT).serialize(),
     )
     # The real request works (and caches the context): the cases below start from it.
-    he_object = {
-        "context_id": material.context_id,
-        "context": hpke.b64encode(material.context),
-        "rows": ROWS_SENT,
-        "block": material.block,
-        "columns": columns,
-        "data": [hpke.b64encode(c) for c in material.data],
-    }
     response_key = hpke.new_response_key()
-    response = send_he(http, fed, key, he_object, response_key)
+    response = send_he(
+        http, fed, key, real_he_object(material), [material.context, *material.data], response_key
+    )
     assert response.status_code == 200, response.text
-    _, scores = wire.parse_he_response(opened_json(response, response_key))
+    _, scores = wire.parse_he_response(hpke.open_response(response_key, response.content))
     assert len(secret.decrypt_scores(scores.scores[0], ROWS_SENT, material.block)) == ROWS_SENT
     return material
+
+
+def real_he_object(material: HeMaterial) -> dict:
+    """The ``he`` header of the real request: the context and ciphertexts by byte length."""
+    return {
+        "context_id": material.context_id,
+        "context": len(material.context),
+        "rows": ROWS_SENT,
+        "block": material.block,
+        "layout": "blocks",
+        "columns": material.columns,
+        "data": [len(c) for c in material.data],
+    }
 
 
 def opened_json(response: httpx.Response, response_key: bytes):
     return json.loads(hpke.open_response(response_key, response.content))
 
 
-def send_he(http: httpx.Client, fed, key: bytes, he_object, response_key: bytes):
-    """POST a sealed homomorphic request whose ``he`` object is ``he_object`` as is."""
+def he_frame(he_object, parts: list[bytes], response_key: bytes) -> bytes:
+    """A homomorphic request frame whose header's ``he`` is ``he_object`` as is."""
     parameters = {"timestamp": int(time.time()), "response_key": hpke.b64encode(response_key)}
-    body = {"id": secrets.token_hex(16), "parameters": parameters, "he": he_object}
+    header = {"id": secrets.token_hex(16), "parameters": parameters, "he": he_object}
+    return wire.pack_frame(header, parts)
+
+
+def send_sealed_he(http: httpx.Client, fed, key: bytes, frame: bytes):
+    """POST ``frame`` sealed to the homomorphic route of the linear model."""
     headers = {"Authorization": f"Bearer {fed.token_all}", "Content-Type": hpke.REQUEST_MEDIA_TYPE}
-    envelope = hpke.seal_request(key, json.dumps(body).encode())
+    envelope = hpke.seal_request(key, frame)
     return http.post(f"/v2/models/{LINEAR}/he-infer", content=envelope, headers=headers)
 
 
+def send_he(http: httpx.Client, fed, key: bytes, he_object, parts: list[bytes], response_key):
+    """POST a sealed homomorphic request of ``he_object`` with ``parts`` after it."""
+    return send_sealed_he(http, fed, key, he_frame(he_object, parts, response_key))
+
+
 def check_he(response: httpx.Response, response_key: bytes) -> None:
-    """No 5xx; a refusal is a JSON error; a 200 is a sealed homomorphic response."""
+    """No 5xx; a refusal is a JSON error; a 200 is a sealed homomorphic response frame."""
     check(response, response_key)
     if response.status_code == 200:
-        header, scores = wire.parse_he_response(opened_json(response, response_key))
+        opened = hpke.open_response(response_key, response.content)
+        header, scores = wire.parse_he_response(opened)
         assert scores.scores and header.model_name == LINEAR
 
 
@@ -266,13 +284,13 @@ mutations = st.one_of(
     st.tuples(st.just("splice"), st.integers(0, 2**24), st.binary(min_size=1, max_size=64)),
 )
 junk = json_values | st.text(max_size=40)  # what a field of the wrong type could hold
-bad_base64 = st.text(max_size=40) | st.sampled_from(["====", "a", "ab=c", "@@@@", "YQ", "\u00e9"])
+wrong_lengths = st.sampled_from([0, -1, 1, 2**31, 2**63, 10**30]) | st.integers(-(2**70), 2**70)
 
 
-def draw_context(data, material: HeMaterial) -> tuple[bool, object, bytes | None]:
-    """A wrong ``he.context``: whether to send it, its JSON value, the bytes it decodes to."""
+def draw_context(data, material: HeMaterial) -> tuple[bool, object, bytes]:
+    """A wrong ``he.context``: whether to send it, its header value, the bytes sent."""
     choice = data.draw(
-        st.sampled_from(["omit", "mutated", "random", "weak", "huge", "bad_base64", "junk"])
+        st.sampled_from(["omit", "mutated", "random", "weak", "huge", "wrong_length", "junk"])
     )
     raw = {
         "mutated": mutate(material.context, data.draw(mutations)),
@@ -281,46 +299,46 @@ def draw_context(data, material: HeMaterial) -> tuple[bool, object, bytes | None
         "huge": material.context + bytes(he.MAX_CONTEXT_BYTES),
     }.get(choice)
     if raw is not None:
-        return True, hpke.b64encode(raw), raw
+        return True, len(raw), raw
     if choice == "omit":
-        return False, None, None
-    return True, data.draw(bad_base64 if choice == "bad_base64" else junk), None
+        return False, None, b""
+    value = data.draw(wrong_lengths if choice == "wrong_length" else junk)
+    return True, value, material.context
 
 
-def draw_data(data, material: HeMaterial) -> object:
-    """A wrong ``he.data``: the real ciphertexts with one of them altered, or else."""
-    encoded = [hpke.b64encode(c) for c in material.data]
+def draw_data(data, material: HeMaterial) -> tuple[object, list[bytes]]:
+    """A wrong ``he.data`` and the ciphertexts sent: one altered, other lengths, or else."""
+    parts = list(material.data)
     choice = data.draw(
         st.sampled_from(
-            ["mutated", "other_rows", "foreign", "weak", "random", "bad_base64", "wrong_count",
+            ["mutated", "other_rows", "foreign", "weak", "random", "wrong_length", "wrong_count",
              "wrong_types", "junk"]
         )
     )  # fmt: skip
-    at = data.draw(st.integers(0, len(encoded) - 1))
+    at = data.draw(st.integers(0, len(parts) - 1))
     if choice == "mutated":
-        encoded[at] = hpke.b64encode(mutate(material.data[at], data.draw(mutations)))
+        parts[at] = mutate(material.data[at], data.draw(mutations))
     elif choice == "other_rows":
-        return [
-            hpke.b64encode(c) for c in material.other_rows[data.draw(st.sampled_from([1, 3, 300]))]
-        ]
+        parts = list(material.other_rows[data.draw(st.sampled_from([1, 3, 300]))])
     elif choice == "foreign":  # decodes, and computes: a valid ciphertext under another key
-        encoded[at] = hpke.b64encode(material.foreign[at])
+        parts[at] = material.foreign[at]
     elif choice == "weak":
-        encoded[at] = hpke.b64encode(material.weak_data)
+        parts[at] = material.weak_data
     elif choice == "random":
-        encoded[at] = hpke.b64encode(data.draw(st.binary(max_size=300)))
-    elif choice == "bad_base64":
-        encoded[at] = data.draw(bad_base64)
+        parts[at] = data.draw(st.binary(max_size=300))
     elif choice == "wrong_count":
-        return data.draw(st.sampled_from([[], encoded[:-1], [*encoded, encoded[0]]]))
+        parts = data.draw(st.sampled_from([[], parts[:-1], [*parts, parts[0]]]))
+    lengths: list = [len(c) for c in parts]
+    if choice == "wrong_length":
+        lengths[at] = data.draw(wrong_lengths)
     elif choice == "wrong_types":
-        encoded[at] = data.draw(junk.filter(lambda v: not isinstance(v, str)))
-    else:
-        return data.draw(junk)
-    return encoded
+        lengths[at] = data.draw(junk.filter(lambda v: not isinstance(v, int)))
+    elif choice == "junk":
+        return data.draw(junk), parts
+    return lengths, parts
 
 
-HE_FIELDS = ("context", "context_id", "rows", "block", "columns", "data", "shape")
+HE_FIELDS = ("context", "context_id", "rows", "block", "layout", "columns", "data", "shape")
 
 
 @FUZZ
@@ -331,11 +349,11 @@ def test_homomorphic_requests_never_answer_5xx(env, he_material, data):
     _, fed, key, http = env
     material = he_material
     broken = data.draw(st.sets(st.sampled_from(HE_FIELDS), min_size=1, max_size=2))
-    has_context, context, raw = True, hpke.b64encode(material.context), material.context
+    has_context, context, raw = True, len(material.context), material.context
     if "context" in broken:
         has_context, context, raw = draw_context(data, material)
     # By default the id of the bytes sent, so that the service really parses them.
-    context_id = he.context_id(raw) if raw is not None else material.context_id
+    context_id = he.context_id(raw) if has_context else material.context_id
     if "context_id" in broken:
         context_id = data.draw(
             st.sampled_from(
@@ -359,6 +377,9 @@ def test_homomorphic_requests_never_answer_5xx(env, he_material, data):
             st.sampled_from([0, 1, 2, 16, 33, 64, 2048, 4096, 2**40, -32])
             | st.sampled_from([True, 32.0, "32", None, [32]])
         )
+    layout = "blocks"
+    if "layout" in broken:  # columns is a layout, but not of these ciphertexts
+        layout = data.draw(st.sampled_from(["columns", "Blocks", "", "rows"]) | junk)
     columns = material.columns
     if "columns" in broken:
         columns = data.draw(
@@ -368,28 +389,30 @@ def test_homomorphic_requests_never_answer_5xx(env, he_material, data):
             | st.lists(st.text(max_size=8), max_size=5)
             | junk
         )
-    payload = draw_data(data, material) if "data" in broken else [
-        hpke.b64encode(c) for c in material.data
-    ]  # fmt: skip
+    lengths, parts = [len(c) for c in material.data], list(material.data)
+    if "data" in broken:
+        lengths, parts = draw_data(data, material)
     he_object = {
         "context_id": context_id,
         "rows": rows,
         "block": block,
+        "layout": layout,
         "columns": columns,
-        "data": payload,
+        "data": lengths,
     }
     if has_context:
         he_object["context"] = context
+        parts = [raw, *parts]
     if "shape" in broken:  # an unknown field, or a required one missing
         field = data.draw(
-            st.sampled_from(["context_id", "rows", "block", "columns", "data", "extra"])
+            st.sampled_from(["context_id", "rows", "block", "layout", "columns", "data", "extra"])
         )
         if field == "extra":
             he_object["extra"] = 1
         else:
             he_object.pop(field)
     response_key = hpke.new_response_key()
-    check_he(send_he(http, fed, key, he_object, response_key), response_key)
+    check_he(send_he(http, fed, key, he_object, parts, response_key), response_key)
 
 
 @FUZZ
@@ -407,27 +430,42 @@ def test_mutated_seal_bytes_never_answer_5xx(env, he_material, target, how):
         ciphertexts[at] = mutate(ciphertexts[at], how)
     he_object = {
         "context_id": he.context_id(context),
-        "context": hpke.b64encode(context),
+        "context": len(context),
         "rows": ROWS_SENT,
         "block": material.block,
+        "layout": "blocks",
         "columns": material.columns,
-        "data": [hpke.b64encode(c) for c in ciphertexts],
+        "data": [len(c) for c in ciphertexts],
     }
     response_key = hpke.new_response_key()
-    check_he(send_he(http, fed, key, he_object, response_key), response_key)
+    check_he(
+        send_he(http, fed, key, he_object, [context, *ciphertexts], response_key), response_key
+    )
+
+
+@FUZZ
+@given(how=mutations)
+def test_mutated_frames_never_answer_5xx(env, he_material, how):
+    """The real request's whole frame truncated, flipped or spliced: its header length,
+    its JSON header and the lengths it gives against the bytes that follow."""
+    _, fed, key, http = env
+    material = he_material
+    response_key = hpke.new_response_key()
+    frame = he_frame(real_he_object(material), [material.context, *material.data], response_key)
+    mutated = mutate(frame, how)
+    try:  # the mutation may have changed the response key the reply is sealed with
+        response_key = wire.parse_header(wire.decode_he_request(mutated)[0]).response_key
+    except wire.ApiError:
+        pass  # refused before the response key is read: a plain JSON error
+    check_he(send_sealed_he(http, fed, key, mutated), response_key)
 
 
 def test_an_uncached_context_id_without_its_context_is_refused(env, he_material):
     """What the fuzzing reaches only rarely: an id no context was ever sent under."""
     _, fed, key, http = env
-    he_object = {
-        "context_id": secrets.token_hex(16),
-        "rows": ROWS_SENT,
-        "block": he_material.block,
-        "columns": he_material.columns,
-        "data": [hpke.b64encode(c) for c in he_material.data],
-    }
+    he_object = {**real_he_object(he_material), "context_id": secrets.token_hex(16)}
+    he_object.pop("context")
     response_key = hpke.new_response_key()
-    response = send_he(http, fed, key, he_object, response_key)
+    response = send_he(http, fed, key, he_object, list(he_material.data), response_key)
     assert response.status_code == 400
     assert opened_json(response, response_key)["code"] == wire.UNKNOWN_HE_CONTEXT.code

@@ -23,6 +23,7 @@ from client.sdk import InferenceClient, RequestRejected
 from models.data.features import FeatureEncoder, Standardization
 from models.families import build_model
 from models.spec import ModelSpec, get_weights
+from privacy import he as he_module
 from privacy import signing
 from server.inference.app import create_app
 from server.inference.config import ServiceConfig
@@ -83,7 +84,8 @@ def env(tmp_path_factory):
         "diabetes": register(fed, "diabetes", "diabetes", "logreg", "regression"),
         "cox": register(fed, "cox", "breast_cancer", "cox_linear", "survival"),
     }
-    service = start_service(fed, "he")
+    # 2048 patients per request: large enough for the column layout (from 1857 on).
+    service = start_service(fed, "he", "--max-rows", "2048")
     yield service, fed, tests
     service.stop()
 
@@ -105,12 +107,33 @@ def test_he_predictions_equal_the_plaintext_services(env, model, field):
         expected = plain.predict(rows)
         got = he.predict(rows)
     assert len(got) == len(rows) == (114 if model != "diabetes" else 89)
+    assert_equal_predictions(got, expected, field)
+
+
+def assert_equal_predictions(got: list[dict], expected: list[dict], field: str) -> None:
+    """Probabilities within 1e-4; values and hazard ratios relatively (label units)."""
     assert set(got[0]) == set(expected[0])
-    # Probabilities within 1e-4; values and hazard ratios relatively (label units).
     for g, e in zip(got, expected, strict=True):
         assert g[field] == pytest.approx(e[field], rel=1e-4, abs=1e-4)
         if "label" in e:
             assert g["label"] == e["label"] or abs(e["probability"] - 0.5) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [("breast", "probability"), ("diabetes", "value"), ("cox", "hazard_ratio")],
+)
+def test_a_batch_in_the_column_layout_equals_the_plaintext_service(env, model, field):
+    """The test set repeated to 1900 patients: one request in columns (checked by the
+    layout the SDK chooses), predictions equal to the plaintext route's."""
+    service, fed, tests = env
+    with client(service, fed, model, "plain") as plain, client(service, fed, model, "he") as he:
+        expected = (plain.predict(tests[model]) * 22)[:1900]
+        offer = he.metadata(refresh=False)["parameters"]["he"]
+        assert offer["max_rows"] == 2048
+        assert he_module.choose_layout(1900, len(offer["columns"])) == he_module.COLUMNS
+        got = he.predict((tests[model] * 22)[:1900])
+    assert_equal_predictions(got, expected, field)
 
 
 def test_the_service_holds_no_secret_key_and_logs_no_plaintext(env, caplog):

@@ -311,3 +311,93 @@ def test_he_rows_refuse_what_the_plaintext_route_refuses_naming_row_and_feature(
         wire.encode_he_rows(HE_SCHEMA, [good, {**good, **row}])
     assert refused.value.code == code
     assert refused.value.details == {"row": 1, "feature": feature}
+
+
+# ------------------------------------------------------------ homomorphic frames
+
+
+def documented_frame() -> bytes:
+    """The frame of PROTOCOL.md section 11's test vector: hex ‖ JSON header ‖ hex."""
+    section = PROTOCOL_MD.read_text().split("## 11.")[1].split("**Test vector.**")[1]
+    match = re.search(r"^frame = (.*?)^```", section, re.S | re.M)
+    assert match, "PROTOCOL.md section 11 has no frame"
+    length, header, parts = "".join(match.group(1).split()).split("‖")
+    return bytes.fromhex(length) + header.encode() + bytes.fromhex(parts)
+
+
+VECTOR_REQUEST = wire.HeRequest(
+    context_id="9802de44794779c77f14fa6597701b0d",
+    context=b"\x01\x02",
+    rows=1,
+    block=4,
+    columns=("a", "b"),
+    data=(b"\x03\x04\x05",),
+    layout="blocks",
+)
+
+
+def test_the_he_request_frame_is_the_documented_vector_both_ways():
+    frame = wire.build_he_request(
+        VECTOR_REQUEST, "00112233445566778899aabbccddeeff", 1735689600, KEY
+    )
+    assert frame == documented_frame()
+    decoded, rest = wire.decode_he_request(frame)
+    assert wire.parse_header(decoded).response_key == KEY
+    assert wire.parse_he_request(decoded, rest, max_rows=4) == VECTOR_REQUEST
+
+
+def test_a_he_request_without_its_context_has_only_the_ciphertext_parts():
+    request = wire.HeRequest("ab" * 16, None, 130, 32, ("x",), (b"one", b"two", b"3"), "columns")
+    decoded, rest = wire.decode_he_request(wire.build_he_request(request, "cd" * 16, 1, KEY))
+    assert "context" not in decoded["he"] and decoded["he"]["data"] == [3, 3, 1]
+    assert wire.parse_he_request(decoded, rest, max_rows=256) == request
+
+
+def test_a_he_response_frame_round_trips_output_by_output():
+    scores = wire.HeScores("ab" * 16, 3, 4, "softmax", ("a", "b"), ((b"1", b"22"), (b"333", b"4")))
+    frame = wire.build_he_response("m", 7, "cd" * 16, scores)
+    header, parsed = wire.parse_he_response(frame)
+    assert parsed == scores and (header.model_name, header.model_version) == ("m", "7")
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (b"", "4-byte header length"),
+        (b"\x00\x00\x01\x00{}", "exceeds the frame"),
+        (b"\x00\x00\x00\x02[]", "JSON object"),
+        (b"\x00\x00\x00\x03{}}", "not a homomorphic frame"),
+    ],
+)
+def test_frames_that_do_not_parse_are_malformed_requests(frame, message):
+    with pytest.raises(ApiError, match=message) as refused:
+        wire.decode_he_request(frame)
+    assert refused.value.code == "malformed_request"
+
+
+@pytest.mark.parametrize(
+    ("change", "extra", "message"),
+    [
+        ({"data": [3, 1]}, b"", "add up to 6 bytes; 5 follow"),
+        ({"data": [2]}, b"", "add up to 4 bytes; 5 follow"),
+        ({}, b"\x00", "add up to 5 bytes; 6 follow"),
+        ({"data": [0, 3]}, b"", "positive byte length"),
+        ({"data": [True, 3]}, b"", "positive byte length"),
+        ({"data": 3}, b"", "list of byte lengths"),
+        ({"data": []}, b"", "at least one ciphertext"),
+        ({"context": "2"}, b"", "he.context must be a positive byte length"),
+        ({"context": -2}, b"", "he.context must be a positive byte length"),
+        ({"layout": 1}, b"", "he.layout must be the name of a layout"),
+    ],
+)
+def test_part_lengths_that_do_not_fit_the_bytes_are_malformed_requests(change, extra, message):
+    header = {
+        "id": "ab" * 16,
+        "parameters": {"timestamp": 1, "response_key": hpke.b64encode(KEY)},
+        "he": {**VECTOR_REQUEST.header(), **change},
+    }
+    frame = wire.pack_frame(header, [*VECTOR_REQUEST.parts(), extra])
+    decoded, rest = wire.decode_he_request(frame)
+    with pytest.raises(ApiError, match=message) as refused:
+        wire.parse_he_request(decoded, rest, max_rows=4)
+    assert refused.value.code == "malformed_request"
