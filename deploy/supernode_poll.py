@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import inspect
 import sys
@@ -157,6 +158,7 @@ def notify_on_message(module: types.ModuleType, notify: Callable[[], None]) -> N
     """
     step = getattr(module, PULL_AND_STORE)
 
+    @functools.wraps(step)
     def pull_and_store_message(*args, **kwargs):
         run_id = step(*args, **kwargs)
         if run_id is not None:
