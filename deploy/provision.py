@@ -219,7 +219,7 @@ runtime-port = {d.runtime_port}
 # installs or imports a run's code. Any other run gets an error reply (code 105).
 approved-apps = [{approved}]
 client-app = "client.app:app"
-task-poll-interval = 0.1  # seconds between task requests while idle
+task-poll-interval = 0.5  # seconds between task requests when the SuperNode sends no nudge
 supernode-poll-interval = 0.2  # most seconds the SuperNode waits between asks for messages
 """
 

@@ -7,8 +7,9 @@ and waits for an executor to take it. This module is that executor. It
 - loads the site's installed ClientApp once (``[runtime] client-app``, default
   ``client.app:app``: with it torch, Opacus, pandas and scikit-learn), so no message pays
   for those imports again;
-- asks the SuperNode for a task every ``task-poll-interval`` seconds (``AcquireTask`` with
-  the ``flwr-clientapp`` task type, as Flower's SuperExec does);
+- asks the SuperNode for a task (``AcquireTask`` with the ``flwr-clientapp`` task type, as
+  Flower's SuperExec does) as soon as the SuperNode nudges it (deploy/task_signal.py), and
+  every ``task-poll-interval`` seconds without a nudge;
 - forks one short-lived child per task (no state leaks from one message to the next; the
   run's Context travels through the SuperNode as with Flower's own executor). The child
   pulls the task's input with the task's token, checks the run's app, runs the ClientApp
@@ -22,7 +23,7 @@ with an error reply (:attr:`protocol.federation.RefusalCode.APP_NOT_APPROVED`) w
 names the site and the hash.
 
     python -m deploy.site_runtime --runtime-address 127.0.0.1:9094 --site a \
-        --approved-app <sha256> --supernode-pid <pid>
+        --approved-app <sha256> --supernode-pid <pid> [--task-signal-port <port>]
 """
 
 from __future__ import annotations
@@ -60,12 +61,14 @@ from flwr.supernode.runtime.run_clientapp import (
 )
 
 from deploy.process import alive, interval_setting
+from deploy.task_signal import TaskListener
 from protocol.federation import RefusalCode
 from protocol.flower_waits import shorten_object_pull_backoff
 
 COMPONENT = "fedcare-site-executor"
 DEFAULT_CLIENT_APP = "client.app:app"
-DEFAULT_TASK_POLL_INTERVAL = 0.1
+# Without a nudge from the SuperNode (deploy/task_signal.py), the executor asks this often.
+DEFAULT_TASK_POLL_INTERVAL = 0.5
 # Overrides site.toml's [runtime] task-poll-interval (as FLWR_SUPEREXEC_TASK_POLL_INTERVAL
 # does for Flower's SuperExec).
 TASK_POLL_INTERVAL_ENV = "FEDCARE_TASK_POLL_INTERVAL"
@@ -86,9 +89,12 @@ class ExecutorSettings:
     client_app : str
         ``module:attribute`` of the site's installed ClientApp.
     poll_interval : float
-        Seconds between task requests while idle.
+        Seconds between task requests while idle and not nudged.
     supernode_pid : int, optional
         The SuperNode's PID; the executor exits once it is gone.
+    task_signal_port : int, optional
+        The loopback UDP port on which the SuperNode nudges the executor; without it the
+        executor only polls.
     """
 
     runtime_address: str
@@ -97,6 +103,7 @@ class ExecutorSettings:
     client_app: str = DEFAULT_CLIENT_APP
     poll_interval: float = DEFAULT_TASK_POLL_INTERVAL
     supernode_pid: int | None = None
+    task_signal_port: int | None = None
 
 
 def say(line: str, stream: TextIO | None = None) -> None:
@@ -270,6 +277,17 @@ def _reap(children: set[int]) -> None:
                 say(f"task process {pid} exited with {code}", sys.stderr)
 
 
+def _listen_for_nudges(port: int | None) -> TaskListener | None:
+    """Listen for the SuperNode's nudges on ``port``; None (poll only) when that fails."""
+    if port is None:
+        return None
+    try:
+        return TaskListener(port)
+    except OSError as err:
+        say(f"cannot listen for the SuperNode's nudges on UDP {port} ({err}); polling only")
+        return None
+
+
 def serve(settings: ExecutorSettings) -> None:
     """Load the ClientApp once, then acquire and fork tasks until the SuperNode is gone.
 
@@ -289,6 +307,7 @@ def serve(settings: ExecutorSettings) -> None:
     )
     # Retries end after a few seconds so that the loop sees a SuperNode that is gone.
     client = _runtime_client(settings.runtime_address, give_up_after=5.0)
+    listener = _listen_for_nudges(settings.task_signal_port)
     children: set[int] = set()
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     try:
@@ -304,9 +323,14 @@ def serve(settings: ExecutorSettings) -> None:
             if res.HasField("task") and res.token:
                 children.add(_fork_task(settings, app, res.token))
                 continue  # another task may be queued already
-            time.sleep(settings.poll_interval)
+            if listener is None:
+                time.sleep(settings.poll_interval)
+            else:
+                listener.wait(settings.poll_interval)
     finally:
         client.close()
+        if listener is not None:
+            listener.close()
 
 
 def task_poll_interval(configured: float) -> float:
@@ -333,6 +357,7 @@ def executor_command(
     client_app: str,
     poll_interval: float,
     supernode_pid: int,
+    task_signal_port: int | None = None,
 ) -> list[str]:
     """The command line that starts the site executor (see :func:`main`).
 
@@ -342,10 +367,14 @@ def executor_command(
         The interpreter of the environment that holds the site's ClientApp.
     runtime_address, site_name, approved_apps, client_app, poll_interval, supernode_pid
         As in :class:`ExecutorSettings`.
+    task_signal_port : int, optional
+        As in :class:`ExecutorSettings`.
     """
     cmd = [python, "-m", "deploy.site_runtime", "--runtime-address", runtime_address]
     cmd += ["--site", site_name, "--client-app", client_app]
     cmd += ["--poll-interval", str(poll_interval), "--supernode-pid", str(supernode_pid)]
+    if task_signal_port is not None:
+        cmd += ["--task-signal-port", str(task_signal_port)]
     for digest in approved_apps:
         cmd += ["--approved-app", digest]
     return cmd
@@ -366,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--client-app", default=DEFAULT_CLIENT_APP)
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_TASK_POLL_INTERVAL)
     parser.add_argument("--supernode-pid", type=int)
+    parser.add_argument("--task-signal-port", type=int)
     args = parser.parse_args(argv)
     serve(
         ExecutorSettings(
@@ -375,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             client_app=args.client_app,
             poll_interval=task_poll_interval(args.poll_interval),
             supernode_pid=args.supernode_pid,
+            task_signal_port=args.task_signal_port,
         )
     )
 

@@ -14,7 +14,9 @@ to the SuperLink is needed; the SuperNode's own Runtime API listens on loopback
 
 By default the site runs warm: `flower-supernode --isolation process` plus the site's own
 executor (deploy/site_runtime.py), which imports the ClientApp once, forks a child per
-message and runs only runs whose app is in `[runtime] approved-apps`.
+message and runs only runs whose app is in `[runtime] approved-apps`. The SuperNode nudges
+the executor when a message has arrived by a UDP datagram to the runtime port's number on
+loopback (deploy/task_signal.py).
 """
 
 from __future__ import annotations
@@ -235,7 +237,8 @@ def supernode_command(cfg: SiteConfig, node_config_file: Path, warm: bool = True
     ]
     if not warm:
         return [str(bin_dir() / "flower-supernode"), *args]
-    entry = supernode_entry(sys.executable, cfg.supernode_poll_interval)
+    # The nudges go to the runtime port's number, over UDP: the site owns that number.
+    entry = supernode_entry(sys.executable, cfg.supernode_poll_interval, cfg.runtime_port)
     return [*entry, *args, "--isolation", "process"]
 
 
@@ -352,6 +355,7 @@ def start_site(
             cfg.client_app,
             cfg.task_poll_interval,
             supernode.pid,
+            task_signal_port=cfg.runtime_port,
         )
         supernode.companions.append(
             spawn(

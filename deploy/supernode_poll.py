@@ -5,36 +5,44 @@ hard-coded 3 s whenever the SuperLink had no message for it, and 0.5 s between l
 the reply the executor stored (and for its objects). Every exchange of a round therefore
 waited on average 1.5 s before a site even saw its message, and up to 0.5 s more before the
 reply left. No option or environment variable sets these pauses, so this entry point caps
-every ``time.sleep`` of that one module at ``--poll-interval`` seconds and then runs
-Flower's own ``flower-supernode`` (same arguments, same code, same logs, now with
-timestamps). It also shortens Flower's back-off for message contents that are not uploaded
-yet (protocol/flower_waits.py). Nothing else of Flower is touched; the SuperNode's
-heartbeats and connection retries keep their timings.
+them in that one module and then runs Flower's own ``flower-supernode`` (same arguments,
+same code, same logs, now with timestamps): the idle pause (a signed HTTPS request to the
+SuperLink per look) at ``--poll-interval`` seconds, the looks for the reply (a read of the
+SuperNode's own in-memory state, no request) at :data:`LOCAL_WAIT` seconds. It also
+shortens Flower's back-off for message contents that are not uploaded yet
+(protocol/flower_waits.py), and with ``--task-signal-port`` it nudges the site executor
+(deploy/task_signal.py) each time the loop has stored a message and its contents, by
+wrapping the loop's ``_pull_and_store_message``. Nothing else of Flower is touched; the
+SuperNode's heartbeats and connection retries keep their timings.
 
 This is tied to flwr 1.41's code: before patching, :func:`check_flower_shape` reads the
 module's source and fails loudly (exit code 2, naming what changed) unless its
-``time.sleep`` calls are exactly the ones described above, so a Flower upgrade that moves
-or renames them cannot silently lose (or misapply) the cap.
+``time.sleep`` calls are exactly the ones described above and ``_pull_and_store_message``
+still takes the arguments it took in 1.41, so a Flower upgrade that moves or renames them
+cannot silently lose (or misapply) the cap or the nudge.
 
-    python -m deploy.supernode_poll --poll-interval 0.2 -- <flower-supernode arguments>
+    python -m deploy.supernode_poll --poll-interval 0.2 [--task-signal-port P] -- \
+        <flower-supernode arguments>
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import inspect
 import sys
 import time
 import types
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from flwr.supercore.logger import update_console_handler
 from flwr.supernode.cli import flower_supernode
 
 from deploy.process import interval_setting
+from deploy.task_signal import task_notifier
 from protocol.flower_waits import FlowerChanged, shorten_object_pull_backoff
 
 # The module itself (its name is also a function's, which the package may re-export).
@@ -44,7 +52,24 @@ DEFAULT_SUPERNODE_POLL_INTERVAL = 0.2
 # Overrides site.toml's [runtime] supernode-poll-interval.
 SUPERNODE_POLL_INTERVAL_ENV = "FEDCARE_SUPERNODE_POLL_INTERVAL"
 # The sleeps of flwr 1.41's SuperNode loop: 3 s while idle, 0.5 s twice waiting for a reply.
-FLOWER_SLEEPS = Counter({3: 1, 0.5: 2})
+FLOWER_IDLE_PAUSE, FLOWER_REPLY_PAUSE = 3, 0.5
+FLOWER_SLEEPS = Counter({FLOWER_IDLE_PAUSE: 1, FLOWER_REPLY_PAUSE: 2})
+# fedcare's pause between looks for the executor's reply in the SuperNode's own state.
+LOCAL_WAIT = 0.02
+# flwr 1.41's step of the loop that pulls one message and its contents and stores them
+# (returning the run id, or None when there was none), with its parameters.
+PULL_AND_STORE = "_pull_and_store_message"
+FLOWER_PULL_AND_STORE_PARAMETERS = (
+    "state",
+    "object_store",
+    "node_config",
+    "receive",
+    "get_run",
+    "get_fab",
+    "pull_object",
+    "confirm_message_received",
+    "trusted_entities",
+)
 
 
 def module_sleeps(module: types.ModuleType) -> Counter:
@@ -81,8 +106,9 @@ def check_flower_shape(module: types.ModuleType = SUPERNODE_LOOP) -> None:
     Raises
     ------
     FlowerChanged
-        ``module`` has no module-level ``time`` or its ``time.sleep`` calls differ from
-        :data:`FLOWER_SLEEPS`.
+        ``module`` has no module-level ``time``, its ``time.sleep`` calls differ from
+        :data:`FLOWER_SLEEPS`, or its ``_pull_and_store_message`` is gone or takes other
+        arguments.
     """
     if getattr(module, "time", None) is not time:
         raise FlowerChanged(f"{module.__name__} no longer imports `time` as a module")
@@ -92,20 +118,54 @@ def check_flower_shape(module: types.ModuleType = SUPERNODE_LOOP) -> None:
             f"{module.__name__} sleeps {dict(found)}, not {dict(FLOWER_SLEEPS)} as in flwr "
             "1.41: re-read its main loop and update deploy/supernode_poll.py"
         )
+    step = getattr(module, PULL_AND_STORE, None)
+    parameters = tuple(inspect.signature(step).parameters) if callable(step) else None
+    if parameters != FLOWER_PULL_AND_STORE_PARAMETERS:
+        raise FlowerChanged(
+            f"{module.__name__}.{PULL_AND_STORE} takes {parameters}, not "
+            f"{FLOWER_PULL_AND_STORE_PARAMETERS} as in flwr 1.41: re-read its main loop and "
+            "update deploy/supernode_poll.py"
+        )
 
 
-def cap_sleeps(module: types.ModuleType, cap: float) -> None:
-    """Make every ``time.sleep`` of ``module`` sleep at most ``cap`` seconds.
+def cap_sleeps(module: types.ModuleType, cap: float, local_cap: float = LOCAL_WAIT) -> None:
+    """Cap ``module``'s idle pauses at ``cap`` s and its waits for a reply at ``local_cap`` s.
 
+    A pause longer than Flower's reply wait (:data:`FLOWER_REPLY_PAUSE`) is an idle pause.
     Only ``module``'s own name ``time`` is replaced (by a copy of the time module whose
     ``sleep`` is capped); the rest of the process keeps the real one.
     """
+
+    def sleep(seconds: float) -> None:
+        time.sleep(min(seconds, local_cap if seconds <= FLOWER_REPLY_PAUSE else cap))
+
     capped = types.ModuleType("time", "The time module, its sleep capped by fedcare.")
     capped.__dict__.update(
-        {k: v for k, v in vars(time).items() if not k.startswith("__")},
-        sleep=lambda seconds: time.sleep(min(seconds, cap)),
+        {k: v for k, v in vars(time).items() if not k.startswith("__")}, sleep=sleep
     )
     module.time = capped  # type: ignore[attr-defined]
+
+
+def notify_on_message(module: types.ModuleType, notify: Callable[[], None]) -> None:
+    """Call ``notify`` each time ``module``'s loop has stored a message (and its contents).
+
+    Parameters
+    ----------
+    module : module
+        The SuperNode loop (checked by :func:`check_flower_shape`).
+    notify : callable
+        Called after every ``_pull_and_store_message`` that returned a run id.
+    """
+    step = getattr(module, PULL_AND_STORE)
+
+    @functools.wraps(step)
+    def pull_and_store_message(*args, **kwargs):
+        run_id = step(*args, **kwargs)
+        if run_id is not None:
+            notify()
+        return run_id
+
+    setattr(module, PULL_AND_STORE, pull_and_store_message)
 
 
 def supernode_poll_interval(configured: float) -> float:
@@ -126,7 +186,9 @@ def supernode_poll_interval(configured: float) -> float:
     )
 
 
-def supernode_entry(python: str, poll_interval: float) -> list[str]:
+def supernode_entry(
+    python: str, poll_interval: float, task_signal_port: int | None = None
+) -> list[str]:
     """The start of the command line that runs ``flower-supernode`` through this module.
 
     Parameters
@@ -134,9 +196,14 @@ def supernode_entry(python: str, poll_interval: float) -> list[str]:
     python : str
         The interpreter of the environment that holds Flower and fedcare.
     poll_interval : float
-        The cap on the SuperNode loop's pauses, in seconds.
+        The cap on the SuperNode loop's idle pauses, in seconds.
+    task_signal_port : int, optional
+        The loopback UDP port the site executor waits on for nudges.
     """
-    return [python, "-m", "deploy.supernode_poll", "--poll-interval", str(poll_interval), "--"]
+    cmd = [python, "-m", "deploy.supernode_poll", "--poll-interval", str(poll_interval)]
+    if task_signal_port is not None:
+        cmd += ["--task-signal-port", str(task_signal_port)]
+    return [*cmd, "--"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -145,10 +212,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     Parameters
     ----------
     argv : sequence of str, optional
-        ``--poll-interval S -- <flower-supernode arguments>``; default ``sys.argv[1:]``.
+        ``--poll-interval S [--task-signal-port P] -- <flower-supernode arguments>``;
+        default ``sys.argv[1:]``.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_SUPERNODE_POLL_INTERVAL)
+    parser.add_argument("--task-signal-port", type=int)
     parser.add_argument("supernode_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     rest = args.supernode_args[1:] if args.supernode_args[:1] == ["--"] else args.supernode_args
@@ -160,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"fedcare cannot start the SuperNode: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     cap_sleeps(SUPERNODE_LOOP, cap)
+    if args.task_signal_port is not None:
+        notify_on_message(SUPERNODE_LOOP, task_notifier(args.task_signal_port))
     # Timestamped, uncoloured lines: the site's log shows when each message came and went.
     update_console_handler(timestamps=True, colored=False)
     sys.argv = ["flower-supernode", *rest]

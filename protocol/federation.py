@@ -38,7 +38,7 @@ from models.spec import ModelSpec
 
 # Record names in a message's RecordDict.
 CONFIG = "config"  # ConfigRecord: a StatisticsQuery or a RoundConfig
-ARRAYS = "arrays"  # ArrayRecord: model weights by plain parameter name
+ARRAYS = "arrays"  # ArrayRecord: model weights, one flat Array per dtype (to_array_record)
 METRICS = "metrics"  # MetricRecord: a TrainReply's or an EvaluateReply's figures
 STATISTICS = "statistics"  # MetricRecord: FeatureStatistics.to_flat(), NUM_EXAMPLES, EPSILON
 SCHEMA = "schema"  # ConfigRecord: {"sha256": the site's schema hash}
@@ -105,13 +105,54 @@ def site_record(name: str) -> ConfigRecord:
 
 
 def to_array_record(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """Model weights as an ArrayRecord."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+    """Model weights as an ArrayRecord: one flat Array per dtype (one for most models).
+
+    Flower moves every Array of a message as separate objects (the Array and its chunk),
+    each one signed HTTPS request from a SuperNode to the SuperLink and one more from the
+    SuperLink to the ServerApp; a model of N tensors in one Array saves 2(N − 1) requests
+    per message each way. Each Array's key is the layout of what it holds (a JSON list of
+    ``[name, shape]``), so the record describes itself through Flower's strategies, which
+    aggregate element-wise and keep keys, and :func:`from_array_record` splits it again.
+    """
+    groups: dict[np.dtype, list[tuple[str, np.ndarray]]] = {}
+    for name, value in weights.items():
+        array = np.asarray(value)
+        groups.setdefault(array.dtype, []).append((name, array))
+    return ArrayRecord(
+        {
+            json.dumps([[name, list(a.shape)] for name, a in group], separators=(",", ":")): (
+                Array(np.concatenate([a.ravel() for _, a in group]))
+            )
+            for group in groups.values()
+        }
+    )
 
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """Model weights from an ArrayRecord."""
-    return {k: v.numpy() for k, v in record.items()}
+    """Model weights by name from an ArrayRecord of :func:`to_array_record`'s layout.
+
+    Raises
+    ------
+    ValueError
+        A key is not such a layout, or an Array's size differs from its layout's.
+    """
+    weights: dict[str, np.ndarray] = {}
+    for key, array in record.items():
+        try:
+            layout = [(str(name), tuple(int(n) for n in shape)) for name, shape in json.loads(key)]
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"array record key {key[:80]!r} is not a weight layout") from err
+        flat = array.numpy().ravel()
+        sizes = [int(np.prod(shape)) for _, shape in layout]
+        if sum(sizes) != flat.size:
+            raise ValueError(
+                f"array of {flat.size} values does not match its layout of {sum(sizes)}"
+            )
+        parts = np.split(flat, np.cumsum(sizes)[:-1])
+        weights.update(
+            {name: part.reshape(shape) for (name, shape), part in zip(layout, parts, strict=True)}
+        )
+    return weights
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,10 @@ from flwr.supercore.inflatable import inflatable_utils
 
 # Flower 1.41's values, checked before they are replaced.
 FLOWER_BACKOFF = {"initial_backoff": 1, "backoff_cap": 10}
-# fedcare's: the first retry after 50 ms, then doubling up to 1 s.
-FEDCARE_BACKOFF = {"initial_backoff": 0.05, "backoff_cap": 1.0}
+# fedcare's: the first retry after 50 ms, then doubling up to 0.2 s. A message's contents
+# follow it within a second or so (one request per object), so a longer pause is mostly
+# paid after they are there; Flower's 500 tries per object still allow 100 s.
+FEDCARE_BACKOFF = {"initial_backoff": 0.05, "backoff_cap": 0.2}
 PULL_FUNCTIONS = ("pull_objects", "pull_and_inflate_object_from_tree")
 
 
@@ -32,7 +34,7 @@ class FlowerChanged(RuntimeError):
 
 
 def shorten_object_pull_backoff() -> None:
-    """Retry a missing object after 50 ms (doubling up to 1 s), not 1 s (up to 10 s).
+    """Retry a missing object after 50 ms (doubling up to 0.2 s), not 1 s (up to 10 s).
 
     Idempotent: a second call finds fedcare's values and leaves them.
 

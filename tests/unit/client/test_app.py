@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
 
@@ -23,6 +23,8 @@ from protocol.federation import (
     PersonalizeReply,
     RefusalCode,
     RoundConfig,
+    from_array_record,
+    to_array_record,
 )
 from server.federation.setup import model_spec_for
 from server.settings import RunSettings
@@ -62,8 +64,7 @@ def _round(node_config: dict, server_round: int = 1, num_rounds: int = 2, **chan
     values.update(changes)
     config = RoundConfig(**values)
     weights = get_weights(build_model(spec, seed=0))
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
-    return config, arrays
+    return config, to_array_record(weights)
 
 
 def _send(node_config: dict, kind: str, config: RoundConfig, arrays: ArrayRecord) -> Message:
@@ -132,8 +133,9 @@ def test_train_spends_epsilon_in_the_ledger_and_returns_plain_weights(site_confi
     config, arrays = _round(site_config)
     reply = _send(site_config, MessageType.TRAIN, config, arrays)
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    assert sorted(reply.content["arrays"].keys()) == sorted(arrays.keys())
-    assert not any(k.startswith("_module") for k in reply.content["arrays"].keys())
+    returned = from_array_record(reply.content["arrays"])
+    assert sorted(returned) == sorted(from_array_record(arrays))
+    assert not any(k.startswith("_module") for k in returned)
     metrics = reply.content["metrics"]
     ledger = PrivacyLedger(site_config["state-dir"], 1.0)
     assert metrics["epsilon"] == pytest.approx(ledger.spent)
@@ -189,7 +191,7 @@ def test_personalization_is_a_release_within_the_plan_and_only_metrics_leave(sit
     assert answer.global_metrics[NUM_EXAMPLES] == answer.personalized_metrics[NUM_EXAMPLES]
     kept = Path(site_config["state-dir"]) / PERSONALIZED_FOLDER / "test-run-1.npz"
     with np.load(kept) as weights:
-        assert sorted(weights.files) == sorted(arrays.keys())
+        assert sorted(weights.files) == sorted(from_array_record(arrays))
 
 
 def test_personalization_past_the_budget_is_refused(site_config):

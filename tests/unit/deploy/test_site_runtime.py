@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_provisioned_site_approves_the_app_and_passes_the_epsilon_caps(site):
     cfg = load_site_config(site)
     assert cfg.approved_apps == (FAKE_APP_HASH,)
-    assert cfg.client_app == "client.app:app" and cfg.task_poll_interval == 0.1
+    assert cfg.client_app == "client.app:app" and cfg.task_poll_interval == 0.5
     assert (cfg.epsilon_budget, cfg.epsilon_per_run, cfg.epsilon_per_federation) == (5.0, 2.0, 5.0)
     parsed = parse_config_args([str(write_node_config(cfg))])
     assert parsed["epsilon-budget"] == 5.0
@@ -65,9 +65,13 @@ def test_warm_supernode_runs_with_process_isolation(site, tmp_path):
     node_cfg = write_node_config(cfg)
     assert supernode_command(cfg, node_cfg)[-2:] == ["--isolation", "process"]
     assert "--isolation" not in supernode_command(cfg, node_cfg, warm=False)
-    cmd = executor_command("python", "127.0.0.1:9", "a", ["1" * 64, "2" * 64], "x:y", 0.2, 7)
+    cmd = executor_command("python", "127.0.0.1:9", "a", ["1" * 64, "2" * 64], "x:y", 0.2, 7, 9)
     assert cmd[:3] == ["python", "-m", "deploy.site_runtime"]
     assert cmd.count("--approved-app") == 2 and cmd[cmd.index("--supernode-pid") + 1] == "7"
+    # the SuperNode nudges the executor on the runtime port's number (UDP)
+    assert cmd[cmd.index("--task-signal-port") + 1] == "9"
+    entry = supernode_command(cfg, node_cfg)
+    assert entry[entry.index("--task-signal-port") + 1] == str(cfg.runtime_port)
 
 
 def test_only_an_approved_hash_runs_and_a_refusal_names_site_and_hash():

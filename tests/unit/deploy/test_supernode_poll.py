@@ -12,12 +12,14 @@ import pytest
 from deploy import supernode_poll
 from deploy.supernode import load_site_config, supernode_command, write_node_config
 from deploy.supernode_poll import (
+    LOCAL_WAIT,
     SUPERNODE_LOOP,
     FlowerChanged,
     cap_sleeps,
     check_flower_shape,
     main,
     module_sleeps,
+    notify_on_message,
 )
 
 SHAPED = """
@@ -31,6 +33,11 @@ def idle():
 def wait_for_reply():
     time.sleep(0.5)
     time.sleep(0.5)
+
+
+def _pull_and_store_message(state, object_store, node_config, receive, get_run, get_fab,
+                            pull_object, confirm_message_received, trusted_entities):
+    return receive()
 """
 
 
@@ -55,11 +62,13 @@ def test_the_installed_flower_has_the_shape_the_cap_was_written_for():
         ("time.sleep(3)", "time.sleep(5)"),  # another pause
         ("time.sleep(3)", "time.sleep(interval)"),  # a computed one
         ("import time", "import time as clock\ntime = None"),  # no time module
+        ("trusted_entities):", "trusted_entities, hooks):"),  # the pull step changed
+        ("def _pull_and_store_message", "def _pull_message"),  # or is gone
     ],
 )
 def test_a_flower_that_changed_shape_is_refused_loudly(tmp_path, change):
     module = _module(tmp_path, SHAPED.replace(*change), f"changed_{abs(hash(change))}")
-    with pytest.raises(FlowerChanged, match="(sleeps|no longer imports)"):
+    with pytest.raises(FlowerChanged, match="(sleeps|no longer imports|takes)"):
         check_flower_shape(module)
 
 
@@ -71,10 +80,23 @@ def test_only_the_patched_module_sleeps_less(tmp_path, monkeypatch):
     cap_sleeps(module, 0.2)
     module.idle()
     module.wait_for_reply()
-    assert slept == [0.2, 0.2, 0.2]
+    # the idle pause asks the SuperLink; the waits for the reply only read local state
+    assert slept == [0.2, LOCAL_WAIT, LOCAL_WAIT]
     assert module.time is not time and module.time.monotonic is time.monotonic
     time.sleep(3)  # the rest of the process keeps the real sleep
     assert slept[-1] == 3
+
+
+def test_the_executor_is_nudged_only_when_a_message_was_stored(tmp_path):
+    module = _module(tmp_path, SHAPED, "nudging_loop")
+    nudges: list[int] = []
+    notify_on_message(module, lambda: nudges.append(1))
+    check_flower_shape(module)  # the wrapper keeps the step's signature
+    args = [None] * 9
+    args[3] = lambda: None  # receive: no message
+    assert module._pull_and_store_message(*args) is None and nudges == []
+    args[3] = lambda: 42  # a message of run 42 was stored
+    assert module._pull_and_store_message(*args) == 42 and nudges == [1]
 
 
 def test_a_bad_interval_stops_the_entry_point_before_flower_starts(monkeypatch, capsys):
@@ -90,8 +112,9 @@ def test_the_warm_site_starts_flower_supernode_through_the_capped_entry(site):
     cfg = load_site_config(site)
     assert cfg.supernode_poll_interval == 0.2  # as provisioned
     cmd = supernode_command(cfg, write_node_config(cfg))
-    assert cmd[1:6] == ["-m", "deploy.supernode_poll", "--poll-interval", "0.2", "--"]
-    assert cmd[6:8] == ["--superlink", cfg.superlink]
+    assert cmd[1:4] == ["-m", "deploy.supernode_poll", "--poll-interval"] and cmd[4] == "0.2"
+    assert cmd[5:8] == ["--task-signal-port", str(cfg.runtime_port), "--"]
+    assert cmd[8:10] == ["--superlink", cfg.superlink]
     assert Path(supernode_command(cfg, write_node_config(cfg), warm=False)[0]).name == (
         "flower-supernode"
     )
