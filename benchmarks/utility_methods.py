@@ -299,6 +299,15 @@ CANDIDATES = [
         {**DEFAULTS, "local_epochs": 2, "learning_rate": 1.0},
         seeds=MANY_SEEDS,
     ),
+    *(
+        Candidate(
+            f"defaults+share{share:g}",
+            f"the defaults with a statistics release at share {share:g}: features scaled by "
+            "the sites' noisy means and stds instead of the declared ranges",
+            {**DEFAULTS, "statistics_epsilon_share": share},
+        )
+        for share in (0.2, 0.3)
+    ),
     Candidate(
         "defaults, no DP",
         "the defaults without DP (no clipping, no noise)",
