@@ -433,7 +433,7 @@ def markdown(rows: list[dict[str, Any]], prv: dict[str, float], load: tuple[floa
         f"target columns use seeds 0–{SEEDS - 1}, as the issue does; rows run on "
         f"{MANY_SEEDS} seeds also give the mean over all of them ('all' columns), which "
         "tells a method's gain from five seeds' luck (the standard error of a 20-seed mean "
-        "accuracy is about 0.007 here). Runs without an ε in the runs file were "
+        "accuracy is 0.006–0.010 here). Runs without an ε in the runs file were "
         "printed by an earlier form of this script (the same probes and averages) before it "
         "kept a runs file, and copied into it. k = the last k rounds' global models averaged "
         "(k = 1: the last "
