@@ -185,6 +185,37 @@ def server_momentum(momentum: float) -> Probe:
     return lambda: _patched(rounds, "make_strategy", make)
 
 
+def server_step_decay(final: float) -> Probe:
+    """The server applies round t's averaged update scaled from 1 down to ``final`` (linear).
+
+    Post-processing of what the sites released (no ε); damps the global model's swing
+    between rounds, whose offset moves by several logits a round at the defaults.
+    """
+
+    class Decaying(FedAvgM):
+        def __init__(self, rounds_in_run: int, **kw):
+            super().__init__(**kw)
+            self.server_opt = True  # FedAvgM turns it on only for a step other than 1
+            self.rounds_in_run = rounds_in_run
+
+        def aggregate_train(self, server_round, replies):
+            progress = (server_round - 1) / max(1, self.rounds_in_run - 1)
+            self.server_learning_rate = 1.0 - (1.0 - final) * progress
+            return super().aggregate_train(server_round, replies)
+
+    def make(settings, num_sites):
+        return Decaying(
+            settings.num_server_rounds,
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=settings.min_sites,
+            min_evaluate_nodes=settings.min_sites,
+            min_available_nodes=settings.min_sites,
+        )
+
+    return lambda: _patched(rounds, "make_strategy", make)
+
+
 def noise_free() -> Probe:
     """DP-SGD with its clipping and sampling but no noise: what the noise alone costs.
 
@@ -292,6 +323,16 @@ CANDIDATES = [
         DEFAULTS,
         server_momentum(0.5),
         seeds=MANY_SEEDS,
+    ),
+    *(
+        Candidate(
+            f"defaults+server-decay{final:g}",
+            f"the defaults, probe: the server's step on each round's averaged update falls "
+            f"linearly from 1 to {final:g} over the rounds",
+            DEFAULTS,
+            server_step_decay(final),
+        )
+        for final in (0.1, 0.3)
     ),
     Candidate(
         "defaults+epochs2+lr1",
