@@ -16,7 +16,9 @@ The target is judged on seeds 0-4 (every seed ROC-AUC ≥ 0.98, median accuracy 
 the settings compared with the defaults also run on seeds 5-19, and their 20-seed means
 tell a method's gain from five seeds' luck.
 
-Each run prints one line (its ROC-AUC / accuracy for k = 1, 3, 5) and is appended to
+Each run prints one line (its ROC-AUC / accuracy for k = 1, 3, 5) and is appended, with
+every round's global model's accuracy (``round_accuracy``; runs from before it was kept
+have none), to
 ``results/utility_methods_runs.jsonl`` (skipped when started again); the summary per
 candidate, partition and k is printed and written to ``results/utility_methods.{json,md}``.
 
@@ -381,7 +383,7 @@ def prv_equivalent_epsilon() -> dict[str, float]:
 
 
 def run_one(candidate: Candidate, partition: str, seed: int, out: Path) -> dict[str, Any]:
-    """One federation; ROC-AUC and accuracy of the average of its last k global models."""
+    """One federation: the average of its last k global models scored, and every round's."""
     models: list[dict[str, np.ndarray]] = []
     states: list[Any] = []
     save = rounds.save_checkpoint
@@ -414,12 +416,19 @@ def run_one(candidate: Candidate, partition: str, seed: int, out: Path) -> dict[
             average, state.spec, state.schema, state.standardization, state.files.test_path
         )
         tails[str(k)] = {"roc_auc": metrics["roc_auc"], "accuracy": metrics["accuracy"]}
+    each_round = [
+        evaluate_on_table(
+            model, state.spec, state.schema, state.standardization, state.files.test_path
+        )["accuracy"]
+        for model in models
+    ]
     return {
         "key": f"{candidate.name}/{partition}/{seed}",
         "candidate": candidate.name,
         "partition": partition,
         "seed": seed,
         "tails": tails,
+        "round_accuracy": each_round,
         "max_epsilon_spent": max(report["privacy"]["epsilon_spent"].values()),
         "wall_seconds": time.perf_counter() - started,
     }
