@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.serverapp.strategy import FedAvgM
+from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import FedAvg, FedAvgM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -177,6 +178,49 @@ def server_momentum(momentum: float) -> Probe:
     def make(settings, num_sites):
         return FedAvgM(
             server_momentum=momentum,
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=settings.min_sites,
+            min_evaluate_nodes=settings.min_sites,
+            min_available_nodes=settings.min_sites,
+        )
+
+    return lambda: _patched(rounds, "make_strategy", make)
+
+
+def damped_steps(damping: float) -> Probe:
+    """Each global step is the averaged update minus ``damping`` × the previous step.
+
+    Post-processing at the server (no ε). Flower's FedAvgM takes no negative momentum.
+    """
+
+    class Damped(FedAvg):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.current: list[np.ndarray] | None = None
+            self.last_step: list[np.ndarray] | None = None
+
+        def configure_train(self, server_round, arrays, config, grid):
+            if self.current is None:
+                self.current = arrays.to_numpy_ndarrays()
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def aggregate_train(self, server_round, replies):
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            if arrays is None or self.current is None:
+                return arrays, metrics
+            names = list(arrays.keys())
+            step = [
+                new - old for new, old in zip(arrays.to_numpy_ndarrays(), self.current, strict=True)
+            ]
+            if self.last_step is not None:
+                step = [s - damping * last for s, last in zip(step, self.last_step, strict=True)]
+            self.last_step = step
+            self.current = [old + s for old, s in zip(self.current, step, strict=True)]
+            return ArrayRecord(dict(zip(names, map(Array, self.current), strict=True))), metrics
+
+    def make(settings, num_sites):
+        return Damped(
             fraction_train=1.0,
             fraction_evaluate=1.0,
             min_train_nodes=settings.min_sites,
@@ -325,6 +369,16 @@ CANDIDATES = [
         DEFAULTS,
         server_momentum(0.5),
         seeds=MANY_SEEDS,
+    ),
+    *(
+        Candidate(
+            f"defaults+damped{damping:g}",
+            f"the defaults, probe: the server adds −{damping:g} × its last step to each "
+            "round's averaged update (negative momentum: damps a swing from round to round)",
+            DEFAULTS,
+            damped_steps(damping),
+        )
+        for damping in (0.3, 0.5)
     ),
     *(
         Candidate(
