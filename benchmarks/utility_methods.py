@@ -172,18 +172,22 @@ def range_scaling(kind: str) -> Probe:
     return lambda: _patched(rounds, "standardization_for", scaled)
 
 
+def _every_site(settings: RunSettings) -> dict[str, Any]:
+    """The sampling arguments fedcare's own strategies take: every site, every round."""
+    return {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": settings.min_sites,
+        "min_evaluate_nodes": settings.min_sites,
+        "min_available_nodes": settings.min_sites,
+    }
+
+
 def server_momentum(momentum: float) -> Probe:
     """FedAvgM: the server applies the averaged update with heavy-ball momentum."""
 
     def make(settings, num_sites):
-        return FedAvgM(
-            server_momentum=momentum,
-            fraction_train=1.0,
-            fraction_evaluate=1.0,
-            min_train_nodes=settings.min_sites,
-            min_evaluate_nodes=settings.min_sites,
-            min_available_nodes=settings.min_sites,
-        )
+        return FedAvgM(server_momentum=momentum, **_every_site(settings))
 
     return lambda: _patched(rounds, "make_strategy", make)
 
@@ -220,13 +224,7 @@ def damped_steps(damping: float) -> Probe:
             return ArrayRecord(dict(zip(names, map(Array, self.current), strict=True))), metrics
 
     def make(settings, num_sites):
-        return Damped(
-            fraction_train=1.0,
-            fraction_evaluate=1.0,
-            min_train_nodes=settings.min_sites,
-            min_evaluate_nodes=settings.min_sites,
-            min_available_nodes=settings.min_sites,
-        )
+        return Damped(**_every_site(settings))
 
     return lambda: _patched(rounds, "make_strategy", make)
 
@@ -250,14 +248,7 @@ def server_step_decay(final: float) -> Probe:
             return super().aggregate_train(server_round, replies)
 
     def make(settings, num_sites):
-        return Decaying(
-            settings.num_server_rounds,
-            fraction_train=1.0,
-            fraction_evaluate=1.0,
-            min_train_nodes=settings.min_sites,
-            min_evaluate_nodes=settings.min_sites,
-            min_available_nodes=settings.min_sites,
-        )
+        return Decaying(settings.num_server_rounds, **_every_site(settings))
 
     return lambda: _patched(rounds, "make_strategy", make)
 
