@@ -397,6 +397,18 @@ CANDIDATES = [
         for share in (0.2, 0.3)
     ),
     Candidate(
+        "defaults+unit",
+        "the defaults, probe: features scaled to [-1, 1] (half-widths) instead of [-2, 2]",
+        DEFAULTS,
+        range_scaling("unit"),
+    ),
+    Candidate(
+        "defaults+unit+lr4",
+        "the defaults, probe: features scaled to [-1, 1], learning rate 4.0",
+        {**DEFAULTS, "learning_rate": 4.0},
+        range_scaling("unit"),
+    ),
+    Candidate(
         "defaults, no DP",
         "the defaults without DP (no clipping, no noise)",
         {**DEFAULTS, "dp": False},
