@@ -9,7 +9,7 @@ Printed and written to ``benchmarks/results/personalization.{json,md}`` with the
 average. The federation runs in this process (``simulations.in_process``), without Ray.
 
     .venv/bin/python benchmarks/personalization.py
-    .venv/bin/python benchmarks/personalization.py --seeds 0 1 2 --epsilon 3
+    .venv/bin/python benchmarks/personalization.py --seeds 0 1 2 --epsilon 3 --epochs 3
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epsilon", type=float, default=3.0)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

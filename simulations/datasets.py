@@ -32,7 +32,9 @@ from sklearn import datasets as skdatasets
 from models.data.schema import FeatureSpec, SiteSchema
 
 SiteWriter = Callable[[pd.DataFrame, Path], Path]
-CENTER_TESTS = "center-tests"
+# Each center's test rows beside a Fed-TCGA-BRCA data folder's sites: hidden (a dot name),
+# so the strict data-folder check (simulations.prepare.folder_sources) passes it by.
+CENTER_TESTS = ".center-tests"
 
 
 @dataclass(frozen=True)
@@ -317,8 +319,9 @@ def write_fed_tcga_brca(source: str | Path, out: str | Path) -> Path:
 
     The folder holds ``schema.toml``, ``region-<k>.csv`` (the benchmark's training rows of
     each of its 6 centers), ``test.csv`` (every center's test rows: the global test set)
-    and ``center-tests/test-<k>.csv`` (each center's test rows, for the benchmark's
-    metric, the mean of the per-center C-indices).
+    and ``.center-tests/test-<k>.csv`` (each center's test rows, for the benchmark's
+    metric, the mean of the per-center C-indices; hidden, so a federation over the folder
+    takes it for no site).
 
     Parameters
     ----------

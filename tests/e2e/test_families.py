@@ -10,7 +10,6 @@ regression (MLP on Diabetes) and clinical notes (hashed logistic regression, cla
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,6 @@ def _tcga_regions(folder: Path, keep: int = 3) -> Path:
     data = write_fed_tcga_brca(TCGA, folder)
     for extra in sorted(data.glob("region-*.csv"))[keep:]:
         extra.unlink()
-    shutil.rmtree(data / "center-tests")
     return data
 
 
