@@ -63,7 +63,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 PARTITIONS = ("iid", "dirichlet")
 SEEDS = 5
 MANY_SEEDS = 20
-TAILS = (1, 3, 5)
+TAILS = (1, 3, 5, 10)
 TARGET_ROC_AUC_MIN = 0.98
 TARGET_ACCURACY_MEDIAN = 0.965
 # The settings before this work: what every candidate changes.
@@ -407,6 +407,14 @@ CANDIDATES = [
         "the defaults, probe: features scaled to [-1, 1], learning rate 4.0",
         {**DEFAULTS, "learning_rate": 4.0},
         range_scaling("unit"),
+    ),
+    *(
+        Candidate(
+            f"defaults+rounds{n}+lr{lr:g}",
+            f"the defaults with {n} rounds (σ planned for all of them) at learning rate {lr:g}",
+            {**DEFAULTS, "num_server_rounds": n, "learning_rate": lr},
+        )
+        for n, lr in ((40, 0.5), (40, 1.0), (40, 2.0), (80, 1.0), (20, 1.0))
     ),
     Candidate(
         "defaults, no DP",
