@@ -22,7 +22,7 @@ framework). The machine's load average is recorded beside every measurement: on 
 Both runtimes send the same messages (fedcare's records, protocol/federation.py: the
 model as one flat Array per dtype), so the comparison is of the runtimes alone.
 
-    .venv/bin/python benchmarks/deployed_round.py [--rounds 2] [--out benchmarks/results]
+    .venv/bin/python benchmarks/deployed_round.py [--rounds 4] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def markdown(runs: list[Measurement], summary: dict[str, float | bool]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     runs: list[Measurement] = []
