@@ -19,13 +19,14 @@ from cli.output import fail
 from deploy.process import ManagedProcess
 from deploy.provision import DEFAULT_PORT, ProvisionError, load_federation, provision
 from deploy.site_check import DEFAULT_DELTA, DEFAULT_MIN_ROWS, SiteCheck, check_site_data
+from deploy.site_supervisor import SiteEnded, supervise_site
 from deploy.superlink import CONNECTION, CoordinatorError, open_coordinator
 from deploy.supernode import (
     SiteAlreadyRunning,
+    SiteConfig,
     check_site,
     load_site_config,
     site_ledger,
-    start_site,
 )
 from models.data.site_config import SiteConfigError
 from models.data.tables import MAX_REPORTED_PROBLEMS
@@ -104,14 +105,21 @@ def coordinator_start(
     ),
     host: str = typer.Option("0.0.0.0", help="Address the SuperLink listens on."),
     port: int | None = typer.Option(None, help="Port (default: the provisioned address's)."),
+    keep_state: bool = typer.Option(
+        False,
+        "--keep-state",
+        help="Keep runs and registered keys on disk across restarts (state/superlink.db); "
+        "costs ~2.5x the SuperLink's CPU per request. Default: in memory; after a restart "
+        "the sites' `site start` rejoins by itself.",
+    ),
 ) -> None:
     """Run the SuperLink and register every provisioned site's public key; Ctrl-C stops it.
 
-    `flower-superlink` with TLS, SuperNode authentication, no runtime installs and its
-    state on disk.
+    `flower-superlink` with TLS, SuperNode authentication and no runtime installs; its
+    state in memory (Flower's default) unless --keep-state.
     """
     try:
-        coordinator = open_coordinator(folder, host=host, port=port)
+        coordinator = open_coordinator(folder, host=host, port=port, keep_state=keep_state)
         coordinator.start()
     except (ProvisionError, CoordinatorError) as err:
         raise fail(err) from None
@@ -279,13 +287,29 @@ def site_start(
     """Run this site's SuperNode (TLS, authentication key, node config). Stops on Ctrl-C.
 
     By default with the warm site runtime: an executor that imports the site's ClientApp
-    once, runs it only for approved apps, and forks a child per message.
+    once, runs it only for approved apps, and forks a child per message. A SuperNode that
+    ends by itself after it had joined (the coordinator restarted) is started again.
     """
     cfg = _site(config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        process = start_site(cfg, warm=warm)
+        supervise_site(
+            cfg,
+            stop,
+            warm=warm,
+            on_start=lambda process: _print_site_processes(cfg, process),
+            on_restart=lambda why: console.print(f"[yellow]{escape(why)}[/]"),
+        )
     except SiteAlreadyRunning as err:
         raise fail(err) from None
+    except SiteEnded as err:
+        console.print(err.process.log_text()[-3000:])
+        raise fail(err) from None
+
+
+def _print_site_processes(cfg: SiteConfig, process: ManagedProcess) -> None:
     console.print(
         f"SuperNode for {cfg.name} → {cfg.superlink} (PID {process.pid}); log {process.log_path}"
     )
@@ -294,7 +318,6 @@ def site_start(
             f"{companion.name} (PID {companion.pid}), approving "
             f"{len(cfg.approved_apps)} app(s); log {companion.log_path}"
         )
-    _wait_until_stopped(process)
 
 
 @site_app.command("budget")

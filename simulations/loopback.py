@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from flwr.cli.build import build_fab_from_disk
 
 from deploy.process import ManagedProcess, alive, free_loopback_port
 from deploy.provision import FEDCARE_APP, provision
+from deploy.site_supervisor import supervise_site
 from deploy.superlink import Coordinator, open_coordinator
 from deploy.supernode import load_site_config, start_site
 from server.settings import RunSettings
@@ -105,6 +107,8 @@ class LoopbackFederation:
         Each site's running SuperNode.
     stopped : list of ManagedProcess
         SuperNodes replaced by a restart (still stopped by :meth:`stop`).
+    supervisors : list of threading.Thread
+        The threads of sites run as `fedcare site start` runs them (:meth:`supervise`).
     """
 
     root: Path
@@ -115,6 +119,8 @@ class LoopbackFederation:
     node_ids: dict[str, str] = field(default_factory=dict)  # site -> SuperLink node id
     nodes: dict[str, ManagedProcess] = field(default_factory=dict)
     stopped: list[ManagedProcess] = field(default_factory=list)
+    supervisors: list[threading.Thread] = field(default_factory=list)
+    _stop_supervisors: threading.Event = field(default_factory=threading.Event)
 
     def site_file(self, site: str) -> Path:
         """The provisioned ``site.toml`` of ``site``."""
@@ -127,6 +133,29 @@ class LoopbackFederation:
             self.stopped.append(self.nodes[site])
         self.nodes[site] = process
         return process
+
+    def supervise(self, site: str, warm: bool = True) -> None:
+        """Run a site as `fedcare site start` does: its SuperNode restarted once it had joined.
+
+        :func:`deploy.site_supervisor.supervise_site` in a thread; each SuperNode it starts
+        becomes ``nodes[site]`` (the one before goes to ``stopped``). :meth:`stop` ends it.
+        """
+
+        def started(process: ManagedProcess) -> None:
+            if site in self.nodes:
+                self.stopped.append(self.nodes[site])
+            self.nodes[site] = process
+
+        cfg = load_site_config(self.site_file(site))
+        thread = threading.Thread(
+            target=supervise_site,
+            args=(cfg, self._stop_supervisors),
+            kwargs={"warm": warm, "on_start": started},
+            name=f"supervise[{site}]",
+            daemon=True,
+        )
+        thread.start()
+        self.supervisors.append(thread)
 
     def run_config(self, out: str, **extra: object) -> dict[str, object]:
         """A deployment run config writing to ``root/out``; ``extra`` overrides keys."""
@@ -148,6 +177,9 @@ class LoopbackFederation:
 
     def stop(self) -> list[int]:
         """Stop every process started here, by PID; return the PIDs still alive (none)."""
+        self._stop_supervisors.set()
+        for thread in self.supervisors:
+            thread.join(timeout=60)
         processes = [*self.nodes.values(), *self.stopped]
         if self.coordinator.process is not None:
             processes.append(self.coordinator.process)
@@ -167,6 +199,8 @@ def start_loopback_federation(
     epsilon_budget: float = 8.0,
     warm: bool = True,
     epsilon_per_run: float | None = None,
+    keep_coordinator_state: bool = False,
+    supervised: bool = False,
 ) -> LoopbackFederation:
     """Provision a federation, split the data among its sites and start it.
 
@@ -192,6 +226,10 @@ def start_loopback_federation(
     warm : bool
         Start the sites with the warm site runtime (default) or Flower's default
         isolation (one ``flwr-clientapp`` process per message).
+    keep_coordinator_state : bool
+        The SuperLink's state on disk (``--keep-state``) instead of in memory.
+    supervised : bool
+        Run the sites as `fedcare site start` does (:meth:`LoopbackFederation.supervise`).
 
     Returns
     -------
@@ -211,13 +249,18 @@ def start_loopback_federation(
             epsilon_budget,
             epsilon_per_run,
         )
-    coordinator = open_coordinator(root / "fed" / "coordinator", host="127.0.0.1")
+    coordinator = open_coordinator(
+        root / "fed" / "coordinator", host="127.0.0.1", keep_state=keep_coordinator_state
+    )
     federation = LoopbackFederation(root, coordinator, app, layout.schema_path, layout.test_path)
     try:
         coordinator.start()
         federation.node_ids = coordinator.register_sites(sites)
         for site in sites:
-            federation.start(site, warm=warm)
+            if supervised:
+                federation.supervise(site, warm=warm)
+            else:
+                federation.start(site, warm=warm)
         coordinator.wait_nodes_online(len(sites), timeout=300)
         for process in federation.nodes.values():
             process.remember_children()  # their SuperExecs, whatever becomes of the parent

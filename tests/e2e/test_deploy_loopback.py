@@ -55,8 +55,16 @@ def deployment(tmp_path_factory):
     t0 = time.monotonic()
     # A realistic budget for many runs: each run may spend at most 3 and plans its noise
     # to fit that; composed over the module's runs, a site's lifetime ε stays below 30.
+    # The SuperLink's state on disk (`coordinator start --keep-state`): the coordinator
+    # killed mid-run comes back knowing the sites' nodes (the in-memory default and the
+    # sites' supervisors are tested in test_coordinator_restart.py).
     dep = start_loopback_federation(
-        root, SITES, extra_sites=("bad", "stranger"), epsilon_budget=30.0, epsilon_per_run=3.0
+        root,
+        SITES,
+        extra_sites=("bad", "stranger"),
+        epsilon_budget=30.0,
+        epsilon_per_run=3.0,
+        keep_coordinator_state=True,
     )
     TIMINGS["federation_up_s"] = time.monotonic() - t0
     try:
