@@ -92,6 +92,21 @@ def dp_sample_rate(num_examples: int, batch_size: int) -> float:
     return 1.0 / batches_per_epoch(num_examples, batch_size)
 
 
+def _backward(loss: torch.Tensor) -> None:
+    """``loss.backward()`` without torch's warning about Opacus's hooks, once per step.
+
+    Opacus's per-sample-gradient hooks are full backward hooks on each layer; the first
+    layer's input is data, which needs no gradient, so torch warns on every backward pass
+    (in every forked child of the site executor, i.e. every round) that the hook fires on
+    the module's outputs, which is what Opacus relies on.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Full backward hook is firing", category=UserWarning
+        )
+        loss.backward()
+
+
 def train_locally(
     model: nn.Module,
     inputs: np.ndarray,
@@ -166,7 +181,7 @@ def train_locally(
             optimizer.zero_grad(set_to_none=True)
             if len(x) > 0:
                 loss = task.loss(model(x), y)
-                loss.backward()
+                _backward(loss)
                 losses.append(float(loss.detach()))
             # An empty Poisson batch still takes a (noise-only) step: the accountant
             # counts every sampled step.

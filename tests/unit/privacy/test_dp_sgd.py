@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -41,3 +43,12 @@ def test_an_unseeded_session_draws_fresh_noise_not_torchs_default_seed():
     torch.manual_seed(67280421310721)
     second = _train(None)
     assert any(not np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_a_dp_step_prints_no_third_party_warning():
+    # the site executor forks a child per message: a warning per backward pass would be
+    # printed in every round of every run (torch's about Opacus's backward hooks was)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(3)
+    assert [str(w.message) for w in caught] == []
