@@ -5,9 +5,10 @@ statistics release included. Each candidate changes the settings before this wor
 (:data:`BEFORE`) or, below them, today's defaults (:data:`DEFAULTS`); most are run
 settings, a few are *probes*: a change inside the code made for this measurement only
 (weight decay, a larger bias learning rate, other feature scalings, a zero initial model,
-FedAvgM at the server), to learn whether the method is worth building. Two probes are
-not private and never a setting: DP-SGD without its noise, and features centred by the
-data set's true means; with the no-DP rows they tell what limits the defaults. Every
+FedAvgM at the server, a public log scaling of the features), to learn whether the method
+is worth building. Two probes are not private and never a setting: DP-SGD without its
+noise, and features centred by the data set's true means; with the no-DP rows they tell
+what limits the defaults. Every
 federation goes through the real round loop and ClientApp (DP-SGD, ledgers) in this
 process (``simulations.in_process``). Averaging the last k rounds' global models
 (post-processing: no ε) is scored for every run from the round models.
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from runs_log import load_runs, record_run  # noqa: E402
 import privacy.budget as budget  # noqa: E402
 import privacy.dp_sgd as dp_sgd  # noqa: E402
 import server.federation.rounds as rounds  # noqa: E402
-from models.data.features import Standardization, declared_bounds  # noqa: E402
+from models.data.features import FeatureEncoder, Standardization, declared_bounds  # noqa: E402
 from server.federation.evaluation import evaluate_on_table  # noqa: E402
 from server.settings import RunSettings  # noqa: E402
 from simulations.datasets import breast_cancer  # noqa: E402
@@ -288,6 +289,53 @@ def pooled_standardization(scale: str) -> Probe:
     return lambda: _patched(rounds, "standardization_for", exact)
 
 
+def log_scaling(offset_fraction: float, published_min: bool, log: bool = True) -> Probe:
+    """Each feature as ``log(x + offset_fraction × max)``, scaled to [-2, 2] over its range.
+
+    Public preprocessing (no ε, never the data's own statistics): the offset and the
+    range mapped to [-2, 2] (the log of the declared ``[min, max]``, around its midpoint)
+    come from each feature's declared range alone. The schema declares ``[0, max]``;
+    ``published_min`` declares the minimum the data set's description publishes instead
+    of 0 (sklearn's ``DESCR`` table gives min and max per feature; the data's own min,
+    equal to it up to the table's rounding, as the declared max is the data's max).
+    ``log=False`` keeps the linear scaling, with that range.
+    """
+    dataset = breast_cancer()
+    declared = declared_bounds(dataset.schema)
+    published = dataset.examples[list(declared)].min()
+    ranges = {
+        name: (float(published[name]) if published_min else low, high)
+        for name, (low, high) in declared.items()
+    }
+
+    def forward(name: str, values: np.ndarray) -> np.ndarray:
+        return np.log(values + offset_fraction * ranges[name][1]) if log else values
+
+    ends = {
+        n: (forward(n, np.float64(lo)), forward(n, np.float64(hi)))
+        for n, (lo, hi) in ranges.items()
+    }
+    scale = Standardization(
+        {n: float(lo + hi) / 2 for n, (lo, hi) in ends.items()},
+        {n: float(hi - lo) / 4 for n, (lo, hi) in ends.items()},
+    )
+    encode = FeatureEncoder.transform
+
+    def transformed(self: FeatureEncoder, table: Any) -> np.ndarray:
+        table = table.copy()
+        for name in ranges:
+            table[name] = forward(name, table[name].to_numpy(dtype=float))
+        return encode(self, table)
+
+    @contextmanager
+    def both() -> Iterator[None]:
+        with _patched(rounds, "standardization_for", lambda schema, statistics: scale):
+            with _patched(FeatureEncoder, "transform", transformed):
+                yield
+
+    return both
+
+
 RANGES = {"statistics_epsilon_share": 0.0}
 FULL = {**RANGES, "batch_size": 128, "learning_rate": 0.5}
 DEFAULTS = {**FULL, "learning_rate": 2.0}
@@ -427,6 +475,68 @@ CANDIDATES = [
         "the defaults without DP, 50 rounds: the federated model trained to the end",
         {**DEFAULTS, "dp": False, "num_server_rounds": 50},
     ),
+    # Public preprocessing (no ε): the published minimum declared, then log-scaled.
+    Candidate(
+        "defaults+min0+log0.1",
+        "the defaults, probe: log(x + max/10), scaled to [-2, 2] over the log of the declared "
+        "range [0, max] as now",
+        DEFAULTS,
+        log_scaling(0.1, published_min=False),
+    ),
+    Candidate(
+        "defaults+pubmin",
+        "the defaults, probe: the published minimum declared instead of 0 (linear scaling)",
+        DEFAULTS,
+        log_scaling(0.0, published_min=True, log=False),
+    ),
+    *(
+        Candidate(
+            f"defaults+pubmin+log{fraction:g}",
+            f"the defaults, probe: the published minimum declared, log(x + {fraction:g} max) "
+            "scaled to [-2, 2] over the log of the declared range",
+            DEFAULTS,
+            log_scaling(fraction, published_min=True),
+            seeds=MANY_SEEDS if fraction == 0.05 else SEEDS,
+        )
+        for fraction in (0.01, 0.03, 0.05)
+    ),
+    *(
+        Candidate(
+            f"defaults+pubmin+log0.05+{tag}",
+            f"defaults+pubmin+log0.05, {what}",
+            {**DEFAULTS, **change},
+            log_scaling(0.05, published_min=True),
+            seeds=MANY_SEEDS if tag == "rounds15+lr1.5" else SEEDS,
+        )
+        for tag, what, change in (
+            *(
+                (f"lr{lr:g}", f"learning rate {lr:g}", {"learning_rate": lr})
+                for lr in (1.0, 3.0, 4.0)
+            ),
+            *(
+                (
+                    f"rounds{n}+lr{lr:g}",
+                    f"{n} rounds (σ planned for all of them) at learning rate {lr:g}",
+                    {"num_server_rounds": n, "learning_rate": lr},
+                )
+                for n, lr in ((20, 1.0), (15, 1.5), (5, 2.0), (5, 3.0))
+            ),
+            *(
+                (
+                    f"clip{clip:g}+lr{lr:g}",
+                    f"clipping norm {clip:g}, learning rate {lr:g}",
+                    {"max_grad_norm": clip, "learning_rate": lr},
+                )
+                for clip, lr in ((0.5, 4.0), (2.0, 1.0), (0.25, 8.0), (2.0, 2.0))
+            ),
+        )
+    ),
+    Candidate(
+        "defaults+pubmin+log0.05, no DP",
+        "defaults+pubmin+log0.05 without DP (no clipping, no noise)",
+        {**DEFAULTS, "dp": False},
+        log_scaling(0.05, published_min=True),
+    ),
 ]
 
 
@@ -467,26 +577,24 @@ def run_one(candidate: Candidate, partition: str, seed: int, out: Path) -> dict[
         out_dir=str(out),
     )
     started = time.perf_counter()
-    with _patched(rounds, "save_checkpoint", keep):
-        if candidate.probe is None:
+    # the models are scored under the probe too: it may change how features are encoded
+    with candidate.probe() if candidate.probe else nullcontext():
+        with _patched(rounds, "save_checkpoint", keep):
             report = run_in_process(settings).report
-        else:
-            with candidate.probe():
-                report = run_in_process(settings).report
-    state = states[0]
-    tails = {}
-    for k in TAILS:
-        average = {n: np.mean([m[n] for m in models[-k:]], axis=0) for n in models[-1]}
-        metrics = evaluate_on_table(
-            average, state.spec, state.schema, state.standardization, state.files.test_path
-        )
-        tails[str(k)] = {"roc_auc": metrics["roc_auc"], "accuracy": metrics["accuracy"]}
-    each_round = [
-        evaluate_on_table(
-            model, state.spec, state.schema, state.standardization, state.files.test_path
-        )["accuracy"]
-        for model in models
-    ]
+        state = states[0]
+        tails = {}
+        for k in TAILS:
+            average = {n: np.mean([m[n] for m in models[-k:]], axis=0) for n in models[-1]}
+            metrics = evaluate_on_table(
+                average, state.spec, state.schema, state.standardization, state.files.test_path
+            )
+            tails[str(k)] = {"roc_auc": metrics["roc_auc"], "accuracy": metrics["accuracy"]}
+        each_round = [
+            evaluate_on_table(
+                model, state.spec, state.schema, state.standardization, state.files.test_path
+            )["accuracy"]
+            for model in models
+        ]
     return {
         "key": f"{candidate.name}/{partition}/{seed}",
         "candidate": candidate.name,
