@@ -34,8 +34,10 @@ import importlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import httpx
@@ -67,6 +69,8 @@ from protocol.flower_waits import shorten_object_pull_backoff
 
 COMPONENT = "fedcare-site-executor"
 DEFAULT_CLIENT_APP = "client.app:app"
+# What the executor calls, if the ClientApp's module has it, before forking a task.
+PRELOAD = "preload_site"
 # Without a nudge from the SuperNode (deploy/task_signal.py), the executor asks this often.
 DEFAULT_TASK_POLL_INTERVAL = 0.5
 # Overrides site.toml's [runtime] task-poll-interval (as FLWR_SUPEREXEC_TASK_POLL_INTERVAL
@@ -95,6 +99,10 @@ class ExecutorSettings:
     task_signal_port : int, optional
         The loopback UDP port on which the SuperNode nudges the executor; without it the
         executor only polls.
+    node_config : Path, optional
+        The SuperNode's ``--node-config`` file. With it, before forking each task the
+        executor calls the ClientApp module's ``preload_site(node_config)``, if it has
+        one, so that what it loads (the site's data) is there in every task.
     """
 
     runtime_address: str
@@ -104,6 +112,7 @@ class ExecutorSettings:
     poll_interval: float = DEFAULT_TASK_POLL_INTERVAL
     supernode_pid: int | None = None
     task_signal_port: int | None = None
+    node_config: Path | None = None
 
 
 def say(line: str, stream: TextIO | None = None) -> None:
@@ -173,6 +182,22 @@ def load_client_app(reference: str) -> ClientApp:
     if not isinstance(app, ClientApp):
         raise ValueError(f"{reference!r} is not a Flower ClientApp")
     return app
+
+
+def load_preload(settings: ExecutorSettings) -> Callable[[], None]:
+    """What to call before forking a task: the app module's ``preload_site`` or nothing.
+
+    Parameters
+    ----------
+    settings : ExecutorSettings
+        ``client_app`` names the module; ``node_config`` the file passed to it.
+    """
+    module = importlib.import_module(settings.client_app.partition(":")[0])
+    preload = getattr(module, PRELOAD, None)
+    if settings.node_config is None or not callable(preload):
+        return lambda: None
+    node_config = tomllib.loads(settings.node_config.read_text())
+    return lambda: preload(node_config)
 
 
 def _runtime_client(
@@ -298,6 +323,7 @@ def serve(settings: ExecutorSettings) -> None:
     """
     t0 = time.monotonic()
     app = load_client_app(settings.client_app)
+    preload = load_preload(settings)
     warm_up()
     shorten_object_pull_backoff()  # a task's message may still be arriving at the SuperNode
     say(
@@ -321,6 +347,7 @@ def serve(settings: ExecutorSettings) -> None:
             except httpx.TransportError:
                 continue  # the SuperNode is starting, or gone (checked above)
             if res.HasField("task") and res.token:
+                preload()
                 children.add(_fork_task(settings, app, res.token))
                 continue  # another task may be queued already
             if listener is None:
@@ -358,6 +385,7 @@ def executor_command(
     poll_interval: float,
     supernode_pid: int,
     task_signal_port: int | None = None,
+    node_config: Path | None = None,
 ) -> list[str]:
     """The command line that starts the site executor (see :func:`main`).
 
@@ -367,7 +395,7 @@ def executor_command(
         The interpreter of the environment that holds the site's ClientApp.
     runtime_address, site_name, approved_apps, client_app, poll_interval, supernode_pid
         As in :class:`ExecutorSettings`.
-    task_signal_port : int, optional
+    task_signal_port, node_config : optional
         As in :class:`ExecutorSettings`.
     """
     cmd = [python, "-m", "deploy.site_runtime", "--runtime-address", runtime_address]
@@ -375,6 +403,8 @@ def executor_command(
     cmd += ["--poll-interval", str(poll_interval), "--supernode-pid", str(supernode_pid)]
     if task_signal_port is not None:
         cmd += ["--task-signal-port", str(task_signal_port)]
+    if node_config is not None:
+        cmd += ["--node-config", str(node_config)]
     for digest in approved_apps:
         cmd += ["--approved-app", digest]
     return cmd
@@ -396,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_TASK_POLL_INTERVAL)
     parser.add_argument("--supernode-pid", type=int)
     parser.add_argument("--task-signal-port", type=int)
+    parser.add_argument("--node-config", type=Path)
     args = parser.parse_args(argv)
     serve(
         ExecutorSettings(
@@ -406,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             poll_interval=task_poll_interval(args.poll_interval),
             supernode_pid=args.supernode_pid,
             task_signal_port=args.task_signal_port,
+            node_config=args.node_config,
         )
     )
 

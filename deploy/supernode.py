@@ -356,6 +356,7 @@ def start_site(
             cfg.task_poll_interval,
             supernode.pid,
             task_signal_port=cfg.runtime_port,
+            node_config=node_cfg,
         )
         supernode.companions.append(
             spawn(

@@ -7,8 +7,11 @@ waited on average 1.5 s before a site even saw its message, and up to 0.5 s more
 reply left. No option or environment variable sets these pauses, so this entry point caps
 them in that one module and then runs Flower's own ``flower-supernode`` (same arguments,
 same code, same logs, now with timestamps): the idle pause (a signed HTTPS request to the
-SuperLink per look) at ``--poll-interval`` seconds, the looks for the reply (a read of the
-SuperNode's own in-memory state, no request) at :data:`LOCAL_WAIT` seconds. It also
+SuperLink per look) at ``--poll-interval`` seconds, or :data:`BRISK_POLL` s for
+:data:`BRISK_WINDOW` s after a message arrived (the run's next message is then due within
+a second: the coordinator's next exchange, or the next SecAgg+ stage), the looks for the
+reply (a read of the SuperNode's own in-memory state, no request) at :data:`LOCAL_WAIT`
+seconds. It also
 shortens Flower's back-off for message contents that are not uploaded yet
 (protocol/flower_waits.py), and with ``--task-signal-port`` it nudges the site executor
 (deploy/task_signal.py) each time the loop has stored a message and its contents, by
@@ -32,11 +35,13 @@ import ast
 import functools
 import importlib
 import inspect
+import math
 import sys
 import time
 import types
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from flwr.supercore.logger import update_console_handler
 from flwr.supernode.cli import flower_supernode
@@ -56,6 +61,11 @@ FLOWER_IDLE_PAUSE, FLOWER_REPLY_PAUSE = 3, 0.5
 FLOWER_SLEEPS = Counter({FLOWER_IDLE_PAUSE: 1, FLOWER_REPLY_PAUSE: 2})
 # fedcare's pause between looks for the executor's reply in the SuperNode's own state.
 LOCAL_WAIT = 0.02
+# After a message, the run's next one is due within a second (replies gathered, the next
+# exchange pushed): look for it every BRISK_POLL s for BRISK_WINDOW s, then every poll
+# interval. A look is a signed request to the SuperLink, so only briefly this often.
+BRISK_POLL = 0.05
+BRISK_WINDOW = 3.0
 # flwr 1.41's step of the loop that pulls one message and its contents and stores them
 # (returning the run id, or None when there was none), with its parameters.
 PULL_AND_STORE = "_pull_and_store_message"
@@ -128,8 +138,40 @@ def check_flower_shape(module: types.ModuleType = SUPERNODE_LOOP) -> None:
         )
 
 
-def cap_sleeps(module: types.ModuleType, cap: float, local_cap: float = LOCAL_WAIT) -> None:
-    """Cap ``module``'s idle pauses at ``cap`` s and its waits for a reply at ``local_cap`` s.
+@dataclass
+class PollPace:
+    """How long the SuperNode pauses between looks for a message: briskly after one came.
+
+    Parameters
+    ----------
+    idle : float
+        The pause while nothing happened for ``window`` s (``--poll-interval``).
+    brisk : float
+        The pause within ``window`` s of the last message.
+    window : float
+        Seconds after a message during which the next one is due.
+    last_message : float
+        ``time.monotonic()`` when the last message arrived (-inf: none yet).
+    """
+
+    idle: float
+    brisk: float = BRISK_POLL
+    window: float = BRISK_WINDOW
+    last_message: float = -math.inf
+
+    def message_arrived(self) -> None:
+        """Note that a message (and its contents) was just stored."""
+        self.last_message = time.monotonic()
+
+    def idle_pause(self) -> float:
+        """The pause before the next look for a message."""
+        if time.monotonic() - self.last_message < self.window:
+            return min(self.idle, self.brisk)
+        return self.idle
+
+
+def cap_sleeps(module: types.ModuleType, pace: PollPace, local_cap: float = LOCAL_WAIT) -> None:
+    """Pace ``module``'s idle pauses by ``pace`` and cap its waits for a reply at ``local_cap``.
 
     A pause longer than Flower's reply wait (:data:`FLOWER_REPLY_PAUSE`) is an idle pause.
     Only ``module``'s own name ``time`` is replaced (by a copy of the time module whose
@@ -137,7 +179,10 @@ def cap_sleeps(module: types.ModuleType, cap: float, local_cap: float = LOCAL_WA
     """
 
     def sleep(seconds: float) -> None:
-        time.sleep(min(seconds, local_cap if seconds <= FLOWER_REPLY_PAUSE else cap))
+        if seconds <= FLOWER_REPLY_PAUSE:
+            time.sleep(min(seconds, local_cap))
+        else:
+            time.sleep(min(seconds, pace.idle_pause()))
 
     capped = types.ModuleType("time", "The time module, its sleep capped by fedcare.")
     capped.__dict__.update(
@@ -228,9 +273,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (FlowerChanged, ValueError) as err:
         print(f"fedcare cannot start the SuperNode: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    cap_sleeps(SUPERNODE_LOOP, cap)
-    if args.task_signal_port is not None:
-        notify_on_message(SUPERNODE_LOOP, task_notifier(args.task_signal_port))
+    pace = PollPace(idle=cap)
+    cap_sleeps(SUPERNODE_LOOP, pace)
+    nudge = task_notifier(args.task_signal_port) if args.task_signal_port is not None else None
+
+    def message_arrived() -> None:
+        pace.message_arrived()
+        if nudge is not None:
+            nudge()
+
+    notify_on_message(SUPERNODE_LOOP, message_arrived)
     # Timestamped, uncoloured lines: the site's log shows when each message came and went.
     update_console_handler(timestamps=True, colored=False)
     sys.argv = ["flower-supernode", *rest]

@@ -10,7 +10,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
 
-from client.app import PERSONALIZED_FOLDER, app
+from client import site as client_site
+from client.app import PERSONALIZED_FOLDER, app, preload_site
 from client.site import REFUSALS_FILE, RefusalRecord, SiteSettings, load_site
 from models.data.features import FeatureStatistics, Standardization
 from models.families import build_model
@@ -305,3 +306,13 @@ def test_a_lifetime_budget_is_shared_by_many_runs_each_under_its_cap(site_config
     accountant.history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in releases]
     assert summary["epsilon_spent"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
     assert runs[2]["epsilon_after"] < 3.0 * 0.6  # after three runs, the lifetime is far from 3
+
+
+def test_preload_leaves_the_site_loaded_for_a_forked_task(site_config, monkeypatch):
+    monkeypatch.setattr(client_site, "_CACHE", {})
+    preload_site(site_config)  # what the site executor calls before it forks a task
+    (loaded,) = client_site._CACHE.values()
+    assert load_site(SiteSettings.from_mapping(site_config, "test")) is loaded
+    # a site that cannot load is left to the task, which refuses with the site's reason
+    preload_site({**site_config, "data-path": str(Path(site_config["data-path"]) / "gone")})
+    preload_site({})

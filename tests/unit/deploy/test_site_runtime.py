@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 from pathlib import Path
@@ -12,10 +13,12 @@ from flwr.common.config import parse_config_args
 
 from deploy.site_runtime import (
     TASK_POLL_INTERVAL_ENV,
+    ExecutorSettings,
     app_refusal,
     executor_command,
     fab_sha256,
     load_client_app,
+    load_preload,
     main,
     task_poll_interval,
 )
@@ -125,3 +128,22 @@ def test_the_approved_hash_is_the_hash_flwr_gives_the_app_and_survives_a_snapsho
     assert REAL_APP_FAB_SHA256(copy) == copied
     assert not (copy / "tests").exists() and not (copy / "docs").exists()
     assert not (copy / "benchmarks").exists() and (copy / "client" / "app.py").exists()
+
+
+def test_the_executor_preloads_through_the_app_module_with_the_node_config(tmp_path, monkeypatch):
+    (tmp_path / "site_app_with_preload.py").write_text(
+        "calls = []\ndef preload_site(node_config):\n    calls.append(node_config)\n"
+    )
+    (tmp_path / "site_app_without.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    node_config = tmp_path / "node-config.toml"
+    node_config.write_text('data-path = "/data/site.csv"\nepsilon-budget = 3.0\n')
+
+    def settings(app: str, config: Path | None) -> ExecutorSettings:
+        return ExecutorSettings("127.0.0.1:1", "a", frozenset(), app, node_config=config)
+
+    load_preload(settings("site_app_with_preload:app", node_config))()
+    load_preload(settings("site_app_with_preload:app", None))()  # no node config: nothing
+    load_preload(settings("site_app_without:app", node_config))()  # no hook: nothing
+    module = importlib.import_module("site_app_with_preload")
+    assert module.calls == [{"data-path": "/data/site.csv", "epsilon-budget": 3.0}]

@@ -12,9 +12,12 @@ import pytest
 from deploy import supernode_poll
 from deploy.supernode import load_site_config, supernode_command, write_node_config
 from deploy.supernode_poll import (
+    BRISK_POLL,
+    BRISK_WINDOW,
     LOCAL_WAIT,
     SUPERNODE_LOOP,
     FlowerChanged,
+    PollPace,
     cap_sleeps,
     check_flower_shape,
     main,
@@ -77,7 +80,7 @@ def test_only_the_patched_module_sleeps_less(tmp_path, monkeypatch):
     check_flower_shape(module)
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
-    cap_sleeps(module, 0.2)
+    cap_sleeps(module, PollPace(idle=0.2))
     module.idle()
     module.wait_for_reply()
     # the idle pause asks the SuperLink; the waits for the reply only read local state
@@ -85,6 +88,25 @@ def test_only_the_patched_module_sleeps_less(tmp_path, monkeypatch):
     assert module.time is not time and module.time.monotonic is time.monotonic
     time.sleep(3)  # the rest of the process keeps the real sleep
     assert slept[-1] == 3
+
+
+def test_the_supernode_looks_briskly_only_just_after_a_message(tmp_path, monkeypatch):
+    module = _module(tmp_path, SHAPED, "paced_loop")
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    pace = PollPace(idle=0.2)
+    cap_sleeps(module, pace)
+    module.idle()  # nothing came yet
+    pace.message_arrived()
+    now[0] += BRISK_WINDOW - 0.5
+    module.idle()  # the run's next message is due
+    now[0] += 1.0
+    module.idle()  # nothing for longer than the window: idle again
+    assert slept == [0.2, BRISK_POLL, 0.2]
+    # a configured poll shorter than the brisk one is kept
+    assert PollPace(idle=0.05, brisk=0.1).idle_pause() == 0.05
 
 
 def test_the_executor_is_nudged_only_when_a_message_was_stored(tmp_path):
