@@ -14,13 +14,14 @@ framework). The machine's load average is recorded beside every measurement: on 
   and imports it (torch, Opacus, pandas, scikit-learn), and the coordinator pulling
   replies every 3 s as Flower's grid does (``reply-poll-interval`` 3.0);
 - warm runtime: ``flower-supernode --isolation process`` started through
-  deploy/supernode_poll.py (idle pauses capped at 0.2 s, looks for a reply at 20 ms, a
-  nudge to the executor per message) plus the site executor (deploy/site_runtime.py),
-  which imported the site's ClientApp once and forks per message, and replies pulled
-  every 0.1 s.
+  deploy/supernode_poll.py (idle pauses capped at 0.2 s, 50 ms for 3 s after a message,
+  looks for a reply at 20 ms, a nudge to the executor per message) plus the site executor
+  (deploy/site_runtime.py), which imported the site's ClientApp once, keeps the site's
+  data loaded and forks per message, and replies pulled every 0.1 s.
 
 Both runtimes send the same messages (fedcare's records, protocol/federation.py: the
-model as one flat Array per dtype), so the comparison is of the runtimes alone.
+model as one flat Array per dtype) through the same coordinator (its SuperLink's state
+in memory, the default), so the comparison is of the site runtimes alone.
 
     .venv/bin/python benchmarks/deployed_round.py [--rounds 4] [--out benchmarks/results]
 """
