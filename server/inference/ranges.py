@@ -2,9 +2,10 @@
 
 A numeric value is refused with ``out_of_range`` when it lies outside the schema's
 declared ``min``/``max`` or more than :data:`MAX_STANDARD_SCORE` standard deviations from
-the federation's mean (on the feature's encoded scale, after its declared transform) (the registered preprocessing statistics: pooled over every site,
-never one site's minimum or maximum). Values of the wrong type are left to the data kind,
-which refuses them with ``invalid_input``.
+the federation's mean (the registered preprocessing statistics: pooled over every site,
+never one site's minimum or maximum), on the feature's encoded scale (after its declared
+transform). Values of the wrong type are left to the data kind, which refuses them with
+``invalid_input``.
 """
 
 from __future__ import annotations

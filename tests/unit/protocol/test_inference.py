@@ -306,6 +306,8 @@ def test_he_rows_carry_a_log_features_logs_as_the_plaintext_encoder_computes_the
     age = read_schema_document(document).feature("age")  # the plaintext route's encoding
     plain = on_encoded_scale(age, np.array([0.0, 114.0]))
     assert [row[0] for row in encoded] == plain.tolist()
+    section = " ".join(PROTOCOL_MD.read_text().split("## 11.")[1].split())
+    assert f"114 → `{encoded[1][0]!r}`, 0 → `{encoded[0][0]!r}`" in section
 
 
 @pytest.mark.parametrize(
