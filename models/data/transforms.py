@@ -60,3 +60,21 @@ def transformed(transform: str | None, value: float, maximum: float | None) -> f
         return value
     assert maximum is not None  # transform_requirement: a transform has a declared range
     return math.log(value + maximum * LOG_OFFSET_FRACTION)
+
+
+def untransformed(transform: str | None, value: float, maximum: float | None) -> float:
+    """The inverse of :func:`transformed`: a value on the encoded scale, as measured.
+
+    Parameters
+    ----------
+    transform : str or None
+        The feature's declared transform.
+    value : float
+        A value on the feature's encoded scale.
+    maximum : float or None
+        The feature's declared ``max``.
+    """
+    if transform is None:
+        return value
+    assert maximum is not None  # transform_requirement: a transform has a declared range
+    return math.exp(value) - maximum * LOG_OFFSET_FRACTION
