@@ -5,9 +5,9 @@ The routes, the key configuration, the error codes, and the Open Inference Proto
 requests, building responses and refusals) and the SDK (the reverse), so both agree by
 construction. ``docs/PROTOCOL.md`` is the specification: routes in section 2, the key
 configuration in section 3, the JSON in section 6, the error codes in section 8. This
-module needs only the standard library, :mod:`privacy.hpke` and the value rules of
-:mod:`models.data.values` (standard library only), so the SDK installs without numpy,
-torch, Flower or Opacus.
+module needs only the standard library, :mod:`privacy.hpke`, the value rules of
+:mod:`models.data.values` and the declared transforms of :mod:`models.data.transforms`
+(both standard library only), so the SDK installs without numpy, torch, Flower or Opacus.
 
 A request carries one tensor per feature, by the feature's name in the model's schema,
 with shape ``[n]`` for ``n`` rows (or ``[n, d1, …]``, flattened row-major, for inputs
@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.data import values as value_rules
+from models.data.transforms import transformed
 from privacy import hpke
 
 # ------------------------------------------------------------------------- routes
@@ -1267,7 +1268,12 @@ def _he_value(row: int, name: str, spec: Mapping[str, Any], value: Any) -> list[
         raise _refused(error, name, row, refused.expected) from None
     if rule.type == "categorical":
         return [1.0 if read == c else 0.0 for c in rule.categories]
-    return [_element(name, "FP64", row, read)]
+    return [_encoded(spec, _element(name, "FP64", row, read))]
+
+
+def _encoded(spec: Mapping[str, Any], value: float) -> float:
+    """A checked numeric value after the feature's declared transform (``transform``)."""
+    return transformed(spec.get("transform"), value, spec.get("max"))
 
 
 def encode_he_rows(
@@ -1277,7 +1283,10 @@ def encode_he_rows(
 
     The client's side of homomorphic inference: the service sees only ciphertexts and
     cannot check a value, so every check of the plaintext route that needs no private
-    statistic happens here (types, categories, declared ranges, float32).
+    statistic happens here (types, categories, declared ranges, float32). A numeric
+    feature's declared ``transform`` (``log``) is applied here too, as the plaintext
+    route's encoder applies it: the service folds only the (linear) standardization
+    into its weights.
 
     Parameters
     ----------
@@ -1317,7 +1326,7 @@ def encode_he_rows(
                 raise _refused(INVALID_INPUT, name, row, "a value (it is missing)")
             fast = bounds.get(name)
             if fast and type(value) in (float, int) and fast[0] <= value <= fast[1]:
-                encoded.append(float(value))
+                encoded.append(_encoded(spec, float(value)))
             else:
                 encoded.extend(_he_value(row, name, spec, value))
         encoded_rows.append(encoded)

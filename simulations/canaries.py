@@ -4,12 +4,13 @@ Only simulations ever hold canaries (``fedcare simulate --audit``): they are rec
 for the audit and put into a simulated site's table, where the site trains on them and
 accounts for them like any other record. Canary ``i`` starts at the training records'
 mean and goes as far as the schema's declared bounds allow along the direction the
-(standardized) records vary ``i``-th least: combinations of feature values no patient
-has, so the sites' own records barely push a model along them and a canary's pull stands
-out. It is labelled with the class a logistic regression on the training records finds
-least likely there: an outlier whose label the data contradicts, which a model trained
-without DP fits and one trained with DP cannot be seen to. Non-numeric features take
-their most common value.
+(standardized) records vary ``i``-th least, on the scale the model reads them (after a
+declared transform such as the log scale, mapped back to values as measured):
+combinations of feature values no patient has, so the sites' own records barely push a
+model along them and a canary's pull stands out. It is labelled with the class a logistic
+regression on the training records finds least likely there: an outlier whose label the
+data contradicts, which a model trained without DP fits and one trained with DP cannot
+be seen to. Non-numeric features take their most common value.
 
 The canaries are the same for every site; each site flips its own secret coin per canary
 (:func:`draw_coins`) and only the canaries whose coin came up "in" are appended to its
@@ -27,7 +28,9 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from models.data.features import declared_bounds, on_encoded_scale
 from models.data.schema import FeatureSpec, SiteSchema
+from models.data.transforms import untransformed
 
 AUDIT_FOLDER = "audit"
 CANARIES_FILE = "canaries.csv"
@@ -58,17 +61,21 @@ def make_canaries(train: pd.DataFrame, schema: SiteSchema, count: int) -> pd.Dat
     """
     numeric = bounded_features(schema, count)
     names = [f.name for f in numeric]
-    values = train[names].to_numpy(dtype=float)
+    # on the scale the model reads (after a declared transform): outliers there
+    values = np.column_stack(
+        [on_encoded_scale(f, train[f.name].to_numpy(dtype=float)) for f in numeric]
+    )
     mean, spread = values.mean(axis=0), values.std(axis=0) + 1e-12
-    low = np.array([f.min for f in numeric], dtype=float)
-    high = np.array([f.max for f in numeric], dtype=float)
+    bounds = declared_bounds(schema)
+    low = np.array([bounds[name][0] for name in names], dtype=float)
+    high = np.array([bounds[name][1] for name in names], dtype=float)
     # The directions the data varies least along, least first.
     _, directions = np.linalg.eigh(np.corrcoef(values, rowvar=False))
     points = [_farthest_within(mean, spread * directions[:, i], low, high) for i in range(count)]
-    labels = _least_likely_labels(train, schema, names, np.asarray(points))
+    labels = _least_likely_labels(values, train[schema.label], np.asarray(points))
     base = {f.name: train[f.name].mode().iloc[0] for f in schema.features}
     rows = [
-        {**base, **dict(zip(names, point, strict=True)), schema.label: label}
+        {**base, **_as_measured(numeric, point), schema.label: label}
         for point, label in zip(points, labels, strict=True)
     ]
     return pd.DataFrame(rows, columns=[f.name for f in schema.features] + [schema.label])
@@ -118,15 +125,21 @@ def _farthest_within(
     return np.clip(best, low, high)
 
 
-def _least_likely_labels(
-    train: pd.DataFrame, schema: SiteSchema, names: list[str], points: np.ndarray
-) -> list[str]:
-    """Per point, the class a logistic regression on the training records finds least likely."""
-    scaler = StandardScaler().fit(train[names].to_numpy(dtype=float))
-    labels = train[schema.label].astype(str)
-    model = LogisticRegression(max_iter=2000).fit(
-        scaler.transform(train[names].to_numpy(dtype=float)), labels
-    )
+def _as_measured(numeric: list[FeatureSpec], point: np.ndarray) -> dict[str, float]:
+    """A point on the encoded scale as each feature's values, within its declared range."""
+    return {
+        f.name: float(np.clip(untransformed(f.transform, float(v), f.max), f.min, f.max))
+        for f, v in zip(numeric, point, strict=True)
+    }
+
+
+def _least_likely_labels(values: np.ndarray, labels: pd.Series, points: np.ndarray) -> list[str]:
+    """Per point, the class a logistic regression on the training records finds least likely.
+
+    ``values`` are the records' features on the encoded scale, as ``points`` are.
+    """
+    scaler = StandardScaler().fit(values)
+    model = LogisticRegression(max_iter=2000).fit(scaler.transform(values), labels.astype(str))
     probabilities = model.predict_proba(scaler.transform(points))
     least = [model.classes_[i] for i in probabilities.argmin(axis=1)]
     return [str(label) for label in least]

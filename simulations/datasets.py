@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import pandas as pd
 from sklearn import datasets as skdatasets
 
 from models.data.schema import FeatureSpec, SiteSchema
+from models.data.transforms import LOG
 
 SiteWriter = Callable[[pd.DataFrame, Path], Path]
 # Each center's test rows beside a Fed-TCGA-BRCA data folder's sites: hidden (a dot name),
@@ -68,21 +70,85 @@ def _column_name(raw: str) -> str:
     return raw.strip().replace(" ", "_")
 
 
+# Breast Cancer Wisconsin's published range of each feature: the "Summary Statistics"
+# table of scikit-learn's description (``load_breast_cancer().DESCR``), as printed.
+# Public knowledge, so declaring it (the federated statistics and the log scale need it)
+# tells nothing about a site's rows.
+BREAST_CANCER_PUBLISHED_RANGES: dict[str, tuple[str, str]] = {
+    "mean radius": ("6.981", "28.11"),
+    "mean texture": ("9.71", "39.28"),
+    "mean perimeter": ("43.79", "188.5"),
+    "mean area": ("143.5", "2501.0"),
+    "mean smoothness": ("0.053", "0.163"),
+    "mean compactness": ("0.019", "0.345"),
+    "mean concavity": ("0.0", "0.427"),
+    "mean concave points": ("0.0", "0.201"),
+    "mean symmetry": ("0.106", "0.304"),
+    "mean fractal dimension": ("0.05", "0.097"),
+    "radius error": ("0.112", "2.873"),
+    "texture error": ("0.36", "4.885"),
+    "perimeter error": ("0.757", "21.98"),
+    "area error": ("6.802", "542.2"),
+    "smoothness error": ("0.002", "0.031"),
+    "compactness error": ("0.002", "0.135"),
+    "concavity error": ("0.0", "0.396"),
+    "concave points error": ("0.0", "0.053"),
+    "symmetry error": ("0.008", "0.079"),
+    "fractal dimension error": ("0.001", "0.03"),
+    "worst radius": ("7.93", "36.04"),
+    "worst texture": ("12.02", "49.54"),
+    "worst perimeter": ("50.41", "251.2"),
+    "worst area": ("185.2", "4254.0"),
+    "worst smoothness": ("0.071", "0.223"),
+    "worst compactness": ("0.027", "1.058"),
+    "worst concavity": ("0.0", "1.252"),
+    "worst concave points": ("0.0", "0.291"),
+    "worst symmetry": ("0.156", "0.664"),
+    "worst fractal dimension": ("0.055", "0.208"),
+}
+
+
+def published_range(low: str, high: str) -> tuple[float, float]:
+    """A printed ``[min, max]`` widened by half a unit of each one's last printed digit.
+
+    The table rounds (``0.053`` for the data's 0.05263): the true value lies within half
+    a unit of the last digit printed. A measurement's minimum stays at 0 or above.
+
+    Parameters
+    ----------
+    low, high : str
+        The published minimum and maximum, as printed.
+    """
+
+    def half_unit(text: str) -> Decimal:
+        return Decimal(1).scaleb(int(Decimal(text).as_tuple().exponent)) / 2
+
+    return (
+        float(max(Decimal(low) - half_unit(low), Decimal(0))),
+        float(Decimal(high) + half_unit(high)),
+    )
+
+
 def breast_cancer() -> BuiltinDataset:
-    """569 tumours, 30 numeric features, label 1 = benign (scikit-learn's coding)."""
+    """569 tumours, 30 numeric features, label 1 = benign (scikit-learn's coding).
+
+    Each feature declares its published range (:data:`BREAST_CANCER_PUBLISHED_RANGES`)
+    and the log scale, which centres these skewed positive measurements better at no ε
+    (``benchmarks/results/utility_methods.md``).
+    """
     bunch = skdatasets.load_breast_cancer(as_frame=True)
     frame = bunch.frame.rename(columns=_column_name)
-    # The data set's description publishes every feature's range: public knowledge, so
-    # declaring it (the federated statistics need it) tells nothing about a site's rows.
-    features = tuple(
-        FeatureSpec(name=_column_name(c), type="numeric", min=0.0, max=float(bunch.frame[c].max()))
-        for c in bunch.feature_names
-    )
+    features = []
+    for column in bunch.feature_names:
+        low, high = published_range(*BREAST_CANCER_PUBLISHED_RANGES[column])
+        features.append(
+            FeatureSpec(_column_name(column), "numeric", min=low, max=high, transform=LOG)
+        )
     schema = SiteSchema(
         name="breast_cancer",
         task="binary",
         label="target",
-        features=features,
+        features=tuple(features),
         classes=("0", "1"),
         missing="reject",
     )

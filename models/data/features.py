@@ -20,15 +20,36 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.data.schema import SiteSchema
+from models.data.schema import FeatureSpec, SiteSchema
+from models.data.transforms import transformed
 
 Bounds = Mapping[str, tuple[float, float]]
+
+
+def on_encoded_scale(spec: FeatureSpec, values: np.ndarray) -> np.ndarray:
+    """A numeric feature's values after its declared transform (as they are, without one).
+
+    Parameters
+    ----------
+    spec : FeatureSpec
+        The feature.
+    values : ndarray
+        Its values (within its declared range; NaN = missing, kept).
+    """
+    if spec.transform is None:
+        return values
+    return np.fromiter(
+        (transformed(spec.transform, v, spec.max) for v in values.tolist()),
+        dtype=float,
+        count=len(values),
+    )
 
 
 def declared_bounds(schema: SiteSchema) -> dict[str, tuple[float, float]]:
     """The declared ``(min, max)`` of every numeric column that declares both.
 
-    The numeric features, and a regression label (``[dataset].label_min``/``label_max``).
+    The numeric features, on their encoded scale (a declared transform maps its range's
+    ends), and a regression label (``[dataset].label_min``/``label_max``).
 
     Parameters
     ----------
@@ -36,7 +57,7 @@ def declared_bounds(schema: SiteSchema) -> dict[str, tuple[float, float]]:
         The federation's schema.
     """
     bounds = {
-        f.name: (f.min, f.max)
+        f.name: (transformed(f.transform, f.min, f.max), transformed(f.transform, f.max, f.max))
         for f in schema.features
         if f.type == "numeric" and f.min is not None and f.max is not None
     }
@@ -84,12 +105,16 @@ class FeatureStatistics:
             Names its numeric features, its label and its task (a regression label is
             summarized too, since it is standardized like a feature).
         """
-        numeric = [s.name for s in schema.features if s.type == "numeric"]
-        if schema.task == "regression":
-            numeric.append(schema.label)  # the target is standardized too
+        columns = {
+            s.name: on_encoded_scale(s, frame[s.name].to_numpy(dtype=float))
+            for s in schema.features
+            if s.type == "numeric"
+        }
+        if schema.task == "regression":  # the target is standardized too
+            columns[schema.label] = frame[schema.label].to_numpy(dtype=float)
         classification = schema.task in ("binary", "multiclass")
         return cls.of_values(
-            {name: frame[name].to_numpy(dtype=float) for name in numeric},
+            columns,
             labels=frame[schema.label].tolist() if classification else (),
             rows=len(frame),
             bounds=declared_bounds(schema),
@@ -292,7 +317,7 @@ class FeatureEncoder:
         for spec in self.schema.features:
             column = frame[spec.name]
             if spec.type == "numeric":
-                values = column.to_numpy(dtype=float)
+                values = on_encoded_scale(spec, column.to_numpy(dtype=float))
                 mean = self.standardization.mean.get(spec.name, 0.0)
                 std = self.standardization.std.get(spec.name, 1.0)
                 scaled = (values - mean) / std

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.data.transforms import transform_requirement
 from models.data.values import DEFAULT_MISSING_VALUES, FEATURE_TYPES, MissingValues, ValueRule
 
 TASKS = ("binary", "multiclass", "regression", "survival")
@@ -33,7 +34,7 @@ DATASET_KEYS = (
     "label_min",
     "label_max",
 )
-FEATURE_KEYS = ("type", "categories", "min", "max")
+FEATURE_KEYS = ("type", "categories", "min", "max", "transform")
 
 
 class SchemaError(ValueError):
@@ -55,6 +56,9 @@ class FeatureSpec:
         Allowed values of a categorical feature, in the order of its one-hot columns.
     min, max : float | None
         Optional inclusive bounds of a numeric feature.
+    transform : str | None
+        A numeric feature's declared transform before standardization (``log``; see
+        :mod:`models.data.transforms`), or None.
     """
 
     name: str
@@ -62,6 +66,7 @@ class FeatureSpec:
     categories: tuple[str, ...] = ()
     min: float | None = None
     max: float | None = None
+    transform: str | None = None
 
     @property
     def rule(self) -> ValueRule:
@@ -77,6 +82,8 @@ class FeatureSpec:
             out["min"] = self.min
         if self.max is not None:
             out["max"] = self.max
+        if self.transform is not None:
+            out["transform"] = self.transform
         return out
 
 
@@ -330,13 +337,26 @@ def _parse_feature(name: str, spec: Any, source: str) -> FeatureSpec:
             raise SchemaError(f"{where}.{key} must be a number")
     if lo is not None and hi is not None and lo > hi:
         raise SchemaError(f"{where}: min {lo} is above max {hi}")
+    transform = spec.get("transform")
+    if transform is not None:
+        _check_transform(where, ftype, transform, lo, hi)
     return FeatureSpec(
         name=name,
         type=ftype,
         categories=categories,
         min=None if lo is None else float(lo),
         max=None if hi is None else float(hi),
+        transform=transform,
     )
+
+
+def _check_transform(where: str, ftype: str, transform: Any, lo: Any, hi: Any) -> None:
+    """Raise a :class:`SchemaError` unless a numeric feature's range allows ``transform``."""
+    if ftype != "numeric":
+        raise SchemaError(f"{where}.transform: only a numeric feature has one, this is {ftype}")
+    problem = transform_requirement(str(transform), lo, hi)
+    if problem:
+        raise SchemaError(f"{where}.{problem}")
 
 
 def _is_number(value: Any) -> bool:

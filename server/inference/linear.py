@@ -3,7 +3,9 @@
 A served model is offered for homomorphic inference when its family is linear (``logreg``
 for binary, multiclass and regression tasks, ``cox_linear`` for survival) and its data
 kind is a table. Its map takes the client's *raw* encoded columns (numbers as measured,
-0/1, one-hot categories): standardization ``(x - mean) / std`` is folded into the weights
+or after the feature's declared transform, ``log``, which the client applies as the
+plaintext encoder does; 0/1, one-hot categories): standardization ``(x - mean) / std``,
+whose mean and std are on that transformed scale, is folded into the weights
 and intercept, and so is a regression label's de-standardization ``y * std + mean`` (an
 affine map of an affine map stays affine), so that the encrypted score is the plaintext
 route's model output before the task's link.

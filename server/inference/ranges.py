@@ -3,8 +3,9 @@
 A numeric value is refused with ``out_of_range`` when it lies outside the schema's
 declared ``min``/``max`` or more than :data:`MAX_STANDARD_SCORE` standard deviations from
 the federation's mean (the registered preprocessing statistics: pooled over every site,
-never one site's minimum or maximum). Values of the wrong type are left to the data kind,
-which refuses them with ``invalid_input``.
+never one site's minimum or maximum), on the feature's encoded scale (after its declared
+transform). Values of the wrong type are left to the data kind, which refuses them with
+``invalid_input``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from models.data.transforms import transformed
 from models.predictor import Predictor
 from protocol import inference as wire
 
@@ -49,6 +51,8 @@ def check_ranges(predictor: Predictor, rows: Sequence[Mapping[str, Any]]) -> Non
                 expected = "a value within the declared range [{}, {}]".format(*bounds)
             else:
                 mean, std = scale.mean.get(spec.name, 0.0), scale.std.get(spec.name, 1.0)
+                if math.isfinite(number):  # within any declared range: its transform applies
+                    number = transformed(spec.transform, number, spec.max)
                 if math.isfinite(number) and abs(number - mean) <= MAX_STANDARD_SCORE * std:
                     continue
                 expected = (

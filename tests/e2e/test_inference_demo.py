@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from models.data.features import FeatureEncoder, Standardization
+from models.data.features import FeatureEncoder, FeatureStatistics, Standardization
 from models.families import build_model
 from models.spec import ModelSpec, get_weights
 from server.registry import ModelRegistry
@@ -19,10 +19,8 @@ pytestmark = pytest.mark.slow  # starts the service twice
 
 def test_the_demo_serves_the_simulation_model_and_matches_it_locally(tmp_path):
     dataset = load_dataset("breast_cancer")
-    features = dataset.examples[dataset.schema.feature_names]
-    scale = Standardization(
-        mean={c: float(features[c].mean()) for c in features},
-        std={c: float(features[c].std()) for c in features},
+    scale = Standardization.from_statistics(
+        FeatureStatistics.of_frame(dataset.examples, dataset.schema)
     )
     spec = ModelSpec(
         kind="logreg",

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from sklearn.model_selection import train_test_split
 
 from client.sdk import InferenceClient, RequestRejected
-from models.data.features import FeatureEncoder, Standardization
+from models.data.features import FeatureEncoder, FeatureStatistics, Standardization
 from models.families import build_model
 from models.spec import ModelSpec, get_weights
 from privacy import he as he_module
@@ -58,12 +58,8 @@ def register(fed, name: str, dataset: str, kind: str, task: str) -> list[dict]:
     schema = data.schema
     frame = data.examples
     train, test = train_test_split(frame, test_size=0.2, random_state=0)
-    numeric = [f.name for f in schema.features if f.type == "numeric"]
-    columns = [*numeric, schema.label] if schema.task == "regression" else numeric
-    scale = Standardization(
-        mean={c: float(train[c].mean()) for c in columns},
-        std={c: float(train[c].std()) for c in columns},
-    )
+    # the training rows' own statistics, on each feature's encoded (declared log) scale
+    scale = Standardization.from_statistics(FeatureStatistics.of_frame(train, schema))
     encoder = FeatureEncoder(schema, scale)
     x = encoder.transform(train)
     if schema.task == "regression":

@@ -30,6 +30,7 @@ from models.data.features import (
     FeatureStatistics,
     Standardization,
     declared_bounds,
+    on_encoded_scale,
 )
 from models.data.kinds.base import (
     EncodedExamples,
@@ -134,7 +135,7 @@ class SequenceExamples:
         )
         steps = self.steps.iloc[positions]
         columns = {
-            s.name: steps[s.name].to_numpy(dtype=float)
+            s.name: on_encoded_scale(s, steps[s.name].to_numpy(dtype=float))
             for s in self.schema.features
             if s.type == "numeric"
         }

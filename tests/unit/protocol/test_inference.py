@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import secrets
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.data.features import on_encoded_scale
+from models.data.schema import read_schema_document
 from privacy import hpke
 from protocol import inference as wire
 from protocol.inference import ApiError
@@ -287,6 +290,24 @@ def test_he_rows_are_encoded_in_column_order_with_one_hot_categories():
         [61.0, 2.5, 0.0, 1.0, 1.0],
         [47.5, -1e30, 1.0, 0.0, 0.0],
     ]
+
+
+def test_he_rows_carry_a_log_features_logs_as_the_plaintext_encoder_computes_them():
+    """The service folds only the linear standardization: the client sends log(x + max/20)."""
+    schema = {**HE_SCHEMA, "age": {**HE_SCHEMA["age"], "transform": "log"}}
+    rows = [
+        {"age": 0, "dose": 2.5, "sex": "M", "smoker": 1},  # the fast path (an int in range)
+        {"age": "114", "dose": 1.0, "sex": "F", "smoker": 0},  # read by the value rule
+    ]
+    encoded = wire.encode_he_rows(schema, rows)
+    assert [row[0] for row in encoded] == [pytest.approx(math.log(6.0)), math.log(120.0)]
+    assert [row[1:] for row in encoded] == [[2.5, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]]
+    document = {"dataset": {"task": "binary", "label": "outcome"}, "features": schema}
+    age = read_schema_document(document).feature("age")  # the plaintext route's encoding
+    plain = on_encoded_scale(age, np.array([0.0, 114.0]))
+    assert [row[0] for row in encoded] == plain.tolist()
+    section = " ".join(PROTOCOL_MD.read_text().split("## 11.")[1].split())
+    assert f"114 → `{encoded[1][0]!r}`, 0 → `{encoded[0][0]!r}`" in section
 
 
 @pytest.mark.parametrize(
