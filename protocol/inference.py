@@ -912,6 +912,11 @@ class HeRequest:
     layout : str
         How they hold the patients: ``blocks`` or ``columns`` (``privacy.he.LAYOUTS``;
         the service checks the name).
+    transforms : mapping of str to str
+        The features the client put on their declared scale before encrypting, with the
+        transform (:func:`he_transforms`); sent only when not empty. The service refuses a
+        request whose transforms are not the model's: a client that ignored them would get
+        wrong scores it could not tell from right ones.
     """
 
     context_id: str
@@ -921,6 +926,7 @@ class HeRequest:
     columns: tuple[str, ...]
     data: tuple[bytes, ...] = field(repr=False)
     layout: str
+    transforms: Mapping[str, str] = field(default_factory=dict)
 
     def header(self) -> dict[str, Any]:
         """The request's ``he`` object: the context's and ciphertexts' byte lengths."""
@@ -934,6 +940,8 @@ class HeRequest:
         }
         if self.context is not None:
             body["context"] = len(self.context)
+        if self.transforms:
+            body["transforms"] = dict(self.transforms)
         return body
 
     def parts(self) -> list[bytes]:
@@ -1036,7 +1044,7 @@ def parse_he_request(body: dict[str, Any], rest: memoryview, max_rows: int) -> H
     he = body.get("he")
     if not isinstance(he, dict):
         raise _bad("he must be an object with context_id, rows, block, layout, columns and data")
-    known = {"context_id", "context", "rows", "block", "layout", "columns", "data"}
+    known = {"context_id", "context", "rows", "block", "layout", "columns", "data", "transforms"}
     unknown = sorted(set(he) - known)
     if unknown:
         raise _bad(f"unknown he field '{unknown[0]}'")
@@ -1055,6 +1063,11 @@ def parse_he_request(body: dict[str, Any], rest: memoryview, max_rows: int) -> H
         raise _bad("he.columns must be a list of column names")
     if not isinstance(layout, str):
         raise _bad("he.layout must be the name of a layout")
+    transforms = he.get("transforms", {})
+    if not isinstance(transforms, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in transforms.items()
+    ):
+        raise _bad("he.transforms must map feature names to transform names")
     try:
         data = _lengths(he.get("data"), "he.data")
         context = [_length(he["context"], "he.context")] if "context" in he else []
@@ -1071,6 +1084,7 @@ def parse_he_request(body: dict[str, Any], rest: memoryview, max_rows: int) -> H
         columns=tuple(columns),
         data=tuple(parts[len(context) :]),
         layout=layout,
+        transforms=transforms,
     )
 
 
@@ -1244,6 +1258,17 @@ def he_columns(features: Mapping[str, Any]) -> list[str]:
         else:
             names.append(name)
     return names
+
+
+def he_transforms(features: Mapping[str, Any]) -> dict[str, str]:
+    """The declared transforms of a schema's features (``parameters.schema``), by feature.
+
+    Parameters
+    ----------
+    features : mapping
+        Feature name to its schema entry.
+    """
+    return {name: spec["transform"] for name, spec in features.items() if spec.get("transform")}
 
 
 # The error code of a value the rule refuses (every other refusal is invalid_input).

@@ -418,6 +418,7 @@ class InferenceClient:
             raise InvalidInput(err.message, 0, err.code, **err.details) from None
         if self._he is None:
             self._he = he.SecretContext()
+        transforms = wire.he_transforms(parameters["schema"])
         batch, names = int(offer["max_rows"]), tuple(offer["columns"])
         block = he.block_width(len(names))
         predictions: list[dict[str, Any]] = []
@@ -425,12 +426,17 @@ class InferenceClient:
         for start in range(0, len(rows), batch):
             chunk = encoded[start : start + batch]
             layout = he.choose_layout(len(chunk), len(names))
-            result = self._he_once(chunk, names, block, layout)
+            result = self._he_once(chunk, names, block, layout, transforms)
             predictions.extend(result.predictions)
         return InferenceResult(result.model_name, result.model_version, predictions)
 
     def _he_once(
-        self, encoded: list[list[float]], names: tuple[str, ...], block: int, layout: str
+        self,
+        encoded: list[list[float]],
+        names: tuple[str, ...],
+        block: int,
+        layout: str,
+        transforms: dict[str, str],
     ) -> InferenceResult:
         """One homomorphic request; its context is resent once if the service lost it."""
         secret, count = self._he, len(encoded)
@@ -444,6 +450,7 @@ class InferenceClient:
                 columns=names,
                 data=data,
                 layout=layout,
+                transforms=transforms,
             )
             request_id, response_key = secrets.token_hex(16), hpke.new_response_key()
             body = wire.build_he_request(request, request_id, int(time.time()), response_key)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +48,8 @@ class LinearMap:
         What the client applies to a decrypted score (``protocol.inference.HE_LINKS``).
     labels : tuple of str
         The classes (classification; empty otherwise).
+    transforms : mapping of str to str
+        The features the client must put on their declared scale before encrypting.
     """
 
     columns: tuple[str, ...]
@@ -54,6 +57,7 @@ class LinearMap:
     bias: tuple[float, ...]
     link: str
     labels: tuple[str, ...]
+    transforms: Mapping[str, str] = field(default_factory=dict)
 
 
 def not_linear_reason(model: ServedModel) -> str:
@@ -121,6 +125,7 @@ def linear_map(model: ServedModel) -> LinearMap:
         bias=tuple(float(b) for b in intercept),
         link=link,
         labels=tuple(schema.classes) if link in ("sigmoid", "softmax") else (),
+        transforms={f.name: f.transform for f in schema.features if f.transform},
     )
 
 
@@ -209,6 +214,13 @@ def he_scores(
     if request.columns != linear.columns:
         raise wire.INVALID_INPUT.error(
             "he.columns are not the model's encoded columns; fetch the metadata again"
+        )
+    if dict(request.transforms) != dict(linear.transforms):
+        raise wire.INVALID_INPUT.error(
+            f"the model reads {dict(linear.transforms) or 'no feature'} on a declared scale "
+            f"and the request says it encoded {dict(request.transforms) or 'none'} so: put "
+            "each such feature on its scale before encrypting and name it in he.transforms "
+            "(docs/PROTOCOL.md section 11; fedcare-sdk does)"
         )
     block = he.block_width(len(linear.columns))
     if request.block != block:

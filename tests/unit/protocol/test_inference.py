@@ -4,6 +4,7 @@ guard, without a server."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -422,3 +423,17 @@ def test_part_lengths_that_do_not_fit_the_bytes_are_malformed_requests(change, e
     with pytest.raises(ApiError, match=message) as refused:
         wire.parse_he_request(decoded, rest, max_rows=4)
     assert refused.value.code == "malformed_request"
+
+
+def test_a_he_request_names_the_transforms_it_applied_and_only_then():
+    transforms = {"area": "log"}
+    request = dataclasses.replace(VECTOR_REQUEST, transforms=transforms)
+    decoded, rest = wire.decode_he_request(wire.build_he_request(request, "cd" * 16, 1, KEY))
+    assert decoded["he"]["transforms"] == transforms
+    assert wire.parse_he_request(decoded, rest, max_rows=4) == request
+    # none applied, none sent: a model without transforms reads what older clients send
+    assert "transforms" not in VECTOR_REQUEST.header()
+    assert wire.he_transforms({"area": {"transform": "log"}, "age": {}}) == transforms
+    decoded["he"]["transforms"] = ["area"]
+    with pytest.raises(wire.ApiError, match="he.transforms must map"):
+        wire.parse_he_request(decoded, rest, max_rows=4)
