@@ -38,4 +38,5 @@ def test_a_request_without_the_models_transforms_is_refused_naming_them(sent):
 def test_a_request_with_the_models_transforms_gets_to_the_ciphertexts():
     with pytest.raises(wire.ApiError) as caught:
         he_scores(LOG_MODEL, None, _request({"area": "log"}))
-    assert caught.value.code != wire.INVALID_INPUT.code  # past the check: refused for its block size (64)
+    # past the check: refused for its block size (64)
+    assert caught.value.code != wire.INVALID_INPUT.code
