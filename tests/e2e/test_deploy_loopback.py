@@ -104,14 +104,23 @@ def _rounds_trained(report: dict, site: str) -> int:
     return trained
 
 
-def _ledgers_agree_with_report(dep: LoopbackFederation, report: dict, sites: list[str]) -> None:
-    """No site's ε counted twice or lost: its own ledger says what the run's report says."""
+def _ledgers_agree_with_report(
+    dep: LoopbackFederation, report: dict, sites: list[str], killed: tuple[str, ...] = ()
+) -> None:
+    """No site's ε counted twice or lost: its own ledger says what the run's report says.
+
+    A site ``killed`` while it trained may have recorded that round's release and then died
+    before its update left (the ledger records first, by design): one round more in its
+    ledger than the coordinator aggregated, its ε still equal to what the report shows.
+    """
     spent = report["privacy"]["epsilon_spent"]
     for site in sites:
         ledger = site_ledger(load_site_config(dep.site_file(site)))
         assert spent[site] == pytest.approx(ledger.spent), site
         runs = [r for r in ledger.summary()["runs"] if r["run"] == report["run"]]
-        assert [r["rounds"] for r in runs] == [_rounds_trained(report, site)], site
+        trained = _rounds_trained(report, site)
+        allowed = [[trained], [trained + 1]] if site in killed else [[trained]]
+        assert [r["rounds"] for r in runs] in allowed, site
 
 
 def test_three_rounds_secagg_dp_signed_model_and_a_supernode_killed_mid_round(deployment):
@@ -151,7 +160,7 @@ def test_three_rounds_secagg_dp_signed_model_and_a_supernode_killed_mid_round(de
     assert history[-1]["sites_trained"] == 3 and not history[-1]["refused"]
     TIMINGS["c_back_in_round"] = next(e["round"] for e in history[1:] if e["sites_trained"] == 3)
     assert report["final"]["roc_auc"] > 0.8
-    _ledgers_agree_with_report(dep, report, SITES)
+    _ledgers_agree_with_report(dep, report, SITES, killed=("c",))
 
     logs = dep.coordinator.run_logs(run_id)
     # (the ServerApp's log has each record twice: Flower's console format and a timestamped one)
