@@ -133,10 +133,13 @@ def test_three_rounds_secagg_dp_signed_model_and_a_supernode_killed_mid_round(de
     t0 = time.monotonic()
     run_id = dep.coordinator.submit(dep.app, dep.run_config("e2e", **{"num-server-rounds": 3}))
     # SecAgg+ sends 4 TRAIN messages a round; the 3rd asks for the masked update.
+    # Looked for every 20 ms: the stage takes c ~0.1–0.3 s, and c must die before its
+    # masked update leaves (else the round aggregates it and c is not a dropout).
     _wait_for(
         lambda: log_c.read_text().count("Receiving: train message") >= seen + 3,
         600,
         "site c to be asked for its masked update",
+        poll=0.02,
     )
     dep.nodes["c"].kill()
     # Restarted at once: start_site tells the SuperLink that the killed SuperNode is gone
