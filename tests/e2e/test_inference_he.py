@@ -8,6 +8,7 @@ predictions must equal the plaintext route's within 1e-4 on every test patient.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import multiprocessing
@@ -189,7 +190,11 @@ def test_health_answers_within_100_ms_while_a_256_row_explanation_runs(env):
     with service.http() as http:
         # The connection (TLS handshake) is opened before: the probes time the service.
         assert http.get("/v2/health/live").status_code == 200
+        # The fork inherits this process's TenSEAL contexts (earlier tests'); collecting one
+        # in the child would destroy its thread pool's locks there, and hang (seen once).
+        gc.freeze()
         explainer.start()
+        gc.unfreeze()
         while explainer.is_alive():
             started = time.perf_counter()
             assert http.get("/v2/health/live").status_code == 200
