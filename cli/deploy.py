@@ -84,18 +84,21 @@ def provision_command(
     console.print(result.summary())
 
 
-def _wait_until_stopped(process: ManagedProcess) -> None:
-    """Block until Ctrl-C / SIGTERM or the process exits; then stop it by PID."""
+def _stop_on_signals() -> threading.Event:
+    """An event that Ctrl-C or SIGTERM sets."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        for each in (process, *process.companions):
-            if not each.alive():
-                process.stop()
-                console.print(each.log_text()[-3000:])
-                raise fail(f"{each.name} exited with {each.popen.returncode}")
+    return stop
+
+
+def _wait_until_stopped(process: ManagedProcess) -> None:
+    """Block until Ctrl-C / SIGTERM or the process exits; then stop it by PID."""
+    ended = process.wait_for_end(_stop_on_signals(), poll=1.0)
     process.stop()
+    if ended is not None:
+        console.print(ended.log_text()[-3000:])
+        raise fail(f"{ended.name} exited with {ended.popen.returncode}")
 
 
 @coordinator_app.command("start")
@@ -291,13 +294,10 @@ def site_start(
     ends by itself after it had joined (the coordinator restarted) is started again.
     """
     cfg = _site(config)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         supervise_site(
             cfg,
-            stop,
+            _stop_on_signals(),
             warm=warm,
             on_start=lambda process: _print_site_processes(cfg, process),
             on_restart=lambda why: console.print(f"[yellow]{escape(why)}[/]"),

@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,6 +137,22 @@ class ManagedProcess:
         self.known_children.update(descendants(self.pid))
         for companion in self.companions:
             companion.remember_children()
+
+    def wait_for_end(self, stop: threading.Event, poll: float = 0.5) -> ManagedProcess | None:
+        """Wait until this process or a companion exits (that one) or ``stop`` is set (None).
+
+        Parameters
+        ----------
+        stop : threading.Event
+            Ends the wait early (Ctrl-C, a supervisor told to stop).
+        poll : float
+            Seconds between looks at the processes.
+        """
+        while not stop.wait(poll):
+            for each in (self, *self.companions):
+                if not each.alive():
+                    return each
+        return None
 
     def log_text(self) -> str:
         """The process's log so far; empty when it has none."""

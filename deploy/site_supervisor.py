@@ -51,15 +51,6 @@ def _activated_since(log: Path, offset: int) -> bool:
         return NODE_ID_RE.search(f.read().decode(errors="replace")) is not None
 
 
-def _first_to_end(process: ManagedProcess, stop: threading.Event) -> ManagedProcess | None:
-    """Wait until the SuperNode or its executor exits (that one) or ``stop`` is set (None)."""
-    while not stop.wait(0.5):
-        for each in (process, *process.companions):
-            if not each.alive():
-                return each
-    return None
-
-
 def supervise_site(
     cfg: SiteConfig,
     stop: threading.Event,
@@ -97,7 +88,7 @@ def supervise_site(
         process = start_site(cfg, warm=warm)
         if on_start is not None:
             on_start(process)
-        ended = _first_to_end(process, stop)
+        ended = process.wait_for_end(stop)
         process.stop()
         if ended is None:
             return
