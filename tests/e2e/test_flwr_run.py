@@ -86,4 +86,36 @@ def test_flwr_build_accepts_the_tree(tmp_path):
     names = zipfile.ZipFile(fabs[0]).namelist()
     for module in ("server/app.py", "client/app.py", "privacy/ledger.py", "models/spec.py"):
         assert module in names
-    assert not any(name.startswith(".venv") for name in names)
+    # Only what the two apps run: every site receives the FAB with every message.
+    for left_out in ("deploy/", "cli/", "simulations/", "server/inference/", "client/sdk/"):
+        assert not any(name.startswith(left_out) for name in names), left_out
+    assert "protocol/inference.py" not in names
+    assert not any(name.startswith((".venv", "tests/", "docs/")) for name in names)
+
+
+def test_every_module_in_the_fab_imports_from_the_fab_alone(tmp_path):
+    built = subprocess.run(
+        [str(BIN / "flwr"), "build", "--app", str(ROOT)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    unpacked = tmp_path / "app"
+    zipfile.ZipFile(next(tmp_path.glob("*.fab"))).extractall(unpacked)
+    modules = sorted(
+        ".".join(p.relative_to(unpacked).with_suffix("").parts).removesuffix(".__init__")
+        for p in unpacked.rglob("*.py")
+    )
+    # The repository is on sys.path through the editable install: take it off, so a
+    # module the FAB lacks fails here instead of being found in the checkout.
+    check = (
+        "import importlib, os, sys\n"
+        f"sys.path = [{str(unpacked)!r}] + [p for p in sys.path if p and "
+        f"os.path.realpath(p) != {str(ROOT.resolve())!r}]\n"
+        f"for m in {modules!r}:\n"
+        "    module = importlib.import_module(m)\n"
+        f"    assert module.__file__.startswith({str(unpacked)!r}), module.__file__\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
