@@ -1,10 +1,12 @@
 """The site's side of secure aggregation: Flower's ``secaggplus_mod`` around the train handler.
 
 With secure aggregation on, the coordinator drives Flower's SecAgg+ protocol (see
-``server/federation/secure_aggregation.py``): four TRAIN messages per round (set-up, key sharing,
-masked update, unmasking). ``secaggplus_mod`` answers three of them itself; for the third
-it calls the site's train handler, quantizes and masks the update, and sends only the
-masked integers. The coordinator can unmask the sum of the sites' updates, never one site's.
+``server/federation/secure_aggregation.py``): four stages per round (set-up, key sharing,
+masked update, unmasking), each a TRAIN message; from the second round on, the set-up
+arrives inside the previous round's unmasking message and is answered in its reply.
+``secaggplus_mod`` answers the stages itself; for the masked update it calls the site's
+train handler, quantizes and masks the update, and sends only the masked integers. The
+coordinator can unmask the sum of the sites' updates, never one site's.
 
 Flower 1.41's SecAgg+ speaks the legacy record layout (``fitins.*`` in, ``fitres.*`` out),
 while fedcare's train handler speaks the Message API layout (``arrays`` + ``config`` in,
@@ -37,6 +39,7 @@ from protocol.federation import (
     NUM_EXAMPLES,
     SECAGG_ARRAY_NAMES,
     SECAGG_CLIPPING_RANGE,
+    SECAGG_NEXT_SETUP,
     SECAGG_SITE_NAME,
     SECAGG_VALUES_CLIPPED,
     site_name,
@@ -73,10 +76,38 @@ def secure_train_mod(msg: Message, context: Context, call_next: ClientAppCallabl
     """
     if not is_secagg_message(msg):
         return call_next(msg, context)
+    next_setup = msg.content.config_records.get(SECAGG_NEXT_SETUP)
     try:
-        return secaggplus_mod(msg, context, _legacy_train(call_next))
+        reply = secaggplus_mod(msg, context, _legacy_train(call_next))
     except _Refused as refused:
         return Message(refused.error, reply_to=msg)
+    if next_setup is not None and not reply.has_error():
+        reply.content.config_records[SECAGG_NEXT_SETUP] = _next_public_keys(
+            msg, next_setup, context
+        )
+    return reply
+
+
+def _next_public_keys(msg: Message, setup: ConfigRecord, context: Context) -> ConfigRecord:
+    """The next round's set-up, run now: this site's fresh public keys for it.
+
+    The coordinator sends the next round's set-up with this round's unmasking, so a
+    round of SecAgg+ takes three exchanges after the first instead of four. The keys are
+    as fresh as a set-up message of their own would make them; ``secaggplus_mod``
+    accepts a set-up after unmasking (its next stage in the protocol).
+    """
+    stage = Message(
+        RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(dict(setup))}),
+        dst_node_id=msg.metadata.dst_node_id,
+        message_type=msg.metadata.message_type,
+        group_id=msg.metadata.group_id,
+    )
+    keys = secaggplus_mod(stage, context, _no_train)
+    return keys.content.config_records[RECORD_KEY_CONFIGS]
+
+
+def _no_train(msg: Message, context: Context) -> Message:
+    raise RuntimeError("SecAgg+ set-up does not train")  # secaggplus_mod never calls it
 
 
 def _legacy_train(call_next: ClientAppCallable) -> ClientAppCallable:

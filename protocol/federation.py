@@ -66,6 +66,9 @@ SECAGG_ARRAY_NAMES = "secagg-array-names"  # FitIns: JSON list naming the legacy
 SECAGG_CLIPPING_RANGE = "secagg-clipping-range"  # FitIns: the range SecAgg+ clips to
 SECAGG_SITE_NAME = "site-name"  # FitRes: the site's name (plaintext, like every metric)
 SECAGG_VALUES_CLIPPED = "secagg-values-clipped"  # FitRes: weights outside the clipping range
+# A SecAgg+ unmask message's second config record: the next round's set-up, which the site
+# answers (its next public keys) under the same key in its reply.
+SECAGG_NEXT_SETUP = "fedcare.secagg-next-setup"
 
 
 class RefusalCode(IntEnum):

@@ -51,7 +51,8 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.common import FitIns, FitRes, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext
 from flwr.server.client_proxy import ClientProxy
@@ -67,6 +68,7 @@ from protocol.federation import (
     METRICS,
     SECAGG_ARRAY_NAMES,
     SECAGG_CLIPPING_RANGE,
+    SECAGG_NEXT_SETUP,
     SECAGG_SITE_NAME,
     SITE_RECORD,
     RefusalCode,
@@ -131,6 +133,84 @@ def quantization_bound(settings: RunSettings, num_examples: Iterable[int]) -> fl
 
 
 @dataclass
+class EarlySetup:
+    """The next round's SecAgg+ set-up, sent with this round's unmasking.
+
+    A set-up message carries only the protocol's parameters (the number of sites, shares,
+    threshold, ranges), the same every round for the same sites, and each site answers
+    with two fresh public keys. So the unmasking messages of round ``r`` also carry
+    round ``r``'s set-up (:data:`protocol.federation.SECAGG_NEXT_SETUP`), each site answers
+    it after unmasking, and round ``r + 1``'s set-up is answered from those keys without
+    an exchange: three exchanges a round instead of four. When the set-up the workflow
+    sends differs (other parameters) or a site has no early keys (it dropped out, or
+    joined), the set-up goes out as usual.
+
+    Parameters
+    ----------
+    setup : ConfigRecord, optional
+        The last set-up the workflow sent.
+    keys : dict
+        Node id → its public keys for the next set-up (the record ``secaggplus_mod``
+        replies to a set-up with).
+    """
+
+    setup: ConfigRecord | None = None
+    keys: dict[int, ConfigRecord] = field(default_factory=dict)
+
+    def saw_setup(self, messages: list[Message]) -> None:
+        """Remember the set-up the workflow sends (and forget older keys)."""
+        self.setup = ConfigRecord(dict(messages[0].content.config_records[RECORD_KEY_CONFIGS]))
+        self.keys = {}
+
+    def attach(self, unmasking: list[Message]) -> list[Message]:
+        """The unmasking messages, each also carrying the remembered set-up."""
+        if self.setup is None:
+            return unmasking
+        setup = dict(self.setup)
+        return [_with_record(m, SECAGG_NEXT_SETUP, ConfigRecord(setup)) for m in unmasking]
+
+    def keep_keys(self, replies: list[Message]) -> None:
+        """Keep each site's answer to the set-up that came with its unmasking."""
+        self.keys = {
+            r.metadata.src_node_id: r.content.config_records[SECAGG_NEXT_SETUP]
+            for r in replies
+            if not r.has_error() and SECAGG_NEXT_SETUP in r.content.config_records
+        }
+
+    def answer(self, setup: list[Message]) -> list[Message]:
+        """Replies to ``setup`` from the kept keys; [] unless every site has them."""
+        nodes = [m.metadata.dst_node_id for m in setup]
+        wanted = dict(setup[0].content.config_records[RECORD_KEY_CONFIGS])
+        if self.setup is None or dict(self.setup) != wanted or not set(nodes) <= set(self.keys):
+            return []
+        replies = [
+            Message(RecordDict({RECORD_KEY_CONFIGS: self.keys[node]}), reply_to=m)
+            for node, m in zip(nodes, setup, strict=True)
+        ]
+        self.keys = {}  # each key pair answers one set-up
+        return replies
+
+
+def _with_record(msg: Message, key: str, record: ConfigRecord) -> Message:
+    """A copy of ``msg`` whose content also holds ``record`` under ``key``."""
+    content = RecordDict({**msg.content.config_records, key: record})
+    return Message(
+        content,
+        dst_node_id=msg.metadata.dst_node_id,
+        message_type=msg.metadata.message_type,
+        group_id=msg.metadata.group_id,
+    )
+
+
+def _secagg_stage(messages: list[Message]) -> str | None:
+    """The SecAgg+ stage the messages are (None for other messages)."""
+    if not messages or not messages[0].has_content():
+        return None
+    record = messages[0].content.config_records.get(RECORD_KEY_CONFIGS)
+    return None if record is None else str(record.get(SecAggKey.STAGE))
+
+
+@dataclass
 class _SecureRound:
     """The two strategy methods ``SecAggPlusWorkflow`` calls, for one round.
 
@@ -179,6 +259,7 @@ class SecureAggregationGrid(DelegatingGrid):
         self._context = context
         self._settings = settings
         self._errors: dict[int, Error] = {}
+        self._early_setup = EarlySetup()
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -187,11 +268,24 @@ class SecureAggregationGrid(DelegatingGrid):
         messages = list(messages)
         if messages and all(_is_training_request(m) for m in messages):
             return self._secure_round(messages)
+        stage = _secagg_stage(messages)
+        if stage == Stage.SETUP and (answered := self._early_setup.answer(messages)):
+            return answered
+        if stage == Stage.SETUP:
+            self._early_setup.saw_setup(messages)
+        if stage == Stage.UNMASK and self._has_next_round(messages):
+            messages = self._early_setup.attach(messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for reply in replies:
             if reply.has_error():  # a SecAgg+ stage a site failed; kept to explain it
                 self._errors[reply.metadata.src_node_id] = reply.error
+        if stage == Stage.UNMASK:
+            self._early_setup.keep_keys(replies)
         return replies
+
+    def _has_next_round(self, messages: list[Message]) -> bool:
+        # SecAgg+'s messages carry their round as the group id
+        return int(messages[0].metadata.group_id) < self._settings.num_server_rounds
 
     # -- one round
     def _secure_round(self, requests: list[Message]) -> list[Message]:

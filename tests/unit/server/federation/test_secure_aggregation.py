@@ -20,6 +20,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.task_identity import TaskIdentity
 
 from privacy.budget import LAST_RELEASE, LAST_RELEASE_META
+from protocol.federation import SECAGG_NEXT_SETUP
 from privacy.ledger import PrivacyLedger
 from server.federation.rounds import run_federation
 from server.federation.secure_aggregation import SecureAggregationGrid, quantization_bound
@@ -40,11 +41,14 @@ class LocalGrid(InProcessGrid):
         """``node_configs``: each node id's ``--node-config`` (its site settings)."""
         super().__init__(node_configs)
         self.replies: list[Message] = []
+        self.sent: list[tuple[str, str, bool]] = []  # (round, stage, carries a next set-up)
         self.dead: set[int] = set()
 
     def send_and_receive(self, messages, *, timeout=None):
         out = []
         for msg in messages:
+            early = SECAGG_NEXT_SETUP in msg.content.config_records
+            self.sent.append((msg.metadata.group_id, _stage(msg), early))
             if msg.metadata.dst_node_id in self.dead and _stage(msg) in ("masked", "unmask"):
                 continue
             reply = self.deliver(msg)
@@ -181,3 +185,40 @@ def test_robust_aggregators_are_refused_under_secure_aggregation():
 
 def _context() -> Context:
     return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+
+
+def test_later_rounds_take_their_setup_from_the_previous_unmasking(sites, tmp_path):
+    _, settings, configs = sites
+    configs = {n: {**c, "state-dir": str(tmp_path / c["site-name"])} for n, c in configs.items()}
+    settings = RunSettings(
+        **{**settings.to_dict(), "num_server_rounds": 3, "out_dir": str(tmp_path / "run")}
+    )
+    grid = LocalGrid(configs)
+    outcome = run_federation(SecureAggregationGrid(grid, _context(), settings), settings)
+
+    assert [e["sites_trained"] for e in outcome.report["history"]] == [3, 3, 3]
+    assert [s[:2] for s in grid.sent if s[1] == "setup"] == [("1", "setup")] * 3  # round 1 only
+    carries = [(s[0], s[2]) for s in grid.sent if s[1] == "unmask"]
+    # rounds 1 and 2 send the next set-up with their unmasking; round 3 is the last
+    assert carries == [("1", True)] * 3 + [("2", True)] * 3 + [("3", False)] * 3
+    unmasking = [r for r in grid.replies if SECAGG_NEXT_SETUP in r.content.config_records]
+    # the early keys are fresh: no site answers two set-ups with the same key
+    keys = [
+        bytes(r.content.config_records[SECAGG_NEXT_SETUP][Key.PUBLIC_KEY_1]) for r in unmasking[:6]
+    ]
+    assert len(set(keys)) == 6
+
+
+def test_a_site_without_early_keys_gets_a_setup_of_its_own(sites, tmp_path):
+    _, settings, configs = sites
+    configs = {n: {**c, "state-dir": str(tmp_path / c["site-name"])} for n, c in configs.items()}
+    settings = RunSettings(
+        **{**settings.to_dict(), "num_server_rounds": 2, "out_dir": str(tmp_path / "run")}
+    )
+    grid = LocalGrid(configs)
+    grid.dead.add(next(iter(configs)))  # no masked update, no unmasking: no early keys
+    outcome = run_federation(SecureAggregationGrid(grid, _context(), settings), settings)
+
+    assert [e["sites_trained"] for e in outcome.report["history"]] == [2, 2]
+    setups = [s[:2] for s in grid.sent if s[1] == "setup"]
+    assert setups == [("1", "setup")] * 3 + [("2", "setup")] * 3
