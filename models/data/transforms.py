@@ -8,10 +8,12 @@ it is standardized, and its declared range ``[min, max]`` maps to
 site's data), so it costs no ε. The transform needs a declared ``min ≥ 0`` and
 ``max > min`` (``log`` of a positive number everywhere in the range).
 
-Every path that encodes a value calls :func:`transformed`: the feature encoder and the
-federated statistics (:mod:`models.data.features`), the inference service's range check
-and the SDK's homomorphic encoding (:mod:`protocol.inference`), which sends values
-already transformed. Standard library only: the SDK distribution ships this module.
+Every path that encodes a value calls :func:`transformed`: the federated statistics
+(:mod:`models.data.features`), the inference service's range check and the SDK's
+homomorphic encoding (:mod:`protocol.inference`), which sends values already transformed.
+The feature encoder transforms a whole column at once with numpy and :func:`log_offset`
+(``models.data.features.on_encoded_scale``; numpy's log may differ from ``math.log`` in
+the last bit). Standard library only: the SDK distribution ships this module.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def transformed(transform: str | None, value: float, maximum: float | None) -> f
     if transform is None:
         return value
     assert maximum is not None  # transform_requirement: a transform has a declared range
-    return math.log(value + maximum * LOG_OFFSET_FRACTION)
+    return math.log(value + log_offset(maximum))
 
 
 def untransformed(transform: str | None, value: float, maximum: float | None) -> float:
@@ -77,4 +79,9 @@ def untransformed(transform: str | None, value: float, maximum: float | None) ->
     if transform is None:
         return value
     assert maximum is not None  # transform_requirement: a transform has a declared range
-    return math.exp(value) - maximum * LOG_OFFSET_FRACTION
+    return math.exp(value) - log_offset(maximum)
+
+
+def log_offset(maximum: float) -> float:
+    """What ``transform = "log"`` adds before the log, for a feature declared up to ``maximum``."""
+    return maximum * LOG_OFFSET_FRACTION
