@@ -136,12 +136,8 @@ def linear_breast_cancer() -> BuiltinDataset:
 @contextmanager
 def linear_schema() -> Iterator[None]:
     """Federations on :func:`linear_breast_cancer`'s schema (the rows measured before it)."""
-    shipped = datasets.DATASETS["breast_cancer"]
-    datasets.DATASETS["breast_cancer"] = linear_breast_cancer
-    try:
+    with _patched(datasets.DATASETS, "breast_cancer", linear_breast_cancer, item=True):
         yield
-    finally:
-        datasets.DATASETS["breast_cancer"] = shipped
 
 
 # The three features of the separating plane published with the data set (UCI's
@@ -169,26 +165,21 @@ def feature_subset(names: tuple[str, ...]) -> Probe:
             examples=dataset.examples[columns],
         )
 
-    @contextmanager
-    def patched() -> Iterator[None]:
-        shipped = datasets.DATASETS["breast_cancer"]
-        datasets.DATASETS["breast_cancer"] = subset
-        try:
-            yield
-        finally:
-            datasets.DATASETS["breast_cancer"] = shipped
-
-    return patched
+    return lambda: _patched(datasets.DATASETS, "breast_cancer", subset, item=True)
 
 
 @contextmanager
-def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
-    original = getattr(owner, name)
-    setattr(owner, name, value)
+def _patched(owner: Any, name: str, value: Any, item: bool = False) -> Iterator[None]:
+    """``owner.name`` (``owner[name]`` with ``item``) is ``value`` inside the block."""
+    get, put = (owner.__getitem__, owner.__setitem__) if item else (
+        lambda n: getattr(owner, n), lambda n, v: setattr(owner, n, v)
+    )  # fmt: skip
+    original = get(name)
+    put(name, value)
     try:
         yield
     finally:
-        setattr(owner, name, original)
+        put(name, original)
 
 
 def weight_decay(decay: float) -> Probe:
@@ -631,8 +622,11 @@ CANDIDATES = [
             log_schema=True,
         )
         for name, what, names in (
-            ("plane3", "the published plane's 3 features (mean texture, worst area, worst "
-             "smoothness)", PUBLISHED_PLANE),
+            (
+                "plane3",
+                "the published plane's 3 features (mean texture, worst area, worst smoothness)",
+                PUBLISHED_PLANE,
+            ),
             ("worst10", 'the 10 "worst" features', WORST),
         )
         for suffix, words, changes in (("", "", {}), (", no DP", ", without DP", {"dp": False}))

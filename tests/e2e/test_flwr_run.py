@@ -75,15 +75,20 @@ def test_flwr_run_local_simulation(tmp_path, flwr_env):
     assert [r["status"] for r in runs] == ["finished:completed"]
 
 
-def test_flwr_build_accepts_the_tree(tmp_path):
+def _build_fab(folder: Path) -> Path:
+    """`flwr build` of the checkout into ``folder``; the one FAB it wrote."""
     done = subprocess.run(
         [str(BIN / "flwr"), "build", "--app", str(ROOT)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=folder, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    fabs = list(tmp_path.glob("*.fab"))
+    fabs = list(folder.glob("*.fab"))
     assert len(fabs) == 1
-    names = zipfile.ZipFile(fabs[0]).namelist()
+    return fabs[0]
+
+
+def test_flwr_build_accepts_the_tree(tmp_path):
+    names = zipfile.ZipFile(_build_fab(tmp_path)).namelist()
     for module in ("server/app.py", "client/app.py", "privacy/ledger.py", "models/spec.py"):
         assert module in names
     # Only what the two apps run: every site receives the FAB with every message.
@@ -94,13 +99,8 @@ def test_flwr_build_accepts_the_tree(tmp_path):
 
 
 def test_every_module_in_the_fab_imports_from_the_fab_alone(tmp_path):
-    built = subprocess.run(
-        [str(BIN / "flwr"), "build", "--app", str(ROOT)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stdout + built.stderr
     unpacked = tmp_path / "app"
-    zipfile.ZipFile(next(tmp_path.glob("*.fab"))).extractall(unpacked)
+    zipfile.ZipFile(_build_fab(tmp_path)).extractall(unpacked)
     modules = sorted(
         ".".join(p.relative_to(unpacked).with_suffix("").parts).removesuffix(".__init__")
         for p in unpacked.rglob("*.py")

@@ -20,8 +20,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.task_identity import TaskIdentity
 
 from privacy.budget import LAST_RELEASE, LAST_RELEASE_META
-from protocol.federation import SECAGG_NEXT_SETUP
 from privacy.ledger import PrivacyLedger
+from protocol.federation import SECAGG_NEXT_SETUP
 from server.federation.rounds import run_federation
 from server.federation.secure_aggregation import SecureAggregationGrid, quantization_bound
 from server.settings import RunSettings, SettingsError
