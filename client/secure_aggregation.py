@@ -82,9 +82,11 @@ def secure_train_mod(msg: Message, context: Context, call_next: ClientAppCallabl
     except _Refused as refused:
         return Message(refused.error, reply_to=msg)
     if next_setup is not None and not reply.has_error():
-        reply.content.config_records[SECAGG_NEXT_SETUP] = _next_public_keys(
-            msg, next_setup, context
-        )
+        try:
+            keys = _next_public_keys(msg, next_setup, context)
+        except Exception:  # noqa: BLE001 - the unmasking still goes; the coordinator falls
+            return reply  # back to a set-up message of its own for the next round
+        reply.content.config_records[SECAGG_NEXT_SETUP] = keys
     return reply
 
 

@@ -2,9 +2,9 @@
 
 Flower 1.41's SuperLink serves the Fleet, Runtime and Control APIs from one FastAPI app
 with nine ``BaseHTTPMiddleware`` layers, each of which costs every request a task group and
-a pair of memory streams, even where its ``dispatch`` only calls the next layer. Six of
-them act on one API or when a plugin is configured, and pass every other request through
-untouched (read from flwr 1.41's source):
+a pair of memory streams, even where its ``dispatch`` only calls the next layer. Seven of
+them act on one API or when a plugin or tracing is enabled, and pass every other request
+through untouched (read from flwr 1.41.0's source):
 
 - the Control API's authentication, licence check, event log and no-cache headers act on
   ``/v1/control/…`` only;
@@ -12,16 +12,18 @@ untouched (read from flwr 1.41's source):
 - the Fleet event log acts on ``/v1/fleet/…`` only, and only with an event-log plugin;
 - the Runtime tracing middleware acts only with ``FLWR_TRACING_ENABLED=1``.
 
-A SuperNode's and the ServerApp's requests (all but a few of a round's hundreds) went
-through all nine; measured in one process, a Fleet request cost 2.5 ms of CPU with them
-and 1.2 ms with only the layers that act on it. :func:`lean_middleware` wraps each of the
-six so that a request outside its reach goes straight to the next layer, and the layer
-runs exactly as before for every request inside it. The protobuf translation and error
-translation layers run for every request, as in Flower.
+So a SuperNode's request needs three of the nine and the ServerApp's two, yet both went
+through all nine (all but a few of a round's hundreds of requests). Measured in one
+process, a Fleet request cost 2.5 ms of CPU through all nine and 1.2 ms through the three.
+:func:`lean_middleware` wraps each of the seven so that a request outside its reach goes
+straight to the next layer, and the layer runs exactly as before for every request inside
+it. The protobuf translation and error translation layers run for every request, as in
+Flower.
 
-This is tied to flwr 1.41's code: :func:`check_flower_shape` fails loudly (exit code 2)
-unless Flower's middleware list is exactly the nine classes described above, so a Flower
-upgrade that adds, removes or replaces one cannot be silently mis-scoped.
+This is tied to flwr 1.41.0's code: on another Flower version the SuperLink runs with
+Flower's own middleware (and says so), since a patch release could widen what a layer
+guards; on 1.41.0 :func:`check_flower_shape` fails loudly (exit code 2) unless Flower's
+middleware list is exactly the nine layers described above.
 
     python -m deploy.superlink_lean -- <flower-superlink arguments>
 """
@@ -33,6 +35,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import flwr
+from flwr.supercore.error import http_error_translator
 from flwr.supercore.protobuf.translation import ProtobufTranslationMiddleware
 from flwr.supercore.routers.runtime.tracing import RuntimeTracingMiddleware
 from flwr.superlink import main as superlink_main
@@ -51,6 +55,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from protocol.flower_waits import FlowerChanged
 
+# The Flower release whose middleware SCOPES was read from.
+FLOWER_VERSION = "1.41.0"
 CONTROL_PREFIX = "/v1/control/"
 FLEET_PREFIX = "/v1/fleet/"
 TRACING_ENV = "FLWR_TRACING_ENABLED"
@@ -59,8 +65,9 @@ Applies = Callable[[Scope], bool]
 
 
 def _path(scope: Scope) -> str:
-    # Starlette's request.url.path, which the middlewares test.
-    return str(scope.get("root_path", "")) + str(scope["path"])
+    # Starlette's request.url.path, which the middlewares test (uvicorn's scope path
+    # already holds any root_path; flower-superlink sets none)
+    return str(scope["path"])
 
 
 def _control(scope: Scope) -> bool:
@@ -134,6 +141,9 @@ def check_flower_shape(middleware: Sequence[Middleware]) -> None:
     expected = {*SCOPES, *EVERY_REQUEST}
     unknown = [getattr(c, "__name__", repr(c)) for c in classes if c not in expected]
     missing = [c.__name__ for c in expected if c not in classes]
+    translators = [m.kwargs.get("dispatch") for m in middleware if m.cls is BaseHTTPMiddleware]
+    if translators != [http_error_translator]:
+        unknown.append(f"BaseHTTPMiddleware dispatching to {translators}")
     if unknown or missing or len(classes) != len(SCOPES) + 2:
         raise FlowerChanged(
             f"the SuperLink's middleware is {[getattr(c, '__name__', c) for c in classes]} "
@@ -157,8 +167,21 @@ def lean_middleware(middleware: Sequence[Middleware]) -> list[Middleware]:
     ]
 
 
-def install() -> None:
-    """Make ``flwr.superlink.main`` build its app with :func:`lean_middleware`."""
+def install() -> bool:
+    """Make ``flwr.superlink.main`` build its app with :func:`lean_middleware`.
+
+    Returns
+    -------
+    bool
+        False (nothing changed) on a Flower release other than :data:`FLOWER_VERSION`.
+
+    Raises
+    ------
+    FlowerChanged
+        Flower is that release, but its middleware list is not as read.
+    """
+    if flwr.__version__ != FLOWER_VERSION:
+        return False
     flower_list: Callable[[], list[Middleware]] = superlink_main._get_middleware
     lean_middleware(flower_list())  # check now, before the SuperLink starts
 
@@ -166,6 +189,7 @@ def install() -> None:
         return lean_middleware(flower_list())
 
     superlink_main._get_middleware = get_middleware  # type: ignore[attr-defined]
+    return True
 
 
 def superlink_entry(python: str) -> list[str]:
@@ -190,10 +214,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     args: list[Any] = list(sys.argv[1:] if argv is None else argv)
     rest = args[1:] if args[:1] == ["--"] else args
     try:
-        install()
+        scoped = install()
     except FlowerChanged as err:
         print(f"fedcare cannot start the SuperLink: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    if not scoped:
+        print(
+            f"fedcare: flwr {flwr.__version__} is not {FLOWER_VERSION}, whose middleware "
+            "deploy/superlink_lean.py was written for: the SuperLink runs with all of "
+            "Flower's layers (slower, as safe)",
+            file=sys.stderr,
+            flush=True,
+        )
     sys.argv = ["flower-superlink", *rest]
     flower_superlink()
 

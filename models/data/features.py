@@ -38,7 +38,8 @@ def on_encoded_scale(spec: FeatureSpec, values: np.ndarray) -> np.ndarray:
     """
     if spec.transform is None:
         return values
-    assert spec.transform == LOG and spec.max is not None  # checked with the schema
+    if spec.transform != LOG or spec.max is None:  # the schema's check makes this unreachable
+        raise ValueError(f"feature {spec.name}: transform {spec.transform!r} needs a max")
     # transforms.transformed's formula on the whole column: one call instead of one per row
     return np.log(np.asarray(values, dtype=float) + log_offset(spec.max))
 

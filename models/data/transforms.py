@@ -8,12 +8,13 @@ it is standardized, and its declared range ``[min, max]`` maps to
 site's data), so it costs no ε. The transform needs a declared ``min ≥ 0`` and
 ``max > min`` (``log`` of a positive number everywhere in the range).
 
-Every path that encodes a value calls :func:`transformed`: the federated statistics
-(:mod:`models.data.features`), the inference service's range check and the SDK's
-homomorphic encoding (:mod:`protocol.inference`), which sends values already transformed.
-The feature encoder transforms a whole column at once with numpy and :func:`log_offset`
-(``models.data.features.on_encoded_scale``; numpy's log may differ from ``math.log`` in
-the last bit). Standard library only: the SDK distribution ships this module.
+One value at a time, :func:`transformed` serves the declared bounds
+(:func:`models.data.features.declared_bounds`), the inference service's range check and
+the SDK's homomorphic encoding (:mod:`protocol.inference`), which sends values already
+transformed. A whole column at once, the feature encoder and the federated statistics
+use numpy with :func:`log_offset` (``models.data.features.on_encoded_scale``; numpy's log
+may differ from ``math.log`` in the last bit). Standard library only: the SDK distribution
+ships this module.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from server.settings import RunSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -92,9 +94,13 @@ def test_flwr_build_accepts_the_tree(tmp_path):
     for module in ("server/app.py", "client/app.py", "privacy/ledger.py", "models/spec.py"):
         assert module in names
     # Only what the two apps run: every site receives the FAB with every message.
-    for left_out in ("deploy/", "cli/", "simulations/", "server/inference/", "client/sdk/"):
+    for left_out in ("deploy/", "cli/", "server/inference/", "client/sdk/"):
         assert not any(name.startswith(left_out) for name in names), left_out
-    assert "protocol/inference.py" not in names
+    for left_out in ("protocol/inference.py", "simulations/loopback.py"):
+        assert left_out not in names
+    # ... but what a simulated run's ServerApp loads to prepare the sites is there
+    preparer = RunSettings().site_preparer.partition(":")[0]
+    assert preparer.replace(".", "/") + ".py" in names
     assert not any(name.startswith((".venv", "tests/", "docs/")) for name in names)
 
 

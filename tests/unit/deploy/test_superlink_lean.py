@@ -149,3 +149,23 @@ def test_the_coordinator_starts_flower_superlink_through_this_module(tmp_path):
     cmd = superlink_command(fed, SuperLinkSettings(tmp_path).resolved())
     assert cmd[1:4] == ["-m", "deploy.superlink_lean", "--"]
     assert "--enable-supernode-auth" in cmd
+
+
+def test_a_layer_in_place_of_the_error_translator_is_refused():
+    async def dispatch(request, call_next):
+        return await call_next(request)
+
+    changed = [
+        Middleware(m.cls, dispatch=dispatch) if m.kwargs.get("dispatch") is not None else m
+        for m in superlink_main._get_middleware()
+    ]
+    with pytest.raises(FlowerChanged, match="BaseHTTPMiddleware dispatching"):
+        check_flower_shape(changed)
+
+
+def test_another_flower_release_keeps_all_of_flowers_layers(monkeypatch):
+    monkeypatch.setattr(superlink_main, "_get_middleware", superlink_main._get_middleware)
+    flowers = superlink_main._get_middleware
+    monkeypatch.setattr(superlink_lean.flwr, "__version__", "1.41.1")
+    assert superlink_lean.install() is False
+    assert superlink_main._get_middleware is flowers
