@@ -151,6 +151,9 @@ WORST = tuple(f"worst_{m}" for m in (
 ))  # fmt: skip
 
 
+MEAN = tuple(w.replace("worst_", "mean_") for w in WORST)
+
+
 def feature_subset(names: tuple[str, ...]) -> Probe:
     """Federations on the shipped Breast Cancer schema restricted to ``names``."""
 
@@ -619,6 +622,7 @@ CANDIDATES = [
             f"log-defaults, probe: only {what}{words}",
             {**DEFAULTS, **changes},
             feature_subset(names),
+            seeds=MANY_SEEDS if name == "mean+worst20" and not suffix else SEEDS,
             log_schema=True,
         )
         for name, what, names in (
@@ -628,6 +632,7 @@ CANDIDATES = [
                 PUBLISHED_PLANE,
             ),
             ("worst10", 'the 10 "worst" features', WORST),
+            ("mean+worst20", 'the 10 "mean" and the 10 "worst" features', MEAN + WORST),
         )
         for suffix, words, changes in (("", "", {}), (", no DP", ", without DP", {"dp": False}))
     ),  # fmt: skip
