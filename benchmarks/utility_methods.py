@@ -47,6 +47,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -136,7 +137,7 @@ def linear_breast_cancer() -> BuiltinDataset:
 @contextmanager
 def linear_schema() -> Iterator[None]:
     """Federations on :func:`linear_breast_cancer`'s schema (the rows measured before it)."""
-    with _patched(datasets.DATASETS, "breast_cancer", linear_breast_cancer, item=True):
+    with patch.dict(datasets.DATASETS, {"breast_cancer": linear_breast_cancer}):
         yield
 
 
@@ -168,21 +169,17 @@ def feature_subset(names: tuple[str, ...]) -> Probe:
             examples=dataset.examples[columns],
         )
 
-    return lambda: _patched(datasets.DATASETS, "breast_cancer", subset, item=True)
+    return lambda: patch.dict(datasets.DATASETS, {"breast_cancer": subset})
 
 
 @contextmanager
-def _patched(owner: Any, name: str, value: Any, item: bool = False) -> Iterator[None]:
-    """``owner.name`` (``owner[name]`` with ``item``) is ``value`` inside the block."""
-    get, put = (owner.__getitem__, owner.__setitem__) if item else (
-        lambda n: getattr(owner, n), lambda n, v: setattr(owner, n, v)
-    )  # fmt: skip
-    original = get(name)
-    put(name, value)
+def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        put(name, original)
+        setattr(owner, name, original)
 
 
 def weight_decay(decay: float) -> Probe:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import flwr
 from flwr.supercore.error import http_error_translator
@@ -211,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv : sequence of str, optional
         ``-- <flower-superlink arguments>``; default ``sys.argv[1:]``.
     """
-    args: list[Any] = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     rest = args[1:] if args[:1] == ["--"] else args
     try:
         scoped = install()

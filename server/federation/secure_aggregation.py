@@ -269,9 +269,9 @@ class SecureAggregationGrid(DelegatingGrid):
         if messages and all(_is_training_request(m) for m in messages):
             return self._secure_round(messages)
         stage = _secagg_stage(messages)
-        if stage == Stage.SETUP and (answered := self._early_setup.answer(messages)):
-            return answered
         if stage == Stage.SETUP:
+            if answered := self._early_setup.answer(messages):
+                return answered
             self._early_setup.saw_setup(messages)
         if stage == Stage.UNMASK and self._has_next_round(messages):
             messages = self._early_setup.attach(messages)
