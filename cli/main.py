@@ -23,8 +23,8 @@ app = typer.Typer(
 console = Console()
 # The options' defaults and choices are RunSettings' (server/settings.py), never literals.
 DEFAULTS = RunSettings()
-# Canaries per site for `simulate --audit`: one per direction of Breast Cancer's 30 features.
-AUDIT_CANARIES = 30
+# Canaries per site for `simulate --audit`: one per direction of Breast Cancer's 20 features.
+AUDIT_CANARIES = 20
 
 
 def _default_out(prefix: str) -> Path:

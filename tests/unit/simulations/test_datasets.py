@@ -20,8 +20,19 @@ def descr_table() -> dict[str, tuple[str, str]]:
 
 
 def test_the_hard_coded_ranges_are_the_descriptions_table():
-    assert BREAST_CANCER_PUBLISHED_RANGES == descr_table()
-    assert list(BREAST_CANCER_PUBLISHED_RANGES) == list(load_breast_cancer().feature_names)
+    published = descr_table()
+    assert BREAST_CANCER_PUBLISHED_RANGES == {
+        name: published[name] for name in BREAST_CANCER_PUBLISHED_RANGES
+    }
+
+
+def test_the_schema_reads_the_means_and_worsts_without_the_standard_errors():
+    names = list(load_breast_cancer().feature_names)
+    kept = [n for n in names if not n.endswith(" error")]
+    assert list(BREAST_CANCER_PUBLISHED_RANGES) == kept and len(kept) == 20
+    dataset = breast_cancer()
+    assert [f.name for f in dataset.schema.features] == [n.replace(" ", "_") for n in kept]
+    assert list(dataset.examples.columns) == [f.name for f in dataset.schema.features] + ["target"]
 
 
 @pytest.mark.parametrize(
