@@ -219,6 +219,12 @@ def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
         setattr(owner, name, original)
 
 
+@contextmanager
+def _both(first: Probe, second: Probe) -> Iterator[None]:
+    with first(), second():
+        yield
+
+
 def weight_decay(decay: float) -> Probe:
     """Local SGD with weight decay (applied to the noisy gradient: post-processing)."""
     sgd = dp_sgd.torch.optim.SGD
@@ -711,6 +717,20 @@ CANDIDATES = [
                 for clip, lr in ((0.5, 4.0), (2.0, 1.0), (0.5, 3.0), (0.5, 6.0), (0.25, 8.0))
             ),
         )
+    ),
+    Candidate(
+        "log-defaults+mean+worst20, probe: no noise",
+        "log-defaults+mean+worst20, probe: DP-SGD's clipping without its noise (not private)",
+        DEFAULTS,
+        lambda: _both(feature_subset(MEAN + WORST), noise_free()),
+        schema="log",
+    ),
+    Candidate(
+        "log-defaults+mean+worst20+eps8",
+        "log-defaults+mean+worst20 at ε = 8 per site (what noise an eighth as large buys)",
+        {**DEFAULTS, "epsilon": 8.0},
+        feature_subset(MEAN + WORST),
+        schema="log",
     ),
     Candidate(
         "log-defaults+bias-lr5",

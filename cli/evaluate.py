@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cli.output import fail, print_warning
 from cli.predict import flatten
+from protocol.federation import NUM_EXAMPLES
 
 console = Console()
 
@@ -48,11 +49,13 @@ def evaluate(
     table = Table(title=f"{scores.model} v{scores.version}")
     table.add_column("file", overflow="fold")
     for key in keys:
-        table.add_column(key, justify="right")
-    for name, metrics in [(s.file, s.metrics) for s in scores.files] + [
-        ("overall", scores.overall)
+        table.add_column("rows" if key == NUM_EXAMPLES else key, justify="right")
+    labels = _file_labels([s.file for s in scores.files])
+    for name, metrics in [
+        *zip(labels, (s.metrics for s in scores.files), strict=True),
+        ("overall", scores.overall),
     ]:
-        table.add_row(name, *(_cell(metrics.get(key)) for key in keys))
+        table.add_row(name, *(_cell(key, metrics.get(key)) for key in keys))
     console.print(table)
     if out is not None:
         out.write_text(json.dumps(scores.to_dict(), indent=2))
@@ -66,6 +69,14 @@ def evaluate(
         console.print(f"predictions: {predictions}")
 
 
-def _cell(value: float | None) -> str:
+def _file_labels(files: list[str]) -> list[str]:
+    """Each file by its name, or all by their paths where two share a name."""
+    names = [Path(file).name for file in files]
+    return names if len(set(names)) == len(names) else files
+
+
+def _cell(key: str, value: float | None) -> str:
     """A metric as the table shows it (a dash where a file has none, e.g. one class only)."""
-    return "-" if value is None else f"{value:.4f}"
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if key == NUM_EXAMPLES else f"{value:.4f}"

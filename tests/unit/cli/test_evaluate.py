@@ -8,6 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from cli.evaluate import _file_labels
 from cli.main import app
 from server.registry import ModelRegistry
 from tests.conftest import ward_registry, write_csv
@@ -40,6 +41,7 @@ def test_metrics_are_printed_and_written_with_predictions_by_row(tmp_path, regis
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "unsigned" in text and "overall" in text and "roc_auc" in text
+    assert "│ ward.csv │" in text and "│ 3 │" in text  # the file's name; rows as a count
     metrics = json.loads(out.read_text())
     assert (metrics["model"], metrics["version"], metrics["signed"]) == ("ward", 1, False)
     assert metrics["files"][str(data)]["num-examples"] == 3.0
@@ -48,6 +50,11 @@ def test_metrics_are_printed_and_written_with_predictions_by_row(tmp_path, regis
         rows = list(csv.DictReader(handle))
     assert [(r["file"], r["row"]) for r in rows] == [(str(data), str(n)) for n in (2, 3, 4)]
     assert set(rows[0]) == {"file", "row", "label", "probability"}  # no feature, no label
+
+
+def test_files_are_shown_by_name_unless_two_share_one():
+    assert _file_labels(["/x/a.csv", "/y/b.csv"]) == ["a.csv", "b.csv"]
+    assert _file_labels(["/x/a.csv", "/y/a.csv"]) == ["/x/a.csv", "/y/a.csv"]
 
 
 def test_a_bad_row_is_named_and_exits_1_without_a_traceback(tmp_path, registry):
