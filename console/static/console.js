@@ -5,7 +5,7 @@
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf",
   "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"];
-const W = 640, H = 260, M = { left: 56, right: 16, top: 12, bottom: 40 };
+const W = 640, H = 260, M = { left: 56, right: 16, top: 24, bottom: 40 };
 const POLL_MS = 2000;
 
 function node(tag, attrs, parent) {
@@ -76,7 +76,8 @@ function draw(slot, chart) {
   }
   node("text", { x: (M.left + W - M.right) / 2, y: H - 6, "text-anchor": "middle" }, axes)
     .textContent = chart.x_label;
-  node("text", { x: 12, y: M.top + 8, "text-anchor": "start" }, axes).textContent = chart.y_label;
+  // above the plot, clear of the top tick
+  node("text", { x: 12, y: M.top - 10, "text-anchor": "start" }, axes).textContent = chart.y_label;
 
   chart.thresholds.forEach(t => {
     node("line", { class: "threshold", x1: M.left, x2: W - M.right, y1: sy(t.y), y2: sy(t.y) }, svg);
