@@ -5,8 +5,9 @@ of FedAvg with DP-SGD at ε per site, then each site fine-tunes the global model
 training part (``personalize-epochs``), within the same budget (its noise plan reserves
 the room), and reports the global and the personalized model's metrics on its own
 validation part. Both models are scored in the same run on the same rows, side by side.
-Printed and written to ``benchmarks/results/personalization.{json,md}`` with the load
-average. The federation runs in this process (``simulations.in_process``), without Ray.
+Printed and written to ``benchmarks/results/personalization.{json,md}`` (with ``--epochs
+N`` other than 1: ``personalization-epochsN.{json,md}``) with the load average. The
+federation runs in this process (``simulations.in_process``), without Ray.
 
     .venv/bin/python benchmarks/personalization.py
     .venv/bin/python benchmarks/personalization.py --seeds 0 1 2 --epsilon 3 --epochs 3
@@ -133,9 +134,11 @@ def main() -> None:
         "load_average": list(os.getloadavg()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "personalization.json").write_text(json.dumps(results, indent=2))
+    # one file pair per epoch count, so the counts compared in the docs stay side by side
+    stem = "personalization" + ("" if args.epochs == 1 else f"-epochs{args.epochs}")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2))
     text = markdown(results)
-    (RESULTS / "personalization.md").write_text(text)
+    (RESULTS / f"{stem}.md").write_text(text)
     print(text)
 
 

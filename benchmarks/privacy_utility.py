@@ -9,7 +9,7 @@ Three measurements, printed and written to ``benchmarks/results/privacy_utility.
    make one) and every training round, composed in the site's ledger. Beside them, in the
    same table: the settings before this benchmark's methods (``BEFORE`` in
    ``benchmarks/utility_methods.py``, on the schema before the declared log scale,
-   ``linear_schema``) at ε = 1; a centralized DP logistic regression at
+   ``on_schema("linear")``) at ε = 1; a centralized DP logistic regression at
    ε = 1 (Opacus on the pooled training rows, features scaled by the declared ranges);
    and the non-private pooled model (exact pooled standardization).
 2. The DP-SGD overhead: the time of Opacus training over the time of the same loop
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runs_log import load_runs, record_run  # noqa: E402
-from utility_methods import BEFORE, linear_schema  # noqa: E402
+from utility_methods import BEFORE, on_schema  # noqa: E402
 
 from client.site import SiteSettings, load_site  # noqa: E402
 from models.data.features import FeatureStatistics, Standardization, declared_bounds  # noqa: E402
@@ -99,7 +99,7 @@ def run_federation(
     key = run_key(partition, epsilon, seed, before)
     settings = federation_settings(partition, epsilon, seed, work / key, before)
     started = time.perf_counter()
-    with linear_schema() if before else nullcontext():  # the schema before, too
+    with on_schema("linear") if before else nullcontext():  # the schema before, too
         report = run_in_process(settings).report
     privacy = report["privacy"]
     return {

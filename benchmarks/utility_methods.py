@@ -16,9 +16,10 @@ process (``simulations.in_process``). Averaging the last k rounds' global models
 Every row runs on the Breast Cancer schema it was measured on (:data:`SCHEMAS`): the rows
 before ``log-defaults`` on all 30 features each declared ``[0, max]`` and scaled linearly,
 ``log-defaults`` and the rows after it on the 30 features' published ranges with
-``transform = "log"`` (which the public log-scaling probe led to). The schema shipped now
-is ``log-defaults+mean+worst20``'s: the 20 means and worsts, without the standard
-errors. 20-seed rows are also paired seed by seed with the defaults (``full+lr2``).
+``transform = "log"`` (which the public log-scaling probe led to), or the subset a row
+names. The schema shipped now is ``log-defaults+mean+worst20``'s: the 20 means and
+worsts, without the standard errors. 20-seed rows are also paired seed by seed with the
+row they change (:func:`paired_baseline`).
 
 The target is judged on seeds 0-4 (every seed ROC-AUC ≥ 0.98, median accuracy ≥ 0.965);
 the settings compared with the defaults also run on seeds 5-19, and their 20-seed means
@@ -44,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,9 @@ BEFORE: dict[str, Any] = {
     "local_epochs": 1,
     "strategy": "fedavg",
 }
-# RDP's ε for the σ Opacus's PRV accountant plans at ε = 1 for the default DP-SGD plan
-# (q = 0.2, 50 steps, δ = 1e-5: σ 5.557 against RDP's 5.981), printed by
-# `prv_equivalent_epsilon`; running at this RDP ε trains with PRV's σ.
+# RDP's ε for the σ Opacus's PRV accountant plans at ε = 1 for the DP-SGD plan of the
+# row it was tried on, full+lr2 (q = 0.2, 50 steps, δ = 1e-5: σ 5.557 against RDP's
+# 5.981), printed by `prv_equivalent_epsilon`; running at this RDP ε trains with PRV's σ.
 PRV_EQUIVALENT_EPSILON = 1.087
 
 Probe = Callable[[], Iterator[None]]
@@ -114,8 +115,9 @@ class Candidate:
         seeds give a mean that tells small differences from the seed's luck).
     schema : str
         The Breast Cancer schema it runs on, a key of :data:`SCHEMAS`: ``linear`` (all 30
-        features, each ``[0, max]``, linear: every row before ``log-defaults``) or ``log``
-        (all 30, published ranges, ``transform = "log"``).
+        features, each ``[0, max]``, linear: every row before ``log-defaults``) or
+        ``log30`` (all 30, published ranges, ``transform = "log"``; a probe may take a
+        subset).
     """
 
     name: str
@@ -163,19 +165,18 @@ def linear_breast_cancer() -> BuiltinDataset:
 
 
 # The schema a candidate runs on: every row before ``log-defaults`` on the linear one,
-# ``log-defaults`` and the rows after it on the 30 log-scaled features, shipped until the
-# standard errors were left out (``log-defaults+mean+worst20``: the schema as shipped now).
+# ``log-defaults`` and the rows after it on the 30 log-scaled features (shipped until the
+# standard errors were left out) or the subset a row's probe names
+# (``log-defaults+mean+worst20``: the schema as shipped now).
 SCHEMAS: dict[str, Callable[[], BuiltinDataset]] = {
     "linear": linear_breast_cancer,
-    "log": thirty_features,
+    "log30": thirty_features,
 }
 
 
-@contextmanager
-def linear_schema() -> Iterator[None]:
-    """Federations on :func:`linear_breast_cancer`'s schema (the rows measured before it)."""
-    with patch.dict(datasets.DATASETS, {"breast_cancer": linear_breast_cancer}):
-        yield
+def on_schema(name: str) -> AbstractContextManager[Any]:
+    """Federations on Breast Cancer's schema ``name`` (a key of :data:`SCHEMAS`)."""
+    return patch.dict(datasets.DATASETS, {"breast_cancer": SCHEMAS[name]})
 
 
 # The three features of the separating plane published with the data set (UCI's
@@ -221,6 +222,7 @@ def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
 
 @contextmanager
 def _both(first: Probe, second: Probe) -> Iterator[None]:
+    """Two probes at once."""
     with first(), second():
         yield
 
@@ -441,6 +443,8 @@ def log_scaling(offset_fraction: float, published_min: bool, log: bool = True) -
     return both
 
 
+# The row whose settings and features are shipped now.
+SHIPPED = "log-defaults+mean+worst20"
 RANGES = {"statistics_epsilon_share": 0.0}
 FULL = {**RANGES, "batch_size": 128, "learning_rate": 0.5}
 DEFAULTS = {**FULL, "learning_rate": 2.0}
@@ -648,13 +652,13 @@ CANDIDATES = [
         'description\'s table, widened by its rounding) and transform = "log"',
         DEFAULTS,
         seeds=MANY_SEEDS,
-        schema="log",
+        schema="log30",
     ),
     Candidate(
         "log-defaults, no DP",
         "log-defaults without DP (no clipping, no noise)",
         {**DEFAULTS, "dp": False},
-        schema="log",
+        schema="log30",
     ),
     *(
         Candidate(
@@ -663,7 +667,7 @@ CANDIDATES = [
             {**DEFAULTS, **changes},
             feature_subset(names),
             seeds=MANY_SEEDS if name in ("mean+worst20", "size-once16") and not suffix else SEEDS,
-            schema="log",
+            schema="log30",
         )
         for name, what, names in (
             (
@@ -672,7 +676,11 @@ CANDIDATES = [
                 PUBLISHED_PLANE,
             ),
             ("worst10", 'the 10 "worst" features', WORST),
-            ("mean+worst20", 'the 10 "mean" and the 10 "worst" features', MEAN + WORST),
+            (
+                "mean+worst20",
+                'the 10 "mean" and the 10 "worst" features (the built-in schema since)',
+                MEAN + WORST,
+            ),
             (
                 "size-once16",
                 'the 10 "mean" and 10 "worst" features without perimeter and area (on the '
@@ -685,12 +693,12 @@ CANDIDATES = [
     # The run settings again, on the best feature set found (20 seeds each).
     *(
         Candidate(
-            f"log-defaults+mean+worst20+{tag}",
-            f"log-defaults+mean+worst20, {what}",
+            f"{SHIPPED}+{tag}",
+            f"{SHIPPED}, {what}",
             {**DEFAULTS, **change},
             feature_subset(MEAN + WORST),
             seeds=MANY_SEEDS,
-            schema="log",
+            schema="log30",
         )
         for tag, what, change in (
             *((f"lr{lr:g}", f"learning rate {lr:g}", {"learning_rate": lr}) for lr in (1.0, 3.0)),
@@ -723,14 +731,14 @@ CANDIDATES = [
         "log-defaults+mean+worst20, probe: DP-SGD's clipping without its noise (not private)",
         DEFAULTS,
         lambda: _both(feature_subset(MEAN + WORST), noise_free()),
-        schema="log",
+        schema="log30",
     ),
     Candidate(
         "log-defaults+mean+worst20+eps8",
         "log-defaults+mean+worst20 at ε = 8 per site (what noise an eighth as large buys)",
         {**DEFAULTS, "epsilon": 8.0},
         feature_subset(MEAN + WORST),
-        schema="log",
+        schema="log30",
     ),
     Candidate(
         "log-defaults+bias-lr5",
@@ -738,11 +746,22 @@ CANDIDATES = [
         "because the bias, clipped with the weights, learns slowly?)",
         DEFAULTS,
         bias_learning_rate(5),
-        schema="log",
+        schema="log30",
     ),
 ]
-# The defaults the 20-seed rows are paired with, seed by seed.
-PAIRED_BASELINE = "full+lr2"
+
+
+def paired_baseline(name: str) -> str:
+    """The row a 20-seed candidate is paired with, seed by seed: the one it changes.
+
+    The 20-feature settings rows with the 20 features at the defaults, the feature subsets
+    with the 30 log-scaled features, every earlier row with the defaults of then.
+    """
+    if name.startswith(f"{SHIPPED}+"):
+        return SHIPPED
+    if name.startswith("log-defaults+"):
+        return "log-defaults"
+    return "full+lr2"
 
 
 def prv_equivalent_epsilon() -> dict[str, float]:
@@ -783,7 +802,7 @@ def run_one(candidate: Candidate, partition: str, seed: int, out: Path) -> dict[
     )
     started = time.perf_counter()
     # the models are scored under the probe too: it may change how features are encoded
-    with patch.dict(datasets.DATASETS, {"breast_cancer": SCHEMAS[candidate.schema]}):
+    with on_schema(candidate.schema):
         with candidate.probe() if candidate.probe else nullcontext():
             with _patched(rounds, "save_checkpoint", keep):
                 report = run_in_process(settings).report
@@ -861,19 +880,21 @@ def paired_gains(done: dict[str, dict]) -> list[dict[str, Any]]:
     """
     rows = []
     for candidate in CANDIDATES:
-        if candidate.seeds < MANY_SEEDS or candidate.name == PAIRED_BASELINE:
+        baseline = paired_baseline(candidate.name)
+        if candidate.seeds < MANY_SEEDS or candidate.name == baseline:
             continue
         for partition in PARTITIONS:
             pairs = [
                 (done[f"{candidate.name}/{partition}/{seed}"], done[key])
                 for seed in range(MANY_SEEDS)
-                if (key := f"{PAIRED_BASELINE}/{partition}/{seed}") in done
+                if (key := f"{baseline}/{partition}/{seed}") in done
                 and f"{candidate.name}/{partition}/{seed}" in done
             ]
             if len(pairs) < 2:
                 continue
             row: dict[str, Any] = {
                 "candidate": candidate.name,
+                "baseline": baseline,
                 "partition": partition,
                 "seeds": len(pairs),
             }
@@ -932,15 +953,16 @@ def markdown(
         )
     lines += [
         "",
-        f"Paired with {PAIRED_BASELINE} (the defaults), seed by seed, last model (k = 1): "
-        "mean gain ± its standard error.",
+        "Paired with the row each changes, seed by seed, last model (k = 1): mean gain ± "
+        "its standard error.",
         "",
-        "| candidate | sites | seeds | accuracy gain | ROC-AUC gain |",
-        "|---|---|---|---|---|",
+        "| candidate | paired with | sites | seeds | accuracy gain | ROC-AUC gain |",
+        "|---|---|---|---|---|---|",
     ]
     for gain in gains:
         lines.append(
-            f"| {gain['candidate']} | {gain['partition']} | {gain['seeds']} | "
+            f"| {gain['candidate']} | {gain['baseline']} | {gain['partition']} | "
+            f"{gain['seeds']} | "
             f"{gain['accuracy_gain']:+.3f} ± {gain['accuracy_gain_se']:.3f} | "
             f"{gain['roc_auc_gain']:+.4f} ± {gain['roc_auc_gain_se']:.4f} |"
         )

@@ -81,7 +81,8 @@ def env(tmp_path_factory):
         "diabetes": register(fed, "diabetes", "diabetes", "logreg", "regression"),
         "cox": register(fed, "cox", "breast_cancer", "cox_linear", "survival"),
     }
-    # 2048 patients per request: large enough for the column layout (from 1857 on).
+    # 2048 patients per request: large enough for the column layout (from 1217 patients of
+    # Breast Cancer's 20 columns on).
     service = start_service(fed, "he", "--max-rows", "2048")
     yield service, fed, tests
     service.stop()

@@ -34,8 +34,8 @@ def _run(out: Path, dp: bool) -> dict:
     # statistics: many small steps (batch 16, learning rate 0.1, standardized by the noisy
     # statistics), where each canary weighs on the updates enough for the audit to see a
     # run without DP leak. At the defaults (measured on the linear schema before the log
-    # scale) the same audit of a run without DP got 11 of 20 guesses right (lower bound 0),
-    # with these steps but no statistics 17 of 20 (0.65).
+    # scale, 30 features and 30 canaries) the same audit of a run without DP got 11 of 20
+    # guesses right (lower bound 0), with these steps but no statistics 17 of 20 (0.65).
     settings = RunSettings(
         sites=3,
         num_server_rounds=5,
@@ -64,8 +64,9 @@ def test_the_audit_sees_the_leak_of_a_run_without_dp(audits):
     for site in leaky:
         # 20 canaries, 12 guesses: the most this audit can show is 1.26 (all 12 right)
         assert leaky[site]["largest_certifiable"] == pytest.approx(1.26, abs=0.01)
-        assert leaky[site]["epsilon_lower_bound"] >= 0.75, leaky[site]
-        assert leaky[site]["epsilon_lower_bound"] >= private[site]["epsilon_lower_bound"] + 0.75
+        # 11 of 12 right certifies 0.67: one wrong guess at a site still passes
+        assert leaky[site]["epsilon_lower_bound"] >= 0.6, leaky[site]
+        assert leaky[site]["epsilon_lower_bound"] >= private[site]["epsilon_lower_bound"] + 0.6
         assert leaky[site]["accounted_epsilon"] is None  # no DP: nothing is accounted
 
 

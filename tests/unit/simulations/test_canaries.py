@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import AUDIT_CANARIES
 from cli.main import app as cli
 from client.site import SiteSettings, load_site
 from models.data.kinds.table import check_rows
@@ -23,8 +24,8 @@ def breast_cancer():
 
 def test_canaries_fit_the_schema_yet_lie_off_the_data(breast_cancer):
     frame, schema = breast_cancer.examples, breast_cancer.schema
-    canaries = make_canaries(frame, schema, 20)
-    assert len(canaries) == 20
+    canaries = make_canaries(frame, schema, AUDIT_CANARIES)  # `simulate --audit`'s default
+    assert len(canaries) == AUDIT_CANARIES == 20
     features = [f.name for f in schema.features]
     check_rows(schema, canaries[features].to_dict("records"))  # all within the declared ranges
     standardized = (frame[features] - frame[features].mean()) / frame[features].std()
