@@ -142,16 +142,12 @@ STANDARD_ERROR_RANGES: dict[str, tuple[str, str]] = {
     "symmetry error": ("0.008", "0.079"),
     "fractal dimension error": ("0.001", "0.03"),
 }
-THIRTY_RANGES = {
-    name: {**datasets.BREAST_CANCER_PUBLISHED_RANGES, **STANDARD_ERROR_RANGES}[name]
-    for name in load_breast_cancer().feature_names
-}
 
 
 def thirty_features() -> BuiltinDataset:
     """Breast Cancer as shipped before the standard errors were left out: 30 features."""
-    with patch.dict(datasets.BREAST_CANCER_PUBLISHED_RANGES, THIRTY_RANGES, clear=True):
-        return breast_cancer()
+    published = {**datasets.BREAST_CANCER_PUBLISHED_RANGES, **STANDARD_ERROR_RANGES}
+    return breast_cancer({name: published[name] for name in load_breast_cancer().feature_names})
 
 
 def linear_breast_cancer() -> BuiltinDataset:
@@ -176,7 +172,12 @@ SCHEMAS: dict[str, Callable[[], BuiltinDataset]] = {
 
 def on_schema(name: str) -> AbstractContextManager[Any]:
     """Federations on Breast Cancer's schema ``name`` (a key of :data:`SCHEMAS`)."""
-    return patch.dict(datasets.DATASETS, {"breast_cancer": SCHEMAS[name]})
+    return _as_breast_cancer(SCHEMAS[name])
+
+
+def _as_breast_cancer(build: Callable[[], BuiltinDataset]) -> AbstractContextManager[Any]:
+    """Federations on ``build()``'s data set wherever they load ``breast_cancer``."""
+    return patch.dict(datasets.DATASETS, {"breast_cancer": build})
 
 
 # The three features of the separating plane published with the data set (UCI's
@@ -207,7 +208,7 @@ def feature_subset(names: tuple[str, ...]) -> Probe:
             examples=dataset.examples[columns],
         )
 
-    return lambda: patch.dict(datasets.DATASETS, {"breast_cancer": subset})
+    return lambda: _as_breast_cancer(subset)
 
 
 @contextmanager
